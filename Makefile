@@ -1,0 +1,36 @@
+# Entry points: install, demo, test, bench, lint.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch is pinned and installed before the package: an unpinned torch resolves to
+# the newest CUDA build (several GB); 2.13.0 is the CPU build these machines carry.
+TORCH  := torch==2.13.0
+
+.PHONY: install demo test bench lint clean
+
+# The stamp makes a second `make install` a no-op unless pyproject.toml changed.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[torch,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m patcc.demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run.py
+
+lint: install
+	$(VENV)/bin/ruff check patcc tests benchmarks
+	$(VENV)/bin/mypy patcc
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Frontends: ONNX models (and, later, torch modules) into the patcc IR."""

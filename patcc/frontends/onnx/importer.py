@@ -1,0 +1,244 @@
+"""Walks an ONNX graph node by node and builds the patcc IR.
+
+Every tensor is either *constant* (an initializer, a Constant node, or the result
+of a node whose inputs are all constant, folded with onnx's reference evaluator) or
+*dynamic* with a static shape. Constant nodes never become layers; dynamic ones
+are translated by the converters in ``ops``. Identity and Dropout become aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from patcc.errors import PatccError
+from patcc.ir.graph import Graph, TensorType
+from patcc.ir.layers import IRError, Layer, Reshape, Shape
+from patcc.ir.verify import verify
+
+
+@dataclass
+class Node:
+    """An ONNX node with aliases resolved and attributes decoded to Python values."""
+
+    name: str
+    op_type: str
+    inputs: list[str]  # "" marks an omitted optional input
+    outputs: list[str]
+    attrs: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"node {self.name!r} ({self.op_type})"
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+
+def _decode(attr: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list):
+        return [v.decode() if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+@dataclass
+class Importer:
+    """State of one import: constants, shapes of dynamic tensors, the layers built."""
+
+    proto: onnx.ModelProto
+    opset: int
+    input_shapes: Mapping[str, Shape]
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    shapes: dict[str, Shape] = field(default_factory=dict)
+    layers: list[Layer] = field(default_factory=list)
+    alias: dict[str, str] = field(default_factory=dict)
+    graph_constants: dict[str, np.ndarray] = field(default_factory=dict)
+    _names: set[str] = field(default_factory=set)
+
+    def run(self) -> Graph:
+        from patcc.frontends.onnx.ops import CONVERTERS, unsupported
+
+        g = self.proto.graph
+        for init in g.initializer:
+            self.consts[init.name] = numpy_helper.to_array(init)
+        self.shapes.update(self.input_shapes)
+        for index, proto_node in enumerate(g.node):
+            node = self._node(proto_node, index)
+            if proto_node.domain not in ("", "ai.onnx"):
+                unsupported(node, f"operator {node.op_type!r} of domain {proto_node.domain!r} "
+                                  "is not supported")
+            if node.op_type == "Constant" or (
+                node.inputs and all(not i or i in self.consts for i in node.inputs)
+            ):
+                self._fold(node)
+                continue
+            converter = CONVERTERS.get(node.op_type)
+            if converter is None:
+                unsupported(node)
+            for i in node.inputs:
+                if i and i not in self.consts and i not in self.shapes:
+                    raise PatccError(f"reads {i!r}, which no earlier node produces", node.where)
+            try:
+                converter(self, node)
+            except IRError as e:
+                raise PatccError(str(e), node.where) from e
+        return self._finish()
+
+    # -- services for converters ----------------------------------------------------
+
+    def shape(self, tensor: str) -> Shape:
+        """Static shape of a dynamic or constant tensor."""
+        if tensor in self.consts:
+            return tuple(int(d) for d in self.consts[tensor].shape)
+        return self.shapes[tensor]
+
+    def const(self, node: Node, index: int, what: str) -> np.ndarray:
+        """The value of input ``index``, which must be constant."""
+        name = node.inputs[index] if index < len(node.inputs) else ""
+        if not name:
+            raise PatccError(f"{what} (input {index}) is missing", node.where)
+        if name not in self.consts:
+            raise PatccError(
+                f"{what} {name!r} must be a constant (an initializer or foldable); "
+                "patcc compiles static graphs", node.where)
+        return self.consts[name]
+
+    def optional_const(self, node: Node, index: int, what: str) -> np.ndarray | None:
+        """Like :meth:`const`, or None when the optional input is omitted."""
+        if index >= len(node.inputs) or not node.inputs[index]:
+            return None
+        return self.const(node, index, what)
+
+    def weight(self, node: Node, index: int, what: str) -> np.ndarray:
+        """A constant float input as float32, rejected if it holds NaN or infinity."""
+        value = self.const(node, index, what)
+        if not np.issubdtype(value.dtype, np.floating):
+            raise PatccError(f"{what} {node.inputs[index]!r} has dtype {value.dtype}", node.where)
+        value = value.astype(np.float32)
+        if not np.isfinite(value).all():
+            bad = "NaN" if np.isnan(value).any() else "infinity"
+            raise PatccError(
+                f"{what} {node.inputs[index]!r} contains {bad}; fix or re-export the model",
+                node.where)
+        return value
+
+    def operand(self, node: Node, index: int) -> str:
+        """Name of input ``index`` as a layer operand; constants become graph constants."""
+        name = node.inputs[index]
+        if name in self.consts:
+            if name not in self.graph_constants:
+                value = self.weight(node, index, "operand")
+                self.graph_constants[name] = value
+        return name
+
+    def layer_name(self, node: Node, suffix: str = "") -> str:
+        """A unique layer name derived from the node's name."""
+        base = node.name + suffix
+        name, k = base, 1
+        while name in self._names:
+            k += 1
+            name = f"{base}_{k}"
+        self._names.add(name)
+        return name
+
+    def temp(self, node: Node, suffix: str) -> str:
+        """A fresh tensor name for a value internal to one node's translation."""
+        name, k = f"{node.outputs[0]}__{suffix}", 1
+        while name in self.shapes or name in self.consts:
+            k += 1
+            name = f"{node.outputs[0]}__{suffix}{k}"
+        return name
+
+    def add(self, layer: Layer) -> None:
+        """Append a layer, inferring and recording its output shapes."""
+        shapes = layer.infer_shapes([self.shape(t) for t in layer.inputs])
+        self.shapes.update(zip(layer.outputs, shapes, strict=True))
+        self.layers.append(layer)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _node(self, proto_node: onnx.NodeProto, index: int) -> Node:
+        name = proto_node.name or f"{proto_node.op_type}_{index}"
+        return Node(
+            name=name,
+            op_type=proto_node.op_type,
+            inputs=[self.alias.get(i, i) for i in proto_node.input],
+            outputs=list(proto_node.output),
+            attrs={a.name: _decode(a) for a in proto_node.attribute},
+        )
+
+    def _fold(self, node: Node) -> None:
+        """Evaluate a node whose inputs are all constant with onnx's reference evaluator."""
+        proto_node = onnx.helper.make_node(
+            node.op_type, node.inputs, node.outputs, name=node.name,
+            **{k: v for k, v in node.attrs.items()},
+        )
+        try:
+            evaluator = ReferenceEvaluator(proto_node, opsets={"": self.opset})
+            feeds = {i: self.consts[i] for i in node.inputs if i}
+            results = evaluator.run(None, feeds)
+        except Exception as e:  # the reference evaluator raises many exception types
+            raise PatccError(f"cannot fold constant node: {e}".splitlines()[0], node.where) from e
+        for out, value in zip(node.outputs, results, strict=False):
+            if out:
+                self.consts[out] = np.asarray(value)
+
+    def _finish(self) -> Graph:
+        g = self.proto.graph
+        initializers = {t.name for t in g.initializer}
+        inputs = {
+            i.name: TensorType(self.input_shapes[i.name])
+            for i in g.input if i.name not in initializers
+        }
+        outputs = []
+        renames: dict[str, str] = {}
+        for out in g.output:
+            source = self.alias.get(out.name, out.name)
+            if source in self.consts:
+                raise PatccError("is a constant: the model computes nothing from its inputs",
+                                 f"output {out.name!r}")
+            if source not in self.shapes:
+                raise PatccError("is never produced", f"output {out.name!r}")
+            produced_by_layer = any(source in layer.outputs for layer in self.layers)
+            if source != out.name and produced_by_layer and source not in renames:
+                renames[source] = out.name
+            elif source != out.name:
+                # an output that is a graph input or repeats another output gets a copy
+                self.layers.append(Reshape(
+                    name=f"copy_{out.name}", inputs=(renames.get(source, source),),
+                    outputs=(out.name,), shape=self.shapes[source]))
+            outputs.append(out.name)
+        layers = tuple(_rename(layer, renames) for layer in self.layers) if renames else tuple(
+            self.layers)
+        graph = Graph(
+            inputs=inputs,
+            layers=layers,
+            outputs=tuple(outputs),
+            constants=dict(self.graph_constants),
+            name=g.name or "model",
+        )
+        try:
+            return verify(graph)
+        except IRError as e:
+            raise PatccError(f"imported graph is inconsistent: {e}", "model") from e
+
+
+def _rename(layer: Layer, renames: Mapping[str, str]) -> Layer:
+    import dataclasses
+
+    return dataclasses.replace(
+        layer,
+        inputs=tuple(renames.get(t, t) for t in layer.inputs),
+        outputs=tuple(renames.get(t, t) for t in layer.outputs),
+    )

@@ -1,0 +1,145 @@
+"""Reading an ONNX file and fixing its input shapes, with user-facing errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from patcc.errors import PatccError
+
+MIN_OPSET = 11
+MAX_OPSET = 21
+
+
+def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
+    """Return the ModelProto for a path or a ModelProto, checked and of a supported opset.
+
+    Raises ``PatccError`` for a missing or unreadable file, a file that is not an ONNX
+    model, a model the ONNX checker rejects, or an opset outside 11-21.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto, where = model, "model"
+    else:
+        where = str(model)
+        path = Path(model)
+        if not path.is_file():
+            raise PatccError("no such file", where=where)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise PatccError(f"cannot read: {e.strerror}", where=where) from e
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise PatccError("not an ONNX model (the protobuf does not parse; truncated?)",
+                             where=where) from e
+        if not proto.graph.node and not proto.graph.output:
+            raise PatccError("not an ONNX model (no graph in the file)", where=where)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            try:
+                onnx.load_external_data_for_model(proto, str(path.parent))
+            except (OSError, ValueError) as e:
+                raise PatccError(f"cannot load external weights: {e}", where=where) from e
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise PatccError(f"invalid ONNX model: {first}", where=where) from e
+    opset = default_opset(proto)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise PatccError(
+            f"opset {opset} is not supported (patcc reads opsets {MIN_OPSET}-{MAX_OPSET}); "
+            f"convert it with onnx.version_converter.convert_version(model, 17)",
+            where=where,
+        )
+    return proto
+
+
+def default_opset(proto: onnx.ModelProto) -> int:
+    """The version of the default ("" / ai.onnx) operator set the model imports."""
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise PatccError("the model imports no ai.onnx operator set", where="model")
+
+
+def parse_shape_spec(spec: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME=1x3x224x224`` (as given to ``--input-shape``) into (name, shape).
+
+    Raises ``PatccError`` quoting the bad spec and showing a valid one.
+    """
+    name, sep, dims = spec.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d <= 0 for d in shape):
+        raise PatccError(f"bad input shape {spec!r}; expected NAME=DIMS, e.g. input=1x3x224x224")
+    return name, shape
+
+
+def resolve_input_shapes(
+    proto: onnx.ModelProto, overrides: Mapping[str, tuple[int, ...]] | None
+) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the graph's (non-initializer) inputs.
+
+    A symbolic batch dimension (axis 0) becomes 1; any other unknown dimension must
+    come from ``overrides``. Raises ``PatccError`` for an unknown dimension, an
+    override naming no input, or an override that contradicts a fixed dimension.
+    """
+    overrides = dict(overrides or {})
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    names = [i.name for i in inputs]
+    for name in overrides:
+        if name not in names:
+            raise PatccError(f"--input-shape names {name!r}, but the model's inputs are {names}")
+    shapes = {}
+    for value in inputs:
+        where = f"input {value.name!r}"
+        tt = value.type.tensor_type
+        if not value.type.HasField("tensor_type"):
+            raise PatccError("only tensor inputs are supported", where=where)
+        if tt.elem_type != onnx.TensorProto.FLOAT:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            raise PatccError(f"has dtype {dtype}; patcc compiles float32 models", where=where)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if not tt.HasField("shape"):
+            dims = []
+        given = overrides.get(value.name)
+        if given is not None:
+            if tt.HasField("shape") and (
+                len(given) != len(dims)
+                or any(d is not None and d != g for d, g in zip(dims, given, strict=True))
+            ):
+                declared = "x".join("?" if d is None else str(d) for d in dims)
+                raise PatccError(
+                    f"--input-shape {'x'.join(map(str, given))} contradicts the declared "
+                    f"shape {declared}",
+                    where=where,
+                )
+            shapes[value.name] = tuple(given)
+            continue
+        if not tt.HasField("shape"):
+            raise PatccError(
+                f"has no declared shape; give one with --input-shape {value.name}=1x3x224x224",
+                where=where,
+            )
+        if dims and dims[0] is None:
+            dims[0] = 1  # a symbolic batch dimension compiles for batch 1
+        unknown = [i for i, d in enumerate(dims) if d is None]
+        if unknown:
+            dim = tt.shape.dim[unknown[0]]
+            label = dim.dim_param or "?"
+            raise PatccError(
+                f"dimension {unknown[0]} ({label!r}) is unknown; give the shape with "
+                f"--input-shape {value.name}=" + "x".join(str(d or "N") for d in dims),
+                where=where,
+            )
+        shapes[value.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    return shapes

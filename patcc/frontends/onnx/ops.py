@@ -1,0 +1,505 @@
+"""Converters from ONNX operators (on dynamic tensors) to IR layers.
+
+One function per operator family; each reads a resolved ``Node`` and appends layers
+through the ``Importer``. Semantics follow the ONNX operator specification for
+opsets 11-21, including where attributes moved to inputs (Clip 11, Split/Squeeze/
+Unsqueeze 13, Reduce* 18, Pad axes 18).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NoReturn
+
+import numpy as np
+import onnx
+
+from patcc.errors import PatccError
+from patcc.frontends.onnx.importer import Importer, Node
+from patcc.ir.layers import (
+    Activation,
+    Binary,
+    Concat,
+    Conv,
+    Dense,
+    GlobalPool,
+    Pad,
+    Pool,
+    Reshape,
+    ScaleShift,
+    Slice,
+    Softmax,
+    Split,
+    Transpose,
+    Unary,
+)
+
+
+def unsupported(node: Node, detail: str = "") -> NoReturn:
+    """Raise the one-line error for an operator (or form of one) patcc cannot compile."""
+    what = detail or f"unsupported operator {node.op_type!r}"
+    raise PatccError(f"{what}; the supported operators are listed in README.md (Operators)",
+                     node.where)
+
+
+def _ints(values: object, default: tuple[int, ...]) -> tuple[int, ...]:
+    if values is None:
+        return default
+    return tuple(int(v) for v in values)  # type: ignore[attr-defined]
+
+
+def _axis(node: Node, axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise PatccError(f"axis {axis} out of range for a rank-{rank} tensor", node.where)
+    return axis % rank
+
+
+def _spatial_input(ctx: Importer, node: Node) -> tuple[int, int, int, int]:
+    shape = ctx.shape(node.inputs[0])
+    if len(shape) != 4:
+        unsupported(node, f"only 2-D {node.op_type} on NCHW tensors is supported "
+                          f"(input has rank {len(shape)})")
+    return shape  # type: ignore[return-value]
+
+
+def _window_pads(node: Node, hw: tuple[int, int], kernel: tuple[int, int],
+                 strides: tuple[int, int], dilations: tuple[int, int]) -> tuple[int, ...]:
+    """(top, left, bottom, right) from ``pads`` or ``auto_pad``."""
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto == "NOTSET":
+        pads = _ints(node.attr("pads"), (0, 0, 0, 0))
+        if len(pads) != 4 or min(pads) < 0:
+            raise PatccError(f"pads {list(pads)} are not 4 non-negative values", node.where)
+        return pads
+    if auto == "VALID":
+        return (0, 0, 0, 0)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise PatccError(f"unknown auto_pad {auto!r}", node.where)
+    begin, end = [], []
+    for size, k, s, d in zip(hw, kernel, strides, dilations, strict=True):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small = total // 2
+        begin.append(small if auto == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return (begin[0], begin[1], end[0], end[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution, dense, normalisation
+# ---------------------------------------------------------------------------------------
+
+
+def conv(ctx: Importer, node: Node) -> None:
+    _, _, h, w = _spatial_input(ctx, node)
+    weight = ctx.weight(node, 1, "weight")
+    if weight.ndim != 4:
+        unsupported(node, f"only 2-D convolution is supported (weight rank {weight.ndim})")
+    bias = ctx.weight(node, 2, "bias") if len(node.inputs) > 2 and node.inputs[2] else None
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))
+    if _ints(node.attr("kernel_shape"), kernel) != kernel:
+        raise PatccError(f"kernel_shape {node.attr('kernel_shape')} does not match the "
+                         f"weight {weight.shape}", node.where)
+    strides = _ints(node.attr("strides"), (1, 1))
+    dilations = _ints(node.attr("dilations"), (1, 1))
+    ctx.add(Conv(
+        name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
+        weight=weight,
+        bias=np.zeros(weight.shape[0], np.float32) if bias is None else bias,
+        strides=strides,  # type: ignore[arg-type]
+        pads=_window_pads(node, (h, w), kernel, strides, dilations),  # type: ignore[arg-type]
+        dilations=dilations,  # type: ignore[arg-type]
+        groups=int(node.attr("group", 1)),
+    ))
+
+
+def gemm(ctx: Importer, node: Node) -> None:
+    a = node.inputs[0]
+    if len(ctx.shape(a)) != 2:
+        raise PatccError(f"Gemm input A must be 2-D, got shape {ctx.shape(a)}", node.where)
+    b = ctx.weight(node, 1, "B")
+    if b.ndim != 2:
+        raise PatccError(f"Gemm B must be 2-D, got shape {b.shape}", node.where)
+    weight = (b if node.attr("transB", 0) else b.T) * np.float32(node.attr("alpha", 1.0))
+    if node.attr("transA", 0):
+        t = ctx.temp(node, "a_t")
+        ctx.add(Transpose(name=ctx.layer_name(node, "_transA"), inputs=(a,), outputs=(t,),
+                          perm=(1, 0)))
+        a = t
+    m, n = ctx.shape(a)[0], weight.shape[0]
+    c = ctx.optional_const(node, 2, "C")
+    bias = np.zeros(n, np.float32)
+    extra = None
+    if c is not None:
+        c = ctx.weight(node, 2, "C") * np.float32(node.attr("beta", 1.0))
+        if c.size in (1, n) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1):
+            bias = np.broadcast_to(c.reshape(-1), (n,)).astype(np.float32)
+        else:
+            extra = np.broadcast_to(c, (m, n)).astype(np.float32)
+    out = node.outputs[0] if extra is None else ctx.temp(node, "mm")
+    ctx.add(Dense(name=ctx.layer_name(node), inputs=(a,), outputs=(out,),
+                  weight=np.ascontiguousarray(weight, dtype=np.float32), bias=bias))
+    if extra is not None:
+        cname = ctx.temp(node, "C")
+        ctx.consts[cname] = extra
+        ctx.graph_constants[cname] = extra
+        ctx.add(Binary(name=ctx.layer_name(node, "_C"), inputs=(out, cname),
+                       outputs=(node.outputs[0],), binop="add"))
+
+
+def matmul(ctx: Importer, node: Node) -> None:
+    if node.inputs[1] not in ctx.consts:
+        unsupported(node, "MatMul of two computed tensors is not supported "
+                          "(the second operand must be a constant weight)")
+    b = ctx.weight(node, 1, "B")
+    if b.ndim != 2 or len(ctx.shape(node.inputs[0])) < 2:
+        unsupported(node, f"MatMul with weight of shape {b.shape} is not supported "
+                          "(needs a 2-D weight and an input of rank >= 2)")
+    ctx.add(Dense(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                  outputs=(node.outputs[0],), weight=np.ascontiguousarray(b.T),
+                  bias=np.zeros(b.shape[1], np.float32)))
+
+
+def batch_norm(ctx: Importer, node: Node) -> None:
+    if node.attr("training_mode", 0):
+        unsupported(node, "BatchNormalization in training mode is not supported "
+                          "(export the model in eval mode)")
+    if any(node.outputs[1:]):
+        unsupported(node, "BatchNormalization running-statistics outputs are not supported")
+    scale, shift, mean, var = (ctx.weight(node, i, what) for i, what in
+                               enumerate(("scale", "B", "mean", "var"), start=1))
+    eps = np.float64(node.attr("epsilon", 1e-5))
+    factor = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+    ctx.add(ScaleShift(
+        name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
+        scale=factor.astype(np.float32),
+        shift=(shift - mean * factor).astype(np.float32),
+    ))
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling and reductions
+# ---------------------------------------------------------------------------------------
+
+
+def pool(kind: str) -> Callable[[Importer, Node], None]:
+    def convert(ctx: Importer, node: Node) -> None:
+        _, _, h, w = _spatial_input(ctx, node)
+        if any(node.outputs[1:]):
+            unsupported(node, "MaxPool with an Indices output is not supported")
+        if node.attr("storage_order", 0):
+            unsupported(node, "MaxPool storage_order=1 is not supported")
+        kernel = _ints(node.attr("kernel_shape"), ())
+        if len(kernel) != 2:
+            raise PatccError(f"kernel_shape {list(kernel)} is not 2-D", node.where)
+        strides = _ints(node.attr("strides"), (1, 1))
+        dilations = _ints(node.attr("dilations"), (1, 1))
+        ctx.add(Pool(
+            name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
+            kind=kind, kernel=kernel,  # type: ignore[arg-type]
+            strides=strides,  # type: ignore[arg-type]
+            pads=_window_pads(node, (h, w), kernel, strides, dilations),  # type: ignore[arg-type]
+            dilations=dilations,  # type: ignore[arg-type]
+            ceil_mode=bool(node.attr("ceil_mode", 0)),
+            count_include_pad=bool(node.attr("count_include_pad", 0)),
+        ))
+    return convert
+
+
+def global_pool(kind: str) -> Callable[[Importer, Node], None]:
+    def convert(ctx: Importer, node: Node) -> None:
+        ctx.add(GlobalPool(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                           outputs=(node.outputs[0],), kind=kind))
+    return convert
+
+
+def reduce(kind: str) -> Callable[[Importer, Node], None]:
+    """ReduceMean/ReduceMax over all spatial axes, the global pooling torch exports."""
+    def convert(ctx: Importer, node: Node) -> None:
+        shape = ctx.shape(node.inputs[0])
+        rank = len(shape)
+        if ctx.opset >= 18:
+            axes_value = ctx.optional_const(node, 1, "axes")
+            axes = None if axes_value is None else _ints(axes_value.reshape(-1), ())
+        else:
+            axes = _ints(node.attr("axes"), ()) if node.attr("axes") is not None else None
+        if not axes:
+            if node.attr("noop_with_empty_axes", 0):
+                ctx.alias[node.outputs[0]] = node.inputs[0]
+                return
+            axes = tuple(range(rank))
+        norm = sorted(_axis(node, a, rank) for a in axes)
+        if rank < 3 or norm != list(range(2, rank)):
+            unsupported(node, f"{node.op_type} over axes {tuple(axes)} is not supported "
+                              f"(only over all spatial axes 2..{rank - 1})")
+        keep = bool(node.attr("keepdims", 1))
+        out = node.outputs[0] if keep else ctx.temp(node, "keep")
+        ctx.add(GlobalPool(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                           outputs=(out,), kind=kind))
+        if not keep:
+            ctx.add(Reshape(name=ctx.layer_name(node, "_squeeze"), inputs=(out,),
+                            outputs=(node.outputs[0],), shape=shape[:2]))
+    return convert
+
+
+# ---------------------------------------------------------------------------------------
+# Element-wise
+# ---------------------------------------------------------------------------------------
+
+
+def binary(op: str) -> Callable[[Importer, Node], None]:
+    """Add/Sub/Mul/Div (two inputs) and the variadic Max/Min/Sum, as a chain."""
+    def convert(ctx: Importer, node: Node) -> None:
+        inputs = [i for i in node.inputs if i]
+        if len(inputs) == 1:
+            ctx.alias[node.outputs[0]] = inputs[0]
+            return
+        acc = ctx.operand(node, 0)
+        for k in range(1, len(inputs)):
+            last = k == len(inputs) - 1
+            out = node.outputs[0] if last else ctx.temp(node, f"acc{k}")
+            ctx.add(Binary(name=ctx.layer_name(node, "" if last else f"_{k}"),
+                           inputs=(acc, ctx.operand(node, k)), outputs=(out,), binop=op))
+            acc = out
+    return convert
+
+
+def activation(kind: str) -> Callable[[Importer, Node], None]:
+    def convert(ctx: Importer, node: Node) -> None:
+        alpha, beta = 0.0, 0.0
+        if kind == "leaky_relu":
+            alpha = float(node.attr("alpha", 0.01))
+        elif kind == "hard_sigmoid":
+            alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+        elif kind == "clip":
+            lo = ctx.optional_const(node, 1, "min")
+            hi = ctx.optional_const(node, 2, "max")
+            alpha = -math.inf if lo is None else float(lo)
+            beta = math.inf if hi is None else float(hi)
+        ctx.add(Unary(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                      outputs=(node.outputs[0],), activation=Activation(kind, alpha, beta)))
+    return convert
+
+
+def softmax(ctx: Importer, node: Node) -> None:
+    x = node.inputs[0]
+    shape = ctx.shape(x)
+    rank = len(shape)
+    axis = _axis(node, int(node.attr("axis", -1 if ctx.opset >= 13 else 1)), rank)
+    if ctx.opset >= 13 or axis == rank - 1:
+        ctx.add(Softmax(name=ctx.layer_name(node), inputs=(x,), outputs=(node.outputs[0],),
+                        axis=axis))
+        return
+    # before opset 13 Softmax normalises over all axes from `axis` on, as one row
+    flat = (math.prod(shape[:axis]), math.prod(shape[axis:]))
+    t0, t1 = ctx.temp(node, "rows"), ctx.temp(node, "softmax")
+    ctx.add(Reshape(name=ctx.layer_name(node, "_rows"), inputs=(x,), outputs=(t0,), shape=flat))
+    ctx.add(Softmax(name=ctx.layer_name(node), inputs=(t0,), outputs=(t1,), axis=1))
+    ctx.add(Reshape(name=ctx.layer_name(node, "_back"), inputs=(t1,),
+                    outputs=(node.outputs[0],), shape=shape))
+
+
+# ---------------------------------------------------------------------------------------
+# Data movement
+# ---------------------------------------------------------------------------------------
+
+
+def _reshape_to(ctx: Importer, node: Node, shape: tuple[int, ...]) -> None:
+    ctx.add(Reshape(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                    outputs=(node.outputs[0],), shape=tuple(int(d) for d in shape)))
+
+
+def flatten(ctx: Importer, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    axis = int(node.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis
+    _reshape_to(ctx, node, (math.prod(shape[:axis]), math.prod(shape[axis:])))
+
+
+def reshape(ctx: Importer, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    target = [int(d) for d in ctx.const(node, 1, "shape").reshape(-1)]
+    if not node.attr("allowzero", 0):
+        target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if target.count(-1) > 1:
+        raise PatccError(f"shape {target} has more than one -1", node.where)
+    if -1 in target:
+        known = math.prod(d for d in target if d != -1)
+        target[target.index(-1)] = math.prod(shape) // known if known else 0
+    _reshape_to(ctx, node, tuple(target))
+
+
+def _axes_input_or_attr(ctx: Importer, node: Node, since: int) -> tuple[int, ...] | None:
+    if ctx.opset >= since:
+        value = ctx.optional_const(node, 1, "axes")
+        return None if value is None else _ints(value.reshape(-1), ())
+    attr = node.attr("axes")
+    return None if attr is None else _ints(attr, ())
+
+
+def squeeze(ctx: Importer, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    axes = _axes_input_or_attr(ctx, node, 13)
+    drop = ({i for i, d in enumerate(shape) if d == 1} if axes is None
+            else {_axis(node, a, len(shape)) for a in axes})
+    if any(shape[a] != 1 for a in drop):
+        raise PatccError(f"cannot squeeze axes {sorted(drop)} of shape {shape}", node.where)
+    _reshape_to(ctx, node, tuple(d for i, d in enumerate(shape) if i not in drop))
+
+
+def unsqueeze(ctx: Importer, node: Node) -> None:
+    shape = list(ctx.shape(node.inputs[0]))
+    axes = _axes_input_or_attr(ctx, node, 13) or ()
+    rank = len(shape) + len(axes)
+    for a in sorted(_axis(node, a, rank) for a in axes):
+        shape.insert(a, 1)
+    _reshape_to(ctx, node, tuple(shape))
+
+
+def transpose(ctx: Importer, node: Node) -> None:
+    rank = len(ctx.shape(node.inputs[0]))
+    perm = _ints(node.attr("perm"), tuple(reversed(range(rank))))
+    ctx.add(Transpose(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                      outputs=(node.outputs[0],), perm=perm))
+
+
+def concat(ctx: Importer, node: Node) -> None:
+    inputs = tuple(ctx.operand(node, i) for i, name in enumerate(node.inputs) if name)
+    rank = len(ctx.shape(inputs[0]))
+    ctx.add(Concat(name=ctx.layer_name(node), inputs=inputs, outputs=(node.outputs[0],),
+                   axis=_axis(node, int(node.attr("axis")), rank)))
+
+
+def split(ctx: Importer, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    axis = _axis(node, int(node.attr("axis", 0)), len(shape))
+    count = len(node.outputs)
+    if ctx.opset >= 13:
+        given = ctx.optional_const(node, 1, "split")
+        sizes = None if given is None else _ints(given.reshape(-1), ())
+    else:
+        sizes = _ints(node.attr("split"), ()) or None
+    if sizes is None:
+        count = int(node.attr("num_outputs", count))
+        chunk = -(-shape[axis] // count)
+        sizes = tuple(min(chunk, shape[axis] - k * chunk) for k in range(count))
+    outputs = tuple(out or ctx.temp(node, f"unused{k}") for k, out in enumerate(node.outputs))
+    ctx.add(Split(name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=outputs,
+                  axis=axis, sizes=sizes))
+
+
+def slice_(ctx: Importer, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    starts = ctx.const(node, 1, "starts").reshape(-1).astype(np.int64)
+    ends = ctx.const(node, 2, "ends").reshape(-1).astype(np.int64)
+    axes_v = ctx.optional_const(node, 3, "axes")
+    steps_v = ctx.optional_const(node, 4, "steps")
+    axes = range(len(starts)) if axes_v is None else axes_v.reshape(-1).tolist()
+    steps = [1] * len(starts) if steps_v is None else steps_v.reshape(-1).tolist()
+    lo, hi, st = [0] * rank, list(shape), [1] * rank
+    for a, s, e, step in zip(axes, starts.tolist(), ends.tolist(), steps, strict=True):
+        a = _axis(node, int(a), rank)
+        d = shape[a]
+        if step == 0:
+            raise PatccError("Slice step 0", node.where)
+        s = s + d if s < 0 else s
+        e = e + d if e < 0 else e
+        if step > 0:
+            s, e = min(max(s, 0), d), min(max(e, 0), d)
+        else:
+            s, e = min(max(s, 0), d - 1), min(max(e, -1), d - 1)
+        lo[a], hi[a], st[a] = s, e, int(step)
+    ctx.add(Slice(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                  outputs=(node.outputs[0],), starts=tuple(lo), ends=tuple(hi), steps=tuple(st)))
+
+
+def pad(ctx: Importer, node: Node) -> None:
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    mode = node.attr("mode", "constant")
+    if mode not in ("constant", "reflect", "edge"):
+        unsupported(node, f"Pad mode {mode!r} is not supported (constant, reflect, edge)")
+    given = [int(p) for p in ctx.const(node, 1, "pads").reshape(-1)]
+    value = ctx.optional_const(node, 2, "constant_value")
+    axes_v = ctx.optional_const(node, 3, "axes")
+    axes = list(range(rank)) if axes_v is None else [
+        _axis(node, int(a), rank) for a in axes_v.reshape(-1)]
+    if len(given) != 2 * len(axes):
+        raise PatccError(f"pads {given} do not match {len(axes)} axes", node.where)
+    if min(given, default=0) < 0:
+        unsupported(node, f"negative pads {given} (cropping) are not supported")
+    pads = [0] * (2 * rank)
+    for k, a in enumerate(axes):
+        pads[a], pads[a + rank] = given[k], given[k + len(axes)]
+    ctx.add(Pad(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                outputs=(node.outputs[0],), pads=tuple(pads), mode=mode,
+                value=0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])))
+
+
+# ---------------------------------------------------------------------------------------
+# Nodes that vanish or become constants
+# ---------------------------------------------------------------------------------------
+
+
+def identity(ctx: Importer, node: Node) -> None:
+    """Identity, Dropout (inference) and float-to-float Cast are aliases of their input."""
+    if node.op_type == "Cast" and node.attr("to") != onnx.TensorProto.FLOAT:
+        unsupported(node, "Cast of a computed tensor to a non-float32 type is not supported")
+    if node.op_type == "Dropout" and any(node.outputs[1:]):
+        unsupported(node, "Dropout with a mask output is not supported")
+    ctx.alias[node.outputs[0]] = node.inputs[0]
+
+
+def shape_of(ctx: Importer, node: Node) -> None:
+    """Shape (and Size) of a computed tensor are constants: every shape is static."""
+    shape = np.array(ctx.shape(node.inputs[0]), dtype=np.int64)
+    if node.op_type == "Size":
+        ctx.consts[node.outputs[0]] = np.array(shape.prod(), dtype=np.int64)
+        return
+    start, end = node.attr("start", 0), node.attr("end")
+    ctx.consts[node.outputs[0]] = shape[start:end]
+
+
+CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
+    "Conv": conv,
+    "Gemm": gemm,
+    "MatMul": matmul,
+    "BatchNormalization": batch_norm,
+    "MaxPool": pool("max"),
+    "AveragePool": pool("avg"),
+    "GlobalAveragePool": global_pool("avg"),
+    "GlobalMaxPool": global_pool("max"),
+    "ReduceMean": reduce("avg"),
+    "ReduceMax": reduce("max"),
+    "Add": binary("add"),
+    "Sub": binary("sub"),
+    "Mul": binary("mul"),
+    "Div": binary("div"),
+    "Max": binary("max"),
+    "Min": binary("min"),
+    "Sum": binary("add"),
+    "Relu": activation("relu"),
+    "Clip": activation("clip"),
+    "LeakyRelu": activation("leaky_relu"),
+    "Sigmoid": activation("sigmoid"),
+    "HardSigmoid": activation("hard_sigmoid"),
+    "HardSwish": activation("hard_swish"),
+    "Tanh": activation("tanh"),
+    "Softmax": softmax,
+    "Flatten": flatten,
+    "Reshape": reshape,
+    "Squeeze": squeeze,
+    "Unsqueeze": unsqueeze,
+    "Transpose": transpose,
+    "Concat": concat,
+    "Split": split,
+    "Slice": slice_,
+    "Pad": pad,
+    "Identity": identity,
+    "Dropout": identity,
+    "Cast": identity,
+    "Shape": shape_of,
+    "Size": shape_of,
+}

@@ -1,0 +1,44 @@
+"""The layer-wise IR: frozen layers, a graph with static shapes, pattern style, verify."""
+
+from patcc.ir.graph import Graph, TensorType
+from patcc.ir.layers import (
+    ACTIVATION_KINDS,
+    BINARY_OPS,
+    LAYER_TYPES,
+    PAD_MODES,
+    Activation,
+    Binary,
+    Concat,
+    Conv,
+    Dense,
+    GlobalPool,
+    IRError,
+    Layer,
+    Pad,
+    Pool,
+    Reshape,
+    ScaleShift,
+    Shape,
+    Slice,
+    Softmax,
+    Split,
+    Transpose,
+    Unary,
+    broadcast,
+)
+from patcc.ir.patterns import (
+    MAX_LIBRARY_SIZE,
+    REMOVED,
+    PatternLibrary,
+    PatternStyle,
+    Sparsity,
+)
+from patcc.ir.verify import verify
+
+__all__ = [
+    "ACTIVATION_KINDS", "BINARY_OPS", "LAYER_TYPES", "MAX_LIBRARY_SIZE", "PAD_MODES",
+    "REMOVED", "Activation", "Binary", "Concat", "Conv", "Dense", "GlobalPool", "Graph",
+    "IRError", "Layer", "Pad", "PatternLibrary", "PatternStyle", "Pool", "Reshape",
+    "ScaleShift", "Shape", "Slice", "Softmax", "Sparsity", "Split", "TensorType",
+    "Transpose", "Unary", "broadcast", "verify",
+]

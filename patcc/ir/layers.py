@@ -1,0 +1,580 @@
+"""The layers of the patcc IR: frozen dataclasses with static attributes.
+
+Every layer names its input and output tensors and knows how to compute its output
+shapes from its input shapes (``infer_shapes``), raising ``IRError`` when the shapes
+or attributes are inconsistent. Numeric semantics live in the reference interpreter
+(``patcc.runtime.interpreter``), the executable specification of each layer.
+
+Convolution and dense layers own their weights (passes rewrite them); other
+constant operands are graph constants referenced by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from patcc.ir.node import IRNode
+from patcc.ir.patterns import PatternStyle, Sparsity
+
+Shape = tuple[int, ...]
+
+
+class IRError(Exception):
+    """An IR invariant does not hold (a bug in a frontend or pass, or a bad model)."""
+
+
+def _fmt_shape(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _pair(values: Sequence[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
+
+
+# ---------------------------------------------------------------------------------------
+# Activations, standalone (Unary) or fused into a producer
+# ---------------------------------------------------------------------------------------
+
+ACTIVATION_KINDS = (
+    "relu",  # max(x, 0)
+    "clip",  # min(max(x, alpha), beta); ReLU6 is clip(0, 6)
+    "leaky_relu",  # x if x >= 0 else alpha * x
+    "sigmoid",
+    "hard_sigmoid",  # max(0, min(1, alpha * x + beta))
+    "hard_swish",  # x * max(0, min(1, x / 6 + 1 / 2))
+    "tanh",
+    "silu",  # x * sigmoid(x)
+)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A point-wise activation; ``alpha``/``beta`` as documented in ACTIVATION_KINDS."""
+
+    kind: str
+    alpha: float = 0.0
+    beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTIVATION_KINDS:
+            raise IRError(f"unknown activation {self.kind!r}; expected one of {ACTIVATION_KINDS}")
+
+    def __str__(self) -> str:
+        if self.kind == "clip":
+            return f"clip({self.alpha:g},{self.beta:g})"
+        if self.kind == "leaky_relu":
+            return f"leaky_relu({self.alpha:g})"
+        if self.kind == "hard_sigmoid":
+            return f"hard_sigmoid({self.alpha:g},{self.beta:g})"
+        return self.kind
+
+
+# ---------------------------------------------------------------------------------------
+# Base class
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Layer(IRNode):
+    """A node of the graph: reads ``inputs`` and writes ``outputs`` (tensor names)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    op: ClassVar[str] = "Layer"
+    arity: ClassVar[int | None] = 1  # number of inputs, None for variadic
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        """Output shapes for the given input shapes; raises ``IRError`` if inconsistent."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Attributes worth printing on the layer's line (empty by default)."""
+        return ""
+
+    def _check_arity(self, shapes: Sequence[Shape]) -> None:
+        if self.arity is not None and len(shapes) != self.arity:
+            raise IRError(f"{self.op} {self.name!r} takes {self.arity} inputs, got {len(shapes)}")
+
+    def _rank(self, shape: Shape, rank: int) -> None:
+        if len(shape) != rank:
+            raise IRError(
+                f"{self.op} {self.name!r} expects a rank-{rank} input, got {_fmt_shape(shape)}"
+            )
+
+
+def _window_out(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int,
+                ceil_mode: bool = False) -> int:
+    """Output length of a sliding window (conv or pool) along one axis."""
+    span = (kernel - 1) * dilation + 1
+    num = size + pad_lo + pad_hi - span
+    if num < 0:
+        raise IRError(f"window {span} larger than padded input {size + pad_lo + pad_hi}")
+    out = (-(-num // stride) if ceil_mode else num // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_lo:
+        out -= 1  # the last window would start in the right padding only
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Compute layers with weights
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Conv(Layer):
+    """2-D convolution NCHW, weight (O, I/groups, kh, kw), bias (O,), fused activation.
+
+    ``pads`` are (top, left, bottom, right). ``sparsity`` and ``pattern`` are the style
+    detected from the weights: ``pattern`` is set exactly when sparsity is PATTERN.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    groups: int = 1
+    activation: Activation | None = None
+    sparsity: Sparsity = Sparsity.DENSE
+    pattern: PatternStyle | None = None
+
+    op: ClassVar[str] = "Conv"
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.weight.shape[1]) * self.groups
+
+    @property
+    def kernel_shape(self) -> tuple[int, int]:
+        return int(self.weight.shape[2]), int(self.weight.shape[3])
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def kept_kernels(self) -> np.ndarray:
+        """Bool (O, I/g): kernels with at least one non-zero weight."""
+        return np.asarray(self.weight.reshape(*self.weight.shape[:2], -1).any(axis=2))
+
+    @property
+    def nonzero_weights(self) -> int:
+        return int(np.count_nonzero(self.weight))
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        self._rank(x, 4)
+        n, c, h, w = x
+        if self.weight.ndim != 4:
+            raise IRError(f"Conv {self.name!r}: weight must be 4-D, got {self.weight.shape}")
+        if c != self.in_channels or self.out_channels % self.groups:
+            raise IRError(
+                f"Conv {self.name!r}: input has {c} channels but weight "
+                f"{self.weight.shape} with groups={self.groups} expects {self.in_channels}"
+            )
+        if self.bias.shape != (self.out_channels,):
+            raise IRError(f"Conv {self.name!r}: bias shape {self.bias.shape}")
+        kh, kw = self.kernel_shape
+        pt, pl, pb, pr = self.pads
+        ho = _window_out(h, kh, self.strides[0], pt, pb, self.dilations[0])
+        wo = _window_out(w, kw, self.strides[1], pl, pr, self.dilations[1])
+        return ((n, self.out_channels, ho, wo),)
+
+    def describe(self) -> str:
+        kh, kw = self.kernel_shape
+        parts = [f"k={kh}x{kw}"]
+        if self.strides != (1, 1):
+            parts.append(f"s={_pair(self.strides)}")
+        if any(self.pads):
+            parts.append(f"p={_pair(self.pads)}")
+        if self.dilations != (1, 1):
+            parts.append(f"d={_pair(self.dilations)}")
+        if self.groups != 1:
+            parts.append("depthwise" if self.is_depthwise else f"g={self.groups}")
+        if self.activation:
+            parts.append(f"+{self.activation}")
+        if self.pattern is not None:
+            p = self.pattern
+            parts.append(
+                f"pattern[{len(p.patterns_used)}/{len(p.library)} used, "
+                f"kept {p.kernels_kept}/{p.kernels_total}]"
+            )
+        elif self.sparsity is Sparsity.UNSTRUCTURED:
+            parts.append(f"unstructured[nnz {self.nonzero_weights}/{self.weight.size}]")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Dense(Layer):
+    """Fully connected: ``y = x @ weight.T + bias`` on the last axis; weight (N, K)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    activation: Activation | None = None
+
+    op: ClassVar[str] = "Dense"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        n_out, k = self.weight.shape
+        if not x or x[-1] != k:
+            raise IRError(
+                f"Dense {self.name!r}: input {_fmt_shape(x)} does not end in {k} features"
+            )
+        if self.bias.shape != (n_out,):
+            raise IRError(f"Dense {self.name!r}: bias shape {self.bias.shape}")
+        return ((*x[:-1], n_out),)
+
+    def describe(self) -> str:
+        n_out, k = self.weight.shape
+        act = f" +{self.activation}" if self.activation else ""
+        return f"{k}->{n_out}{act}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ScaleShift(Layer):
+    """Per-channel affine on axis 1: ``y = x * scale[c] + shift[c]`` (an unfused BatchNorm)."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+    activation: Activation | None = None
+
+    op: ClassVar[str] = "ScaleShift"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if len(x) < 2 or self.scale.shape != (x[1],) or self.shift.shape != (x[1],):
+            raise IRError(f"ScaleShift {self.name!r}: {self.scale.shape} vs input {x}")
+        return (tuple(x),)
+
+    def describe(self) -> str:
+        return f"+{self.activation}" if self.activation else ""
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Pool(Layer):
+    """Max or average pooling over H, W. ``pads`` are (top, left, bottom, right).
+
+    ``count_include_pad`` (average only) divides by the full window including the
+    explicit padding; windows extended by ``ceil_mode`` never count the extension.
+    """
+
+    kind: str  # "max" | "avg"
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    count_include_pad: bool = False
+
+    op: ClassVar[str] = "Pool"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        self._rank(x, 4)
+        if self.kind not in ("max", "avg"):
+            raise IRError(f"Pool {self.name!r}: kind {self.kind!r}")
+        n, c, h, w = x
+        pt, pl, pb, pr = self.pads
+        ho = _window_out(h, self.kernel[0], self.strides[0], pt, pb, self.dilations[0],
+                         self.ceil_mode)
+        wo = _window_out(w, self.kernel[1], self.strides[1], pl, pr, self.dilations[1],
+                         self.ceil_mode)
+        return ((n, c, ho, wo),)
+
+    def describe(self) -> str:
+        parts = [self.kind, f"k={_pair(self.kernel)}", f"s={_pair(self.strides)}"]
+        if any(self.pads):
+            parts.append(f"p={_pair(self.pads)}")
+        if self.dilations != (1, 1):
+            parts.append(f"d={_pair(self.dilations)}")
+        if self.ceil_mode:
+            parts.append("ceil")
+        if self.kind == "avg" and self.count_include_pad:
+            parts.append("count_include_pad")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class GlobalPool(Layer):
+    """Max or average over all spatial axes (2..), keeping them as size 1."""
+
+    kind: str  # "max" | "avg"
+
+    op: ClassVar[str] = "GlobalPool"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if len(x) < 3 or self.kind not in ("max", "avg"):
+            raise IRError(f"GlobalPool {self.name!r}: kind {self.kind!r} on {_fmt_shape(x)}")
+        return ((x[0], x[1], *([1] * (len(x) - 2))),)
+
+    def describe(self) -> str:
+        return self.kind
+
+
+# ---------------------------------------------------------------------------------------
+# Element-wise
+# ---------------------------------------------------------------------------------------
+
+BINARY_OPS = ("add", "sub", "mul", "div", "max", "min")
+
+
+def broadcast(a: Shape, b: Shape) -> Shape:
+    """Numpy broadcasting of two shapes; raises IRError when they do not broadcast."""
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(a, b))
+    except ValueError as e:
+        raise IRError(f"shapes {_fmt_shape(a)} and {_fmt_shape(b)} do not broadcast") from e
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Binary(Layer):
+    """Element-wise ``op`` of two tensors with numpy broadcasting, optional activation."""
+
+    binop: str
+    activation: Activation | None = None
+
+    op: ClassVar[str] = "Binary"
+    arity: ClassVar[int | None] = 2
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        if self.binop not in BINARY_OPS:
+            raise IRError(f"Binary {self.name!r}: unknown op {self.binop!r}")
+        return (broadcast(*shapes),)
+
+    def describe(self) -> str:
+        return self.binop + (f" +{self.activation}" if self.activation else "")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Unary(Layer):
+    """A standalone activation."""
+
+    activation: Activation
+
+    op: ClassVar[str] = "Unary"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        return (tuple(shapes[0]),)
+
+    def describe(self) -> str:
+        return str(self.activation)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Softmax(Layer):
+    """Softmax along one axis (opset >= 13 semantics; frontends rewrite older forms)."""
+
+    axis: int
+
+    op: ClassVar[str] = "Softmax"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if not 0 <= self.axis < len(x):
+            raise IRError(f"Softmax {self.name!r}: axis {self.axis} out of range for {x}")
+        return (tuple(x),)
+
+    def describe(self) -> str:
+        return f"axis={self.axis}"
+
+
+# ---------------------------------------------------------------------------------------
+# Data movement
+# ---------------------------------------------------------------------------------------
+
+
+def _normalize_axis(axis: int, rank: int, who: str) -> int:
+    if not -rank <= axis < rank:
+        raise IRError(f"{who}: axis {axis} out of range for rank {rank}")
+    return axis % rank
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Concat(Layer):
+    """Concatenation along ``axis`` (non-negative)."""
+
+    axis: int
+
+    op: ClassVar[str] = "Concat"
+    arity: ClassVar[int | None] = None
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        if not shapes:
+            raise IRError(f"Concat {self.name!r} has no inputs")
+        first = shapes[0]
+        axis = _normalize_axis(self.axis, len(first), f"Concat {self.name!r}")
+        for s in shapes[1:]:
+            if len(s) != len(first) or any(
+                a != b for i, (a, b) in enumerate(zip(s, first, strict=True)) if i != axis
+            ):
+                raise IRError(f"Concat {self.name!r}: {_fmt_shape(s)} vs {_fmt_shape(first)}")
+        total = sum(s[axis] for s in shapes)
+        return ((*first[:axis], total, *first[axis + 1:]),)
+
+    def describe(self) -> str:
+        return f"axis={self.axis}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Reshape(Layer):
+    """Row-major reshape to a fully static ``shape`` (Flatten, Squeeze, View...)."""
+
+    shape: Shape
+
+    op: ClassVar[str] = "Reshape"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if math.prod(x) != math.prod(self.shape) or any(d < 0 for d in self.shape):
+            raise IRError(
+                f"Reshape {self.name!r}: cannot reshape {_fmt_shape(x)} to "
+                f"{_fmt_shape(self.shape)}"
+            )
+        return (tuple(self.shape),)
+
+    def describe(self) -> str:
+        return f"to {_fmt_shape(self.shape)}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Transpose(Layer):
+    """Axis permutation: output axis i is input axis ``perm[i]``."""
+
+    perm: tuple[int, ...]
+
+    op: ClassVar[str] = "Transpose"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if sorted(self.perm) != list(range(len(x))):
+            raise IRError(f"Transpose {self.name!r}: perm {self.perm} for rank {len(x)}")
+        return (tuple(x[p] for p in self.perm),)
+
+    def describe(self) -> str:
+        return f"perm={','.join(map(str, self.perm))}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Slice(Layer):
+    """Strided slice with one (start, end, step) per axis, as Python ``range`` bounds.
+
+    Bounds are already clamped: with a negative step ``end`` may be -1, meaning
+    "through index 0" (so the slice is ``range(start, end, step)`` exactly).
+    """
+
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    steps: tuple[int, ...]
+
+    op: ClassVar[str] = "Slice"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if not len(self.starts) == len(self.ends) == len(self.steps) == len(x):
+            raise IRError(f"Slice {self.name!r}: bounds for rank {len(self.starts)}, input {x}")
+        out = []
+        for d, s, e, st in zip(x, self.starts, self.ends, self.steps, strict=True):
+            r = range(s, e, st)
+            if st == 0 or (len(r) and not (0 <= r[0] < d and 0 <= r[-1] < d)):
+                raise IRError(f"Slice {self.name!r}: range({s}, {e}, {st}) on axis of size {d}")
+            out.append(len(r))
+        return (tuple(out),)
+
+    def describe(self) -> str:
+        return " ".join(
+            f"[{s}:{e}{':' + str(st) if st != 1 else ''}]"
+            for s, e, st in zip(self.starts, self.ends, self.steps, strict=True)
+        )
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Split(Layer):
+    """Split along ``axis`` into consecutive pieces of ``sizes`` (one output each)."""
+
+    axis: int
+    sizes: tuple[int, ...]
+
+    op: ClassVar[str] = "Split"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        axis = _normalize_axis(self.axis, len(x), f"Split {self.name!r}")
+        if sum(self.sizes) != x[axis] or len(self.sizes) != len(self.outputs):
+            raise IRError(f"Split {self.name!r}: sizes {self.sizes} of axis length {x[axis]}")
+        return tuple((*x[:axis], s, *x[axis + 1:]) for s in self.sizes)
+
+    def describe(self) -> str:
+        return f"axis={self.axis} sizes={','.join(map(str, self.sizes))}"
+
+
+PAD_MODES = ("constant", "reflect", "edge")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Pad(Layer):
+    """Padding with ONNX's ``pads`` order (all begins, then all ends), non-negative."""
+
+    pads: tuple[int, ...]
+    mode: str = "constant"
+    value: float = 0.0
+
+    op: ClassVar[str] = "Pad"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        r = len(x)
+        if len(self.pads) != 2 * r or min(self.pads, default=0) < 0 or self.mode not in PAD_MODES:
+            raise IRError(f"Pad {self.name!r}: pads {self.pads} mode {self.mode!r} for {x}")
+        if self.mode == "reflect" and any(
+            max(self.pads[i], self.pads[i + r]) >= x[i] for i in range(r)
+            if self.pads[i] or self.pads[i + r]
+        ):
+            raise IRError(f"Pad {self.name!r}: reflect padding {self.pads} too wide for {x}")
+        return (tuple(d + self.pads[i] + self.pads[i + r] for i, d in enumerate(x)),)
+
+    def describe(self) -> str:
+        value = f" value={self.value:g}" if self.mode == "constant" and self.value else ""
+        return f"{self.mode} {','.join(map(str, self.pads))}{value}"
+
+
+LAYER_TYPES: tuple[type[Layer], ...] = (
+    Conv, Dense, ScaleShift, Pool, GlobalPool, Binary, Unary, Softmax,
+    Concat, Reshape, Transpose, Slice, Split, Pad,
+)
+
+__all__ = [
+    "ACTIVATION_KINDS", "Activation", "BINARY_OPS", "Binary", "Concat", "Conv", "Dense",
+    "GlobalPool", "IRError", "LAYER_TYPES", "Layer", "PAD_MODES", "Pad", "Pool", "Reshape",
+    "ScaleShift", "Shape", "Slice", "Softmax", "Split", "Transpose", "Unary", "broadcast",
+]

@@ -1,0 +1,48 @@
+"""Passes: plain functions from Graph to Graph, chained in explicit pipelines.
+
+``FRONTEND_PIPELINE`` normalises what a frontend imported: dead layers removed,
+BatchNorm folded, activations fused, sparsity style detected. ``run_pipeline`` runs
+a pipeline, optionally verifying after every step; ``PATCC_PRINT_AFTER=name[,name]``
+prints the graph after the named passes (``all`` for every pass).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from patcc.ir.graph import Graph
+from patcc.ir.verify import verify
+from patcc.passes.dead_code import eliminate_dead_layers
+from patcc.passes.detect_patterns import detect_patterns
+from patcc.passes.fusion import fold_batchnorm, fuse_activations, fuse_silu
+
+Pass = Callable[[Graph], Graph]
+
+FRONTEND_PIPELINE: tuple[tuple[str, Pass], ...] = (
+    ("eliminate_dead_layers", eliminate_dead_layers),
+    ("fold_batchnorm", fold_batchnorm),
+    ("fuse_silu", fuse_silu),
+    ("fuse_activations", fuse_activations),
+    ("detect_patterns", detect_patterns),
+)
+
+
+def run_pipeline(graph: Graph, pipeline: Sequence[tuple[str, Pass]],
+                 check: bool = False) -> Graph:
+    """Apply each pass in order; with ``check``, ``verify`` the graph after each one."""
+    print_after = {p for p in os.environ.get("PATCC_PRINT_AFTER", "").split(",") if p}
+    for name, fn in pipeline:
+        graph = fn(graph)
+        if check:
+            verify(graph)
+        if name in print_after or "all" in print_after:
+            print(f"# after {name}\n{graph}", file=sys.stderr)
+    return graph
+
+
+__all__ = [
+    "FRONTEND_PIPELINE", "Pass", "detect_patterns", "eliminate_dead_layers", "fold_batchnorm",
+    "fuse_activations", "fuse_silu", "run_pipeline",
+]

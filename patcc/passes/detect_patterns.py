@@ -1,0 +1,84 @@
+"""Detect each convolution's sparsity style from its weights.
+
+A 3x3 conv with zeros is *pattern style* when the masks of its kept kernels come
+from a small model-wide library (at most ``MAX_LIBRARY_SIZE`` distinct masks); the
+library is built from the masks themselves, most frequent first. When the model uses
+more distinct masks than that, the layers whose masks all fall among the most
+frequent ones stay pattern style and the rest are recorded as unstructured. Other
+convs are dense (no zero weight) or unstructured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+
+from patcc.ir.graph import Graph
+from patcc.ir.layers import Conv, Layer
+from patcc.ir.patterns import (
+    MAX_LIBRARY_SIZE,
+    REMOVED,
+    PatternLibrary,
+    PatternStyle,
+    Sparsity,
+    codes_to_masks,
+    masks_to_codes,
+)
+
+FULL_MASK = 0b111111111
+
+
+def _kernel_codes(conv: Conv) -> np.ndarray:
+    """9-bit mask code of every kernel, (O, I/g); 0 for a removed kernel."""
+    return masks_to_codes(conv.weight != 0)
+
+
+def _is_pattern_candidate(conv: Conv, codes: np.ndarray) -> bool:
+    """A 3x3 conv with some pruning: a removed kernel or a kept kernel with zeros."""
+    return conv.kernel_shape == (3, 3) and bool((codes != FULL_MASK).any())
+
+
+def detect_patterns(graph: Graph, max_library: int = MAX_LIBRARY_SIZE) -> Graph:
+    """Set ``sparsity`` and ``pattern`` of every Conv from its weights.
+
+    Deterministic: the library is ordered by how many kernels use each mask
+    (descending), ties broken by the mask's code.
+    """
+    codes = {conv.name: _kernel_codes(conv) for conv in graph.convs()}
+    candidates = [c for c in graph.convs() if _is_pattern_candidate(c, codes[c.name])]
+    freq: Counter[int] = Counter()
+    for conv in candidates:
+        kept = codes[conv.name][codes[conv.name] != 0]
+        freq.update(int(k) for k in kept)
+    ranked = sorted(freq, key=lambda code: (-freq[code], code))
+    allowed = set(ranked[:max_library])
+    pattern_layers = {
+        c.name for c in candidates
+        if set(np.unique(codes[c.name][codes[c.name] != 0]).tolist()) <= allowed
+    }
+    used: Counter[int] = Counter()
+    for conv in candidates:
+        if conv.name in pattern_layers:
+            kept = codes[conv.name][codes[conv.name] != 0]
+            used.update(int(k) for k in kept)
+    library_codes = sorted(used, key=lambda code: (-used[code], code))
+    library = PatternLibrary(codes_to_masks(np.array(library_codes, dtype=np.int64)).reshape(
+        len(library_codes), 3, 3))
+    lookup = {code: i for i, code in enumerate(library_codes)}
+
+    def restyle(layer: Layer) -> Layer:
+        if not isinstance(layer, Conv):
+            return layer
+        layer_codes = codes[layer.name]
+        if layer.name in pattern_layers:
+            ids = np.full(layer_codes.shape, REMOVED, dtype=np.int8)
+            kept = layer_codes != 0
+            ids[kept] = [lookup[int(c)] for c in layer_codes[kept]]
+            style = PatternStyle(library=library, kernel_pattern=ids)
+            return dataclasses.replace(layer, sparsity=Sparsity.PATTERN, pattern=style)
+        sparsity = Sparsity.UNSTRUCTURED if (layer.weight == 0).any() else Sparsity.DENSE
+        return dataclasses.replace(layer, sparsity=sparsity, pattern=None)
+
+    return graph.replace(layers=tuple(restyle(layer) for layer in graph.layers))
