@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from patcc.ir.layers import Conv, IRError, Layer, Shape, _fmt_shape
+from patcc.ir.layers import Conv, IRError, Layer, Shape, format_shape
 from patcc.ir.node import IRNode
 from patcc.ir.patterns import PatternLibrary
 
@@ -26,7 +26,7 @@ class TensorType:
     dtype: str = "float32"
 
     def __str__(self) -> str:
-        return f"{self.dtype}[{_fmt_shape(self.shape)}]"
+        return f"{self.dtype}[{format_shape(self.shape)}]"
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +107,7 @@ class Graph(IRNode):
             args = ", ".join(f"%{t}" for t in layer.inputs)
             outs = ", ".join(f"%{t}" for t in layer.outputs)
             try:
-                shape = " ".join(_fmt_shape(self.shapes[t]) for t in layer.outputs)
+                shape = " ".join(format_shape(self.shapes[t]) for t in layer.outputs)
             except IRError:
                 shape = "?"
             attrs = layer.describe()

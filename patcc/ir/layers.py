@@ -28,7 +28,7 @@ class IRError(Exception):
     """An IR invariant does not hold (a bug in a frontend or pass, or a bad model)."""
 
 
-def _fmt_shape(shape: Shape) -> str:
+def format_shape(shape: Shape) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
@@ -105,7 +105,7 @@ class Layer(IRNode):
     def _rank(self, shape: Shape, rank: int) -> None:
         if len(shape) != rank:
             raise IRError(
-                f"{self.op} {self.name!r} expects a rank-{rank} input, got {_fmt_shape(shape)}"
+                f"{self.op} {self.name!r} expects a rank-{rank} input, got {format_shape(shape)}"
             )
 
 
@@ -232,7 +232,7 @@ class Dense(Layer):
         n_out, k = self.weight.shape
         if not x or x[-1] != k:
             raise IRError(
-                f"Dense {self.name!r}: input {_fmt_shape(x)} does not end in {k} features"
+                f"Dense {self.name!r}: input {format_shape(x)} does not end in {k} features"
             )
         if self.bias.shape != (n_out,):
             raise IRError(f"Dense {self.name!r}: bias shape {self.bias.shape}")
@@ -327,7 +327,7 @@ class GlobalPool(Layer):
         self._check_arity(shapes)
         (x,) = shapes
         if len(x) < 3 or self.kind not in ("max", "avg"):
-            raise IRError(f"GlobalPool {self.name!r}: kind {self.kind!r} on {_fmt_shape(x)}")
+            raise IRError(f"GlobalPool {self.name!r}: kind {self.kind!r} on {format_shape(x)}")
         return ((x[0], x[1], *([1] * (len(x) - 2))),)
 
     def describe(self) -> str:
@@ -346,7 +346,7 @@ def broadcast(a: Shape, b: Shape) -> Shape:
     try:
         return tuple(int(d) for d in np.broadcast_shapes(a, b))
     except ValueError as e:
-        raise IRError(f"shapes {_fmt_shape(a)} and {_fmt_shape(b)} do not broadcast") from e
+        raise IRError(f"shapes {format_shape(a)} and {format_shape(b)} do not broadcast") from e
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -433,7 +433,7 @@ class Concat(Layer):
             if len(s) != len(first) or any(
                 a != b for i, (a, b) in enumerate(zip(s, first, strict=True)) if i != axis
             ):
-                raise IRError(f"Concat {self.name!r}: {_fmt_shape(s)} vs {_fmt_shape(first)}")
+                raise IRError(f"Concat {self.name!r}: {format_shape(s)} vs {format_shape(first)}")
         total = sum(s[axis] for s in shapes)
         return ((*first[:axis], total, *first[axis + 1:]),)
 
@@ -454,13 +454,13 @@ class Reshape(Layer):
         (x,) = shapes
         if math.prod(x) != math.prod(self.shape) or any(d < 0 for d in self.shape):
             raise IRError(
-                f"Reshape {self.name!r}: cannot reshape {_fmt_shape(x)} to "
-                f"{_fmt_shape(self.shape)}"
+                f"Reshape {self.name!r}: cannot reshape {format_shape(x)} to "
+                f"{format_shape(self.shape)}"
             )
         return (tuple(self.shape),)
 
     def describe(self) -> str:
-        return f"to {_fmt_shape(self.shape)}"
+        return f"to {format_shape(self.shape)}"
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -35,19 +35,18 @@ def _kernel_codes(conv: Conv) -> np.ndarray:
     return masks_to_codes(conv.weight != 0)
 
 
-def _is_pattern_candidate(conv: Conv, codes: np.ndarray) -> bool:
-    """A 3x3 conv with some pruning: a removed kernel or a kept kernel with zeros."""
-    return conv.kernel_shape == (3, 3) and bool((codes != FULL_MASK).any())
-
-
 def detect_patterns(graph: Graph, max_library: int = MAX_LIBRARY_SIZE) -> Graph:
     """Set ``sparsity`` and ``pattern`` of every Conv from its weights.
 
     Deterministic: the library is ordered by how many kernels use each mask
     (descending), ties broken by the mask's code.
     """
-    codes = {conv.name: _kernel_codes(conv) for conv in graph.convs()}
-    candidates = [c for c in graph.convs() if _is_pattern_candidate(c, codes[c.name])]
+    codes = {c.name: _kernel_codes(c) for c in graph.convs() if c.kernel_shape == (3, 3)}
+    # a 3x3 conv with some pruning (a removed kernel, or zeros in a kept one) and at
+    # least one kernel left; an all-zero conv has no pattern to speak of
+    candidates = [c for c in graph.convs()
+                  if c.name in codes and bool((codes[c.name] != FULL_MASK).any())
+                  and bool(codes[c.name].any())]
     freq: Counter[int] = Counter()
     for conv in candidates:
         kept = codes[conv.name][codes[conv.name] != 0]
@@ -71,8 +70,8 @@ def detect_patterns(graph: Graph, max_library: int = MAX_LIBRARY_SIZE) -> Graph:
     def restyle(layer: Layer) -> Layer:
         if not isinstance(layer, Conv):
             return layer
-        layer_codes = codes[layer.name]
         if layer.name in pattern_layers:
+            layer_codes = codes[layer.name]
             ids = np.full(layer_codes.shape, REMOVED, dtype=np.int8)
             kept = layer_codes != 0
             ids[kept] = [lookup[int(c)] for c in layer_codes[kept]]

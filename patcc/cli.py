@@ -1,0 +1,134 @@
+"""The ``patcc`` command line: inspect and run (compile arrives with the backends).
+
+User errors print one line (``patcc: error: WHERE: WHAT``) and exit with status 2;
+``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from patcc import __version__
+from patcc.errors import PatccError
+
+EXIT_USER_ERROR = 2
+
+
+def _input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    from patcc.frontends.onnx import parse_shape_spec
+
+    return dict(parse_shape_spec(s) for s in specs or ())
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from patcc.frontends.onnx import import_onnx
+    from patcc.stats import format_stats, model_stats
+
+    graph = import_onnx(args.model, _input_shapes(args.input_shape))
+    stats = model_stats(graph)
+    if args.json:
+        print(json.dumps(stats, indent=1, allow_nan=False, default=str))
+    else:
+        print(format_stats(stats))
+        if args.ir:
+            print(graph)
+    return 0
+
+
+def _read_inputs(specs: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``-i FILE`` fills inputs in order; ``-i NAME=FILE`` names one."""
+    from patcc.fileio import load_npy
+
+    named: dict[str, np.ndarray] = {}
+    positional: list[np.ndarray] = []
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if sep and not Path(spec).exists():
+            if name not in names:
+                raise PatccError(f"-i {spec!r} names input {name!r}, but the model's inputs "
+                                 f"are {list(names)}")
+            named[name] = load_npy(file)
+        else:
+            positional.append(load_npy(spec))
+    free = [n for n in names if n not in named]
+    if len(positional) > len(free):
+        raise PatccError(f"{len(specs)} input files given for the model's inputs {list(names)}")
+    named.update(zip(free, positional, strict=False))
+    return named
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from patcc.fileio import save_npz
+    from patcc.frontends.onnx import import_onnx
+    from patcc.runtime import run
+
+    graph = import_onnx(args.artifact, _input_shapes(args.input_shape))
+    inputs = _read_inputs(args.input, list(graph.inputs))
+    outputs = run(graph, inputs)
+    save_npz(args.output, outputs)
+    if not args.quiet:
+        for name, value in outputs.items():
+            print(f"{name}: {value.dtype}[{'x'.join(map(str, value.shape))}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``patcc`` command."""
+    parser = argparse.ArgumentParser(
+        prog="patcc", description="Compile pattern-pruned CNNs into fast native code.")
+    parser.add_argument("--version", action="version", version=f"patcc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    shape_help = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
+
+    p = sub.add_parser("inspect", help="per-layer shapes, MACs, patterns and compression")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--ir", action="store_true", help="also print the imported IR")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("run", help="run a model on .npy inputs, write the outputs as .npz")
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="an .onnx model (run by the reference interpreter)")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="[NAME=]FILE.npy",
+                   help="an input array; NAME= selects the input (repeatable)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``patcc`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PatccError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"patcc: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug in patcc: say so instead of dumping a traceback
+        if args.debug:
+            traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"patcc: internal error: {type(e).__name__}: {first} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
