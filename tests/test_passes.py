@@ -166,3 +166,21 @@ def test_too_many_masks_make_the_rarest_layers_unstructured() -> None:
     assert after.layers[0].sparsity is Sparsity.PATTERN
     assert after.layers[1].sparsity is Sparsity.UNSTRUCTURED
     assert after.pattern_library is not None and len(after.pattern_library) == 2
+
+
+def test_incidental_zeros_do_not_make_patterns() -> None:
+    dense = RNG.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dense[3, 5, 0, 2] = 0.0  # one exactly-zero weight in 256 kernels
+    codes = np.full((16, 16), PLUS)
+    codes[::2, 1::2] = TEE
+    pattern = _masked(codes)
+    pattern[0, 0, 1, 1] = 0.0  # a zero inside a kept PLUS kernel
+    x = {"x": TensorType((1, 16, 6, 6))}
+    before = Graph(x, (conv("d", "x", "a", weight=dense),
+                       conv("p", "a", "y", weight=pattern)), ("y",))
+    after = verify(detect_patterns(before))
+    assert after.layers[0].sparsity is Sparsity.UNSTRUCTURED  # not pattern style
+    p = after.layers[1].pattern
+    assert p is not None and len(p.library) == 2  # PLUS and TEE only
+    assert p.kernel_pattern[0, 0] == int(np.flatnonzero(
+        (p.library.masks == codes_to_masks(np.array(PLUS))).all(axis=(1, 2)))[0])

@@ -30,9 +30,30 @@ from patcc.ir.patterns import (
 FULL_MASK = 0b111111111
 
 
+RARE_FRACTION = 0.01
+"""A mask used by at most this fraction of a layer's kept kernels (and at least one) is
+rare: an incidental zero weight, not a pattern, when a common mask covers it."""
+
+
 def _kernel_codes(conv: Conv) -> np.ndarray:
-    """9-bit mask code of every kernel, (O, I/g); 0 for a removed kernel."""
-    return masks_to_codes(conv.weight != 0)
+    """9-bit mask code of every kernel, (O, I/g); 0 for a removed kernel.
+
+    A rare mask that is a strict subset of a common mask of the same layer takes that
+    mask's code: a trained or randomly drawn weight can be exactly zero (fp32 normal
+    draws hit 0.0 about once in 10^7), and such zeros must neither turn a dense layer
+    into a pattern layer nor add a pattern to the library.
+    """
+    codes = masks_to_codes(conv.weight != 0)
+    values, counts = np.unique(codes[codes != 0], return_counts=True)
+    rare_limit = max(1, int(RARE_FRACTION * counts.sum()))
+    common = [(int(c), int(n)) for c, n in zip(values, counts, strict=True) if n > rare_limit]
+    for code, n in zip(values.tolist(), counts.tolist(), strict=True):
+        if n > rare_limit:
+            continue
+        covers = [(-m, c) for c, m in common if c != code and c & code == code]
+        if covers:
+            codes[codes == code] = min(covers)[1]  # the most used covering mask
+    return codes
 
 
 def detect_patterns(graph: Graph, max_library: int = MAX_LIBRARY_SIZE) -> Graph:

@@ -32,6 +32,7 @@ class Node:
     inputs: list[str]  # "" marks an omitted optional input
     outputs: list[str]
     attrs: dict[str, Any]
+    proto: onnx.NodeProto
 
     @property
     def where(self) -> str:
@@ -176,14 +177,15 @@ class Importer:
             inputs=[self.alias.get(i, i) for i in proto_node.input],
             outputs=list(proto_node.output),
             attrs={a.name: _decode(a) for a in proto_node.attribute},
+            proto=proto_node,
         )
 
     def _fold(self, node: Node) -> None:
         """Evaluate a node whose inputs are all constant with onnx's reference evaluator."""
-        proto_node = onnx.helper.make_node(
-            node.op_type, node.inputs, node.outputs, name=node.name,
-            **{k: v for k, v in node.attrs.items()},
-        )
+        proto_node = onnx.NodeProto()
+        proto_node.CopyFrom(node.proto)
+        del proto_node.input[:]
+        proto_node.input.extend(node.inputs)
         try:
             evaluator = ReferenceEvaluator(proto_node, opsets={"": self.opset})
             feeds = {i: self.consts[i] for i in node.inputs if i}
