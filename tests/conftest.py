@@ -35,3 +35,36 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     if MISSING_TOOL in reason or "could not import" in reason:
         report.outcome = "failed"
         report.longrepr = f"CI=true: a required tool is missing, so this test cannot be skipped: {reason}"
+
+
+PRUNED_VARIANT = {
+    "resnet18": "6x",
+    "resnet50": "6x",
+    "vgg16": "8x",
+    "mobilenet_v2": "dw-patterns+pw50",
+}
+"""The pruned variant tested for each architecture (the small models use "6x")."""
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``exported_model(name, variant) -> (torch module, path of its ONNX export)``.
+
+    Built and exported once per session; models are never committed to the repo.
+    Dense variants keep their BatchNormalization nodes (the exporter would fold
+    them), so patcc's own folding is exercised on every architecture.
+    """
+    from patcc.models import INPUT_SHAPES, export_onnx, pruned_model
+
+    cache: dict[tuple[str, str], tuple[object, object]] = {}
+    root = tmp_path_factory.mktemp("models")
+
+    def get(name: str, variant: str):  # type: ignore[no-untyped-def]
+        if (name, variant) not in cache:
+            module = pruned_model(name, variant)
+            path = root / f"{name}-{variant}.onnx"
+            export_onnx(module, path, INPUT_SHAPES[name], fold_batchnorm=variant != "dense")
+            cache[name, variant] = (module, path)
+        return cache[name, variant]
+
+    return get

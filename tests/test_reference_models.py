@@ -1,0 +1,40 @@
+"""Whole reference architectures, dense and pattern-pruned: interpreter vs onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import PRUNED_VARIANT
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Sparsity
+from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.runtime import run
+
+ort = pytest.importorskip("onnxruntime")
+
+CASES = [
+    pytest.param(name, variant, marks=[pytest.mark.slow] if name in ("resnet50", "vgg16") else [],
+                 id=f"{name}-{variant}")
+    for name in REFERENCE_ARCHITECTURES
+    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
+]
+
+
+@pytest.mark.parametrize(("name", "variant"), CASES)
+def test_interpreter_matches_onnxruntime(exported_model, name: str, variant: str) -> None:
+    _, path = exported_model(name, variant)
+    graph = import_onnx(path)
+    x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES[name]).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ref,) = session.run(None, {session.get_inputs()[0].name: x})
+    (ours,) = run(graph, [x]).values()
+    scale = float(np.abs(ref).max())
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * scale)
+    styles = {c.sparsity for c in graph.convs()}
+    if variant == "dense":
+        assert Sparsity.PATTERN not in styles
+    else:
+        assert Sparsity.PATTERN in styles
+        library = graph.pattern_library
+        assert library is not None and len(library) <= 8
