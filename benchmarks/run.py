@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     head += "".join(f"{p + ' ms':>16}{'nz GF/s':>9}{'% peak':>8}" for p in ("onnxruntime", "torch"))
     print(head)
     for r in rows:
-        line = f"{r['model'] + ' ' + r['variant']:<28}{r['dense_gmacs']:>11.2f}{r['nonzero_gmacs']:>9.2f}"
+        label = f"{r['model']} {r['variant']}"
+        line = f"{label:<28}{r['dense_gmacs']:>11.2f}{r['nonzero_gmacs']:>9.2f}"
         for peer in ("onnxruntime", "torch"):
             ms = r["latency_ms"][peer]
             gflops = 2 * r["nonzero_gmacs"] / (ms / 1e3)

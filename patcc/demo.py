@@ -10,12 +10,13 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 
-def _median_ms(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
+def _median_ms(fn: Callable[[], object], runs: int) -> float:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -36,7 +37,8 @@ def main(out_dir: str = "build/demo") -> int:
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "resnet18-6x.onnx"
-    print(f"building ResNet-18, pattern-pruned 6x (8 patterns, 37.5% of 3x3 kernels kept) -> {path}")
+    print("building ResNet-18, pattern-pruned 6x (8 patterns, 37.5% of 3x3 kernels kept)"
+          f" -> {path}")
     export_onnx(pruned_model("resnet18", "6x"), path, INPUT_SHAPES["resnet18"])
 
     graph = import_onnx(path)

@@ -39,7 +39,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
 
 def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
     """Save arrays keyed by name into an ``.npz`` file, atomically."""
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def load_npy(path: str | os.PathLike[str]) -> np.ndarray:

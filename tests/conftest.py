@@ -34,7 +34,7 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     reason = str(report.longrepr[2])
     if MISSING_TOOL in reason or "could not import" in reason:
         report.outcome = "failed"
-        report.longrepr = f"CI=true: a required tool is missing, so this test cannot be skipped: {reason}"
+        report.longrepr = f"CI=true: a required tool is missing, so this cannot skip: {reason}"
 
 
 PRUNED_VARIANT = {

@@ -57,7 +57,7 @@ def _fold_scale_shift(producer: Layer, consumer: Layer) -> Layer | None:
     else:
         return None
     return dataclasses.replace(
-        producer,  # type: ignore[type-var]
+        producer,
         weight=weight.astype(np.float32),
         bias=(producer.bias * scale + shift).astype(np.float32),
         activation=consumer.activation,
@@ -82,7 +82,7 @@ def _fuse_activation(producer: Layer, consumer: Layer) -> Layer | None:
     if not isinstance(consumer, Unary):
         return None
     if isinstance(producer, (Conv, Dense, ScaleShift, Binary)) and producer.activation is None:
-        return dataclasses.replace(producer, activation=consumer.activation)  # type: ignore
+        return dataclasses.replace(producer, activation=consumer.activation)
     return None
 
 

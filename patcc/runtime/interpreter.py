@@ -260,7 +260,7 @@ def _pad(layer: Pad, args: list[np.ndarray]) -> list[np.ndarray]:
     widths = [(layer.pads[i], layer.pads[i + r]) for i in range(r)]
     if layer.mode == "constant":
         return [np.pad(x, widths, constant_values=layer.value)]
-    return [np.pad(x, widths, mode=layer.mode)]
+    return [np.pad(x, widths, mode=layer.mode)]  # type: ignore[call-overload]
 
 
 _EVALUATORS: dict[type, Callable[[Any, list[np.ndarray]], list[np.ndarray]]] = {

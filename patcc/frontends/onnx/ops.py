@@ -60,7 +60,7 @@ def _spatial_input(ctx: Importer, node: Node) -> tuple[int, int, int, int]:
     if len(shape) != 4:
         unsupported(node, f"only 2-D {node.op_type} on NCHW tensors is supported "
                           f"(input has rank {len(shape)})")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def _window_pads(node: Node, hw: tuple[int, int], kernel: tuple[int, int],
@@ -197,7 +197,7 @@ def pool(kind: str) -> Callable[[Importer, Node], None]:
         dilations = _ints(node.attr("dilations"), (1, 1))
         ctx.add(Pool(
             name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
-            kind=kind, kernel=kernel,  # type: ignore[arg-type]
+            kind=kind, kernel=kernel,
             strides=strides,  # type: ignore[arg-type]
             pads=_window_pads(node, (h, w), kernel, strides, dilations),  # type: ignore[arg-type]
             dilations=dilations,  # type: ignore[arg-type]
