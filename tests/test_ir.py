@@ -141,3 +141,12 @@ def test_mask_codes_round_trip() -> None:
     codes = np.arange(512)
     assert (masks_to_codes(codes_to_masks(codes)) == codes).all()
     assert codes_to_masks(np.array(1))[0, 0] and codes_to_masks(np.array(1)).sum() == 1
+
+
+def test_pool_window_of_padding_alone_is_rejected() -> None:
+    p = Pool(name="p", inputs=("x",), outputs=("y",), kind="max", kernel=(2, 2),
+             dilations=(3, 3), pads=(1, 1, 1, 1))
+    # window 0 reads rows -1 and 2 of a 2-row input: padding only
+    with pytest.raises(IRError, match="output 0 on axis 2 reads only padding"):
+        p.infer_shapes([(1, 1, 2, 2)])
+    assert p.infer_shapes([(1, 1, 3, 3)]) == ((1, 1, 2, 2),)

@@ -300,6 +300,15 @@ class Pool(Layer):
                          self.ceil_mode)
         wo = _window_out(w, self.kernel[1], self.strides[1], pl, pr, self.dilations[1],
                          self.ceil_mode)
+        # A window of padding alone has no maximum and no average (onnxruntime answers
+        # -FLT_MAX or 0/0); reject it rather than pick a value.
+        for axis, size, out, pad in ((2, h, ho, pt), (3, w, wo, pl)):
+            k, s, d = self.kernel[axis - 2], self.strides[axis - 2], self.dilations[axis - 2]
+            for i in range(out):
+                if not any(0 <= i * s - pad + j * d < size for j in range(k)):
+                    raise IRError(
+                        f"Pool {self.name!r}: output {i} on axis {axis} reads only padding "
+                        f"(kernel {k}, dilation {d}, padding {pad}); reduce the padding")
         return ((n, c, ho, wo),)
 
     def describe(self) -> str:
@@ -510,8 +519,9 @@ class Slice(Layer):
         return (tuple(out),)
 
     def describe(self) -> str:
+        # printed as Python slices: a negative step running through index 0 has no end
         return " ".join(
-            f"[{s}:{e}{':' + str(st) if st != 1 else ''}]"
+            f"[{s}:{'' if e < 0 else e}{':' + str(st) if st != 1 else ''}]"
             for s, e, st in zip(self.starts, self.ends, self.steps, strict=True)
         )
 

@@ -15,7 +15,8 @@ def verify(graph: Graph) -> Graph:
     Checked: unique layer names; every tensor defined once before use; shapes
     consistent (``Graph.shapes``); graph outputs defined; weights float32 and finite;
     pattern style consistent with the weights (ids in range, removed kernels all zero,
-    no weight outside its kernel's mask) and one library shared by all layers.
+    no weight outside its kernel's mask) and one library shared by all layers. A kept
+    kernel may have zeros inside its mask: a weight can be exactly zero by accident.
     """
     names = [layer.name for layer in graph.layers]
     if len(set(names)) != len(names):

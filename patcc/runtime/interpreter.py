@@ -90,7 +90,8 @@ def run(graph: Graph, inputs: Inputs) -> dict[str, np.ndarray]:
 def evaluate(layer: Layer, args: list[np.ndarray]) -> list[np.ndarray]:
     """Evaluate one layer on numpy arrays; the reference semantics of every layer."""
     fn = _EVALUATORS[type(layer)]
-    return [np.ascontiguousarray(o, dtype=np.float32) for o in fn(layer, args)]
+    # np.ascontiguousarray would turn a rank-0 result into shape (1,)
+    return [np.require(o, dtype=np.float32, requirements="C") for o in fn(layer, args)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def _dense(layer: Dense, args: list[np.ndarray]) -> list[np.ndarray]:
 def _scale_shift(layer: ScaleShift, args: list[np.ndarray]) -> list[np.ndarray]:
     (x,) = args
     bshape = (1, -1) + (1,) * (x.ndim - 2)
-    y = x * layer.scale.reshape(bshape) + layer.shift.reshape(bshape)
+    y = x.astype(np.float64) * layer.scale.reshape(bshape) + layer.shift.reshape(bshape)
     return [apply_activation(layer.activation, y)]
 
 

@@ -145,7 +145,9 @@ class Importer:
 
     def layer_name(self, node: Node, suffix: str = "") -> str:
         """A unique layer name derived from the node's name."""
-        base = node.name + suffix
+        return self._unique(node.name + suffix)
+
+    def _unique(self, base: str) -> str:
         name, k = base, 1
         while name in self._names:
             k += 1
@@ -186,10 +188,20 @@ class Importer:
         proto_node.CopyFrom(node.proto)
         del proto_node.input[:]
         proto_node.input.extend(node.inputs)
+        feeds = {i: self.consts[i] for i in node.inputs if i}
+        # A one-node model pins the operator set: given a bare node, the evaluator
+        # would use the newest version of the operator (Unsqueeze-13 for an opset-11
+        # model, whose axes are an attribute, not an input).
+        graph = onnx.helper.make_graph(
+            [proto_node], "fold",
+            [onnx.helper.make_tensor_value_info(
+                i, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+             for i, v in feeds.items()],
+            [onnx.ValueInfoProto(name=o) for o in node.outputs if o],
+        )
+        model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
         try:
-            evaluator = ReferenceEvaluator(proto_node, opsets={"": self.opset})
-            feeds = {i: self.consts[i] for i in node.inputs if i}
-            results = evaluator.run(None, feeds)
+            results = ReferenceEvaluator(model).run(None, feeds)
         except Exception as e:  # the reference evaluator raises many exception types
             raise PatccError(f"cannot fold constant node: {e}".splitlines()[0], node.where) from e
         for out, value in zip(node.outputs, results, strict=False):
@@ -204,7 +216,10 @@ class Importer:
             for i in g.input if i.name not in initializers
         }
         outputs = []
+        output_names = {out.name for out in g.output}
+        produced = {t for layer in self.layers for t in layer.outputs}
         renames: dict[str, str] = {}
+        copies: list[Layer] = []
         for out in g.output:
             source = self.alias.get(out.name, out.name)
             if source in self.consts:
@@ -212,17 +227,18 @@ class Importer:
                                  f"output {out.name!r}")
             if source not in self.shapes:
                 raise PatccError("is never produced", f"output {out.name!r}")
-            produced_by_layer = any(source in layer.outputs for layer in self.layers)
-            if source != out.name and produced_by_layer and source not in renames:
-                renames[source] = out.name
-            elif source != out.name:
-                # an output that is a graph input or repeats another output gets a copy
-                self.layers.append(Reshape(
-                    name=f"copy_{out.name}", inputs=(renames.get(source, source),),
-                    outputs=(out.name,), shape=self.shapes[source]))
+            if source != out.name:
+                # An alias (Identity, Dropout) named the output: the producing layer takes
+                # the output's name, unless its own tensor must survive (a graph input or
+                # another output), or another output already took it; then copy.
+                if source in produced and source not in output_names and source not in renames:
+                    renames[source] = out.name
+                else:
+                    copies.append(Reshape(name=self._unique(f"copy_{out.name}"),
+                                          inputs=(source,), outputs=(out.name,),
+                                          shape=self.shapes[source]))
             outputs.append(out.name)
-        layers = tuple(_rename(layer, renames) for layer in self.layers) if renames else tuple(
-            self.layers)
+        layers = tuple(_rename(layer, renames) for layer in (*self.layers, *copies))
         graph = Graph(
             inputs=inputs,
             layers=layers,
