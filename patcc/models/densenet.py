@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from patcc.models.weights import init_like_torchvision, randomize_batchnorm, seeded
+from patcc.models.weights import build_seeded
 
 # The batch-1 NCHW input the model is built for.
 INPUT_SHAPE: tuple[int, ...] = (1, 3, 32, 32)
@@ -132,8 +132,4 @@ def densenet_tiny(num_classes: int = 10, seed: int = 0) -> DenseNetTiny:
     Returns:
         the model.
     """
-    with seeded(seed):
-        model = DenseNetTiny(num_classes)
-        init_like_torchvision(model)
-    randomize_batchnorm(model, seed, INPUT_SHAPE)
-    return model.eval()
+    return build_seeded(lambda: DenseNetTiny(num_classes), seed, INPUT_SHAPE)

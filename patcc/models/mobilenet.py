@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from patcc.models.weights import init_like_torchvision, randomize_batchnorm, seeded
+from patcc.models.weights import build_seeded
 
 # The batch-1 NCHW input the model is built for.
 INPUT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
@@ -91,8 +91,4 @@ def mobilenet_v2(num_classes: int = 1000, seed: int = 0) -> MobileNetV2:
     Returns:
         the model; 3,504,872 parameters with 1000 classes.
     """
-    with seeded(seed):
-        model = MobileNetV2(num_classes)
-        init_like_torchvision(model)
-    randomize_batchnorm(model, seed, INPUT_SHAPE)
-    return model.eval()
+    return build_seeded(lambda: MobileNetV2(num_classes), seed, INPUT_SHAPE)

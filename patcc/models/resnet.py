@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from patcc.models.weights import init_like_torchvision, randomize_batchnorm, seeded
+from patcc.models.weights import build_seeded
 
 # The batch-1 NCHW input the model is built for.
 INPUT_SHAPE: tuple[int, ...] = (1, 3, 224, 224)
@@ -121,11 +121,7 @@ class ResNet(nn.Module):
 def _build(
     block: type[BasicBlock | Bottleneck], layers: Sequence[int], num_classes: int, seed: int
 ) -> ResNet:
-    with seeded(seed):
-        model = ResNet(block, layers, num_classes)
-        init_like_torchvision(model)
-    randomize_batchnorm(model, seed, INPUT_SHAPE)
-    return model.eval()
+    return build_seeded(lambda: ResNet(block, layers, num_classes), seed, INPUT_SHAPE)
 
 
 def resnet18(num_classes: int = 1000, seed: int = 0) -> ResNet:

@@ -9,8 +9,9 @@ batch-norm folding is really exercised.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -122,3 +123,17 @@ def _measure_running_statistics(
             target, source = getattr(layer, name), getattr(measured, name)
             if target is not None and source is not None:
                 target.copy_(source)
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def build_seeded(factory: Callable[[], ModelT], seed: int,
+                 input_shape: tuple[int, ...]) -> ModelT:
+    """Construct ``factory()`` under ``seed`` with torchvision's initialisation and
+    BatchNorm statistics measured on ``input_shape``; returns it in eval mode."""
+    with seeded(seed):
+        model = factory()
+        init_like_torchvision(model)
+    randomize_batchnorm(model, seed, input_shape)
+    return model.eval()
