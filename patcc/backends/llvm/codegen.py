@@ -1,0 +1,278 @@
+"""Assemble a whole model into one LLVM module with the patcc C ABI.
+
+Exported functions (see ``patcc/backends/abi.py`` for the header):
+``patcc_run``, ``patcc_workspace_size``, ``patcc_model_info``,
+``patcc_set_num_threads``, ``patcc_get_num_threads``, ``patcc_abi_version``.
+
+Tensors live in one of four places: the caller's input or output buffers, the
+constant blob (graph constants), or the caller-provided workspace at an offset the
+memory planner chose by liveness. A Reshape whose output is not a graph output
+shares its input's memory and emits no code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+import patcc
+from patcc.backends.llvm.conv import lower_conv, lower_dense
+from patcc.backends.llvm.elementwise import (
+    lower_binary,
+    lower_scale_shift,
+    lower_slice,
+    lower_transpose,
+    lower_unary,
+)
+from patcc.backends.llvm.irutil import I8, I32, I64, PTR, KernelBuilder, i32, i64
+from patcc.backends.llvm.lowering import (
+    BLOB_SYMBOL,
+    LayerCode,
+    LoweringContext,
+    WeightBlob,
+    load_operands,
+)
+from patcc.backends.llvm.movement import lower_concat, lower_pad, lower_reshape_copy, lower_split
+from patcc.backends.llvm.pooling import lower_global_pool, lower_pool, lower_softmax
+from patcc.backends.llvm.threads import ThreadPool
+from patcc.backends.memory import Buffer, naive_peak, plan_memory
+from patcc.backends.target import Target
+from patcc.ir import (
+    Binary,
+    Concat,
+    Conv,
+    Dense,
+    GlobalPool,
+    Graph,
+    Pad,
+    Pool,
+    Reshape,
+    ScaleShift,
+    Slice,
+    Softmax,
+    Split,
+    Transpose,
+    Unary,
+)
+
+ABI_VERSION = 1
+WORKSPACE_ALIGN = 64
+
+# Error codes of the C ABI (also in the generated header).
+OK, ERR_NULL, ERR_WORKSPACE, ERR_THREADS = 0, 1, 2, 3
+
+Lowering = Callable[..., LayerCode]
+LOWERINGS: dict[type, Lowering] = {
+    Conv: lower_conv, Dense: lower_dense, Binary: lower_binary, Unary: lower_unary,
+    ScaleShift: lower_scale_shift, Pool: lower_pool, GlobalPool: lower_global_pool,
+    Softmax: lower_softmax, Concat: lower_concat, Split: lower_split, Pad: lower_pad,
+    Transpose: lower_transpose, Slice: lower_slice, Reshape: lower_reshape_copy,
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a tensor lives: ``kind`` is input, output, const or workspace."""
+
+    kind: str
+    index: int  # input/output position, or byte offset in the blob or workspace
+
+
+@dataclass
+class ModulePlan:
+    """Everything decided before emission: layer code, tensor locations, memory."""
+
+    graph: Graph
+    target: Target
+    codes: list[LayerCode]
+    locations: dict[str, Location]
+    scratch: dict[str, int]  # layer name -> workspace byte offset of its scratch
+    workspace: int
+    workspace_naive: int
+    blob: WeightBlob
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def plan_module(graph: Graph, target: Target) -> ModulePlan:
+    """Lower every layer and lay out all tensors; nothing is emitted yet."""
+    shapes = dict(graph.shapes)
+    blob = WeightBlob()
+    ctx = LoweringContext(shapes=shapes, target=target, blob=blob,
+                          constants=dict(graph.constants))
+    outputs = set(graph.outputs)
+    alias: dict[str, str] = {}
+    codes: list[LayerCode] = []
+    for layer in graph.layers:
+        if isinstance(layer, Reshape) and layer.outputs[0] not in outputs:
+            alias[layer.outputs[0]] = alias.get(layer.inputs[0], layer.inputs[0])
+            continue
+        codes.append(LOWERINGS[type(layer)](layer, ctx))
+
+    locations: dict[str, Location] = {}
+    for i, name in enumerate(graph.inputs):
+        locations[name] = Location("input", i)
+    for j, name in enumerate(graph.outputs):
+        locations[name] = Location("output", j)
+    for name, value in graph.constants.items():
+        locations[name] = Location("const", blob.add(value))
+
+    def root(t: str) -> str:
+        return alias.get(t, t)
+
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for step, code in enumerate(codes):
+        for t in code.layer.outputs:
+            first.setdefault(t, step)
+            last[t] = max(last.get(t, step), step)
+        for t in code.layer.inputs:
+            last[root(t)] = step
+    buffers = [Buffer(t, 4 * _size(shapes[t]), first[t], last[t])
+               for t in first if t not in locations]
+    buffers += [Buffer(f"scratch:{c.layer.name}", c.scratch_bytes, s, s)
+                for s, c in enumerate(codes) if c.scratch_bytes]
+    memory = plan_memory(buffers, WORKSPACE_ALIGN)
+    for buf in buffers:
+        if not buf.name.startswith("scratch:"):
+            locations[buf.name] = Location("workspace", memory.offsets[buf.name])
+    for t, r in alias.items():
+        locations[t] = locations[r]
+    scratch = {b.name.removeprefix("scratch:"): memory.offsets[b.name]
+               for b in buffers if b.name.startswith("scratch:")}
+    plan = ModulePlan(graph, target, codes, locations, scratch, memory.peak,
+                      naive_peak(buffers, WORKSPACE_ALIGN), blob)
+    plan.info = model_info(plan)
+    return plan
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def model_info(plan: ModulePlan) -> dict[str, object]:
+    """The JSON document ``patcc_model_info`` returns."""
+    g = plan.graph
+    return {
+        "patcc_version": patcc.__version__,
+        "abi_version": ABI_VERSION,
+        "model": g.name,
+        "target": {"tag": plan.target.tag, "triple": plan.target.triple,
+                   "cpu": plan.target.cpu, "vector_bits": plan.target.vector_bits},
+        "inputs": [{"name": n, "shape": list(t.shape), "dtype": t.dtype}
+                   for n, t in g.inputs.items()],
+        "outputs": [{"name": n, "shape": list(g.shapes[n]), "dtype": "float32"}
+                    for n in g.outputs],
+        "workspace_size": plan.workspace,
+        "layers": len(plan.codes),
+    }
+
+
+def emit_module(plan: ModulePlan) -> ir.Module:
+    """The LLVM module for a planned model (functions, pool, ABI entry points)."""
+    target = plan.target
+    module = ir.Module(name=plan.graph.name)
+    module.triple = target.triple
+    blob_type = ir.ArrayType(I8, max(plan.blob.size, 1))
+    blob = ir.GlobalVariable(module, blob_type, BLOB_SYMBOL)
+    blob.linkage = "external"
+    blob.global_constant = True
+    blob.visibility = "hidden"
+    pool = ThreadPool(module, target.nprocessors_onln)
+    pool.emit_get_threads()
+
+    phase_fns: list[list[tuple[int, int]]] = []
+    all_phases: list[ir.Function] = []
+    for li, code in enumerate(plan.codes):
+        fns = []
+        for pi, phase in enumerate(code.phases):
+            fn = ir.Function(module, pool.task_type, f"L{li}_{_ident(code.layer.name)}_{pi}"
+                             f"_{phase.name}")
+            fn.linkage = "internal"
+            fn.attributes.add("nounwind")
+            kb = KernelBuilder(ir.IRBuilder(fn.append_basic_block("entry")), target)
+            ops = load_operands(kb, fn.args[0], len(code.layer.inputs),
+                                len(code.layer.outputs), blob)
+            phase.body(kb, ops, fn.args[1])
+            kb.b.ret_void()
+            fns.append((len(all_phases), phase.tasks))
+            all_phases.append(fn)
+        phase_fns.append(fns)
+    pool.finish_dispatch(all_phases)
+
+    _emit_run(module, plan, pool, blob, phase_fns)
+    _emit_constant_fn(module, "patcc_workspace_size", I64, i64(plan.workspace))
+    _emit_constant_fn(module, "patcc_abi_version", I32, i32(ABI_VERSION))
+    _emit_info(module, json.dumps(plan.info, sort_keys=True))
+    return module
+
+
+def _ident(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
+
+
+def _emit_constant_fn(module: ir.Module, name: str, typ: ir.Type, value: ir.Constant) -> None:
+    fn = ir.Function(module, ir.FunctionType(typ, []), name)
+    ir.IRBuilder(fn.append_basic_block("entry")).ret(value)
+
+
+def _emit_info(module: ir.Module, text: str) -> None:
+    data = bytearray(text.encode()) + b"\0"
+    g = ir.GlobalVariable(module, ir.ArrayType(I8, len(data)), "model_info_json")
+    g.linkage = "internal"
+    g.global_constant = True
+    g.initializer = ir.Constant(ir.ArrayType(I8, len(data)), data)
+    fn = ir.Function(module, ir.FunctionType(PTR, []), "patcc_model_info")
+    ir.IRBuilder(fn.append_basic_block("entry")).ret(g)
+
+
+def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Value,
+              phase_fns: list[list[tuple[int, int]]]) -> None:
+    """``int32 patcc_run(const float *const *inputs, float *const *outputs,
+    void *workspace, size_t workspace_size)``."""
+    fn = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, I64]), "patcc_run")
+    inputs, outputs, ws, ws_size = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    null = ir.Constant(PTR, None)
+    with b.if_then(b.or_(b.icmp_unsigned("==", inputs, null),
+                         b.icmp_unsigned("==", outputs, null))):
+        b.ret(i32(ERR_NULL))
+    if plan.workspace:
+        misaligned = b.icmp_unsigned("!=", b.and_(b.ptrtoint(ws, I64),
+                                                  i64(WORKSPACE_ALIGN - 1)), i64(0))
+        bad = b.or_(b.or_(b.icmp_unsigned("==", ws, null),
+                          b.icmp_unsigned("<", ws_size, i64(plan.workspace))), misaligned)
+        with b.if_then(bad):
+            b.ret(i32(ERR_WORKSPACE))
+    b.call(pool.init_fn, [])
+    b.call(pool.p_lock, [pool.run_mutex])
+    width = max((len(c.layer.inputs) + len(c.layer.outputs) + 1 for c in plan.codes),
+                default=1)
+    table_ptr = b.alloca(PTR, size=i64(width), name="operands")
+
+    def pointer(tensor: str) -> ir.Value:
+        loc = plan.locations[tensor]
+        if loc.kind == "input":
+            return b.load(b.gep(inputs, [i64(loc.index)], source_etype=PTR), typ=PTR)
+        if loc.kind == "output":
+            return b.load(b.gep(outputs, [i64(loc.index)], source_etype=PTR), typ=PTR)
+        base = blob if loc.kind == "const" else ws
+        return b.gep(base, [i64(loc.index)], source_etype=I8)
+
+    for code, fns in zip(plan.codes, phase_fns, strict=True):
+        layer = code.layer
+        ptrs = [pointer(t) for t in (*layer.inputs, *layer.outputs)]
+        scratch = plan.scratch.get(layer.name)
+        ptrs.append(b.gep(ws, [i64(scratch)], source_etype=I8) if scratch is not None
+                    else null)
+        for k, p in enumerate(ptrs):
+            b.store(p, b.gep(table_ptr, [i64(k)], source_etype=PTR))
+        for phase_id, tasks in fns:
+            b.call(pool.parallel_for, [i64(phase_id), table_ptr, i64(tasks)])
+    b.call(pool.p_unlock, [pool.run_mutex])
+    b.ret(i32(OK))

@@ -1,0 +1,237 @@
+"""The direct convolution kernel: pattern-sparse 3x3 and depthwise convs.
+
+It never sees a dense weight tensor. The weights arrive in a compressed layout read
+front to back: for each filter, its kept kernels grouped by pattern (a count per
+pattern), the input channel of each kernel, and the kept weights in code order.
+The generated code has one loop per pattern, whose body reads the pattern's taps
+at compile-time (dy, dx) offsets, vectorised along output pixels.
+
+Padding and strides are taken out of the inner loop by a first phase that copies
+each input channel into a zero-padded buffer split into stride phases: output pixel
+``(oh, ow)`` reads tap ``(dy, dx)`` at ``phase[(dy*dh) % sh][(dx*dw) % sw]`` row
+``oh + (dy*dh) // sh``, column ``ow + (dx*dw) // sw``, so every tap of every pattern
+is one contiguous vector load at a constant offset, with no bounds check. Rows are
+padded to whole vector tiles so tile loads never leave their row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
+from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
+from patcc.ir.layers import Conv
+
+TILE_VECTORS = 2
+"""Output vectors computed together per row: each broadcast weight serves all of them."""
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One kept kernel position, resolved against the phase-split padded input."""
+
+    phase: int
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class CompressedConv:
+    """Pattern-aware compressed weights of one conv (arrays in code order).
+
+    ``patterns[p]`` lists the kernel positions (dy, dx) of tap set p;
+    ``counts[o, p]`` is how many kernels of filter o use it; ``channels`` is the input
+    channel of each kept kernel and ``weights`` their taps, filter by filter, pattern
+    by pattern; ``kernel_start``/``weight_start`` index both per filter.
+    """
+
+    patterns: tuple[tuple[tuple[int, int], ...], ...]
+    counts: np.ndarray
+    channels: np.ndarray
+    weights: np.ndarray
+    kernel_start: np.ndarray
+    weight_start: np.ndarray
+
+
+def compress(layer: Conv) -> CompressedConv:
+    """Compressed weights of a pattern-style or depthwise conv."""
+    o, cg, kh, kw = layer.weight.shape
+    og = o // layer.groups
+    if layer.pattern is not None:
+        masks = layer.pattern.library.masks
+        ids = layer.pattern.kernel_pattern.astype(np.int64)
+    else:  # one tap set: the whole window
+        masks = np.ones((1, kh, kw), dtype=bool)
+        ids = np.zeros((o, cg), dtype=np.int64)
+    patterns = tuple(tuple((int(y), int(x)) for y, x in zip(*np.nonzero(m), strict=True))
+                     for m in masks)
+    counts = np.zeros((o, len(patterns)), np.int32)
+    channels: list[int] = []
+    weights: list[np.ndarray] = []
+    kernel_start = np.zeros(o, np.int32)
+    weight_start = np.zeros(o, np.int32)
+    n_weights = 0
+    for f in range(o):
+        kernel_start[f] = len(channels)
+        weight_start[f] = n_weights
+        for p, taps in enumerate(patterns):
+            local = np.flatnonzero(ids[f] == p)  # removed kernels (-1) are never listed
+            counts[f, p] = len(local)
+            for ci in local:
+                channels.append((f // og) * cg + int(ci))
+                w = layer.weight[f, ci]
+                weights.append(np.array([w[y, x] for y, x in taps], np.float32))
+                n_weights += len(taps)
+    return CompressedConv(
+        patterns=patterns, counts=counts,
+        channels=np.array(channels, np.int32),
+        weights=np.concatenate(weights) if weights else np.zeros(0, np.float32),
+        kernel_start=kernel_start, weight_start=weight_start,
+    )
+
+
+def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCode:
+    """Two phases: pad + stride-split each input channel, then the sparse convolution."""
+    n, c, h, w = ctx.in_shape(layer)
+    _, o, ho, wo = ctx.out_shape(layer)
+    sh, sw = layer.strides
+    dh, dw = layer.dilations
+    pt, pl = layer.pads[0], layer.pads[1]
+    cw = compress(layer)
+    tile = TILE_VECTORS * ctx.target.vector_width
+    taps = [[Tap(phase=((dy * dh) % sh) * sw + (dx * dw) % sw,
+                 row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
+            for pattern in cw.patterns]
+    all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
+    hq = ho + max(t.row for t in all_taps)
+    wq = -(-wo // tile) * tile + max(t.col for t in all_taps)
+    plane = hq * wq
+    chan = sh * sw * plane
+    blob = ctx.blob
+    offsets = {
+        "counts": blob.add(cw.counts), "channels": blob.add(cw.channels),
+        "weights": blob.add(cw.weights), "kstart": blob.add(cw.kernel_start),
+        "wstart": blob.add(cw.weight_start), "bias": blob.add(layer.bias),
+    }
+    geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile)
+
+    def pad_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        _emit_pad(kb, ops, task, geometry)
+
+    def conv_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        _emit_conv(kb, ops, task, geometry, taps, offsets, layer)
+
+    return LayerCode(
+        layer, [Phase("pad", n * c, pad_body), Phase(kernel, n * o, conv_body)],
+        kernel=kernel, scratch_bytes=n * c * chan * 4,
+        notes={"taps": sum(len(p) for p in cw.patterns), "kernels": len(cw.channels),
+               "compressed_bytes": 4 * (cw.counts.size + cw.channels.size + cw.weights.size
+                                        + 2 * o)},
+    )
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    ho: int
+    wo: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    hq: int
+    wq: int
+    plane: int
+    chan: int
+    tile: int
+
+
+def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
+    """Task (n, c): zero-padded, stride-split copy of one input channel."""
+    b = kb.b
+    src = kb.at(ops.inputs[0], b.mul(task, i64(g.h * g.w)))
+    dst = kb.at(ops.scratch, b.mul(task, i64(g.chan)))
+    zero = kb.const(kb.vec.element, 0.0)
+    for a in range(g.sh):
+        for bb in range(g.sw):
+            base = (a * g.sw + bb) * g.plane
+            with kb.loop(0, g.hq, 1, "r") as r:
+                y = b.add(b.mul(r, i64(g.sh)), i64(a - g.pt))
+                y_ok = b.and_(b.icmp_signed(">=", y, i64(0)), b.icmp_signed("<", y, i64(g.h)))
+                y_safe = b.select(y_ok, y, i64(0))
+                line = b.add(i64(base), b.mul(r, i64(g.wq)))
+                with kb.loop(0, g.wq, 1, "q") as q:
+                    x = b.add(b.mul(q, i64(g.sw)), i64(bb - g.pl))
+                    ok = b.and_(y_ok, b.and_(b.icmp_signed(">=", x, i64(0)),
+                                             b.icmp_signed("<", x, i64(g.w))))
+                    v = kb.load(src, b.add(b.mul(y_safe, i64(g.w)), b.select(ok, x, i64(0))))
+                    kb.store(b.select(ok, v, zero), dst, b.add(line, q))
+
+
+def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
+               taps: list[list[Tap]], off: dict[str, int], layer: Conv) -> None:
+    """Task (n, o): one output channel of one image."""
+    b, width = kb.b, kb.width
+    ni = b.sdiv(task, i64(g.o))
+    f = b.srem(task, i64(g.o))
+    counts = ops.weights(kb, off["counts"])
+    channels = ops.weights(kb, off["channels"])
+    weights = ops.weights(kb, off["weights"])
+    k0 = b.sext(kb.load(ops.weights(kb, off["kstart"]), f, I32), I64)
+    w0 = b.sext(kb.load(ops.weights(kb, off["wstart"]), f, I32), I64)
+    bias = kb.splat(kb.load(ops.weights(kb, off["bias"]), f))
+    xbase = kb.at(ops.scratch, b.mul(b.mul(ni, i64(g.c)), i64(g.chan)))
+    out = kb.at(ops.outputs[0], b.mul(task, i64(g.ho * g.wo)))
+    nvec = TILE_VECTORS
+    acc_slots = [kb.entry_alloca(kb.vec, f"acc{v}") for v in range(nvec)]
+    kslot = kb.entry_alloca(I64, "k")
+    wslot = kb.entry_alloca(I64, "w")
+    full_tiles = g.wo // g.tile
+    tail = g.wo - full_tiles * g.tile
+
+    def tile(oh: ir.Value, ow0: ir.Value, cols: int) -> None:
+        lanes = [min(width, cols - v * width) for v in range(-(-cols // width))]
+        for slot in acc_slots:
+            b.store(bias, slot)
+        b.store(k0, kslot)
+        b.store(w0, wslot)
+        pix = b.add(b.mul(oh, i64(g.wq)), ow0)
+        for p, ptaps in enumerate(taps):
+            count = b.sext(kb.load(counts, b.add(b.mul(f, i64(len(taps))), i64(p)), I32), I64)
+            with kb.loop(0, count, 1, f"k{p}") as j:
+                k = b.add(b.load(kslot, typ=I64), j)
+                wk = b.add(b.load(wslot, typ=I64), b.mul(j, i64(len(ptaps))))
+                ch = b.sext(kb.load(channels, k, I32), I64)
+                cbase = b.add(b.mul(ch, i64(g.chan)), pix)
+                accs = [b.load(slot, typ=kb.vec) for slot in acc_slots]
+                for t, tap in enumerate(ptaps):
+                    wv = kb.splat(kb.load(weights, b.add(wk, i64(t))))
+                    at = b.add(cbase, i64(tap.phase * g.plane + tap.row * g.wq + tap.col))
+                    for v in range(len(lanes)):
+                        x = kb.vload(xbase, b.add(at, i64(v * width)))
+                        accs[v] = kb.fma(wv, x, accs[v])
+                for slot, acc in zip(acc_slots, accs, strict=False):
+                    b.store(acc, slot)
+            b.store(b.add(b.load(kslot, typ=I64), count), kslot)
+            b.store(b.add(b.load(wslot, typ=I64), b.mul(count, i64(len(ptaps)))), wslot)
+        row = b.add(b.mul(oh, i64(g.wo)), ow0)
+        for v, n_lanes in enumerate(lanes):
+            acc = b.load(acc_slots[v], typ=kb.vec)
+            index = b.add(row, i64(v * width))
+            if len(layer.inputs) > 1:
+                acc = b.fadd(acc, kb.vload(kb.at(ops.inputs[1], b.mul(task, i64(g.ho * g.wo))),
+                                           index, n_lanes))
+            kb.vstore(kb.activation(layer.activation, acc), out, index, n_lanes)
+
+    with kb.loop(0, g.ho, 1, "oh") as oh:
+        with kb.loop(0, full_tiles * g.tile, g.tile, "ow") as ow0:
+            tile(oh, ow0, g.tile)
+        if tail:
+            tile(oh, i64(full_tiles * g.tile), tail)

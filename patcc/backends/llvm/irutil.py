@@ -1,0 +1,215 @@
+"""Small helpers over llvmlite's IRBuilder: types, loops, vectors, activations.
+
+Kernels are written against ``KernelBuilder``: an IRBuilder plus the target's vector
+type, so no kernel names a vector width itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from patcc.backends.target import Target
+from patcc.ir.layers import Activation
+
+F32 = ir.FloatType()
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, value)
+
+
+def i32(value: int) -> ir.Constant:
+    return ir.Constant(I32, value)
+
+
+def f32(value: float) -> ir.Constant:
+    return ir.Constant(F32, value)
+
+
+def declare(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type],
+            var_arg: bool = False) -> ir.Function:
+    """The function ``name`` of ``module``, declared on first use."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(ret, list(args), var_arg=var_arg), name)
+
+
+@dataclass
+class KernelBuilder:
+    """An IRBuilder with the target's vector type and helpers kernels share."""
+
+    b: ir.IRBuilder
+    target: Target
+
+    @property
+    def module(self) -> ir.Module:
+        return self.b.module
+
+    @property
+    def width(self) -> int:
+        return self.target.vector_width
+
+    @property
+    def vec(self) -> ir.VectorType:
+        return ir.VectorType(F32, self.width)
+
+    # -- addresses and memory ---------------------------------------------------------
+
+    def at(self, base: ir.Value, index: ir.Value | int, etype: ir.Type = F32) -> ir.Value:
+        """Address of element ``index`` of type ``etype`` from ``base``."""
+        idx = i64(index) if isinstance(index, int) else index
+        return self.b.gep(base, [idx], source_etype=etype)
+
+    def load(self, base: ir.Value, index: ir.Value | int, etype: ir.Type = F32) -> ir.Value:
+        return self.b.load(self.at(base, index, etype), typ=etype, align=etype_align(etype))
+
+    def store(self, value: ir.Value, base: ir.Value, index: ir.Value | int) -> None:
+        self.b.store(value, self.at(base, index, value.type), align=etype_align(value.type))
+
+    def vload(self, base: ir.Value, index: ir.Value | int, lanes: int | None = None
+              ) -> ir.Value:
+        """Unaligned vector load of ``lanes`` floats (a masked load when fewer than a vector)."""
+        lanes = self.width if lanes is None else lanes
+        ptr = self.at(base, index)
+        if lanes == self.width:
+            return self.b.load(ptr, typ=self.vec, align=4)
+        fn = declare(self.module, f"llvm.masked.load.v{self.width}f32.p0", self.vec,
+                     [PTR, I32, ir.VectorType(I1, self.width), self.vec])
+        return self.b.call(fn, [ptr, i32(4), self.mask(lanes), ir.Constant(self.vec, None)])
+
+    def vstore(self, value: ir.Value, base: ir.Value, index: ir.Value | int,
+               lanes: int | None = None) -> None:
+        """Unaligned vector store of the first ``lanes`` lanes."""
+        lanes = self.width if lanes is None else lanes
+        ptr = self.at(base, index)
+        if lanes == self.width:
+            self.b.store(value, ptr, align=4)
+            return
+        fn = declare(self.module, f"llvm.masked.store.v{self.width}f32.p0", VOID,
+                     [self.vec, PTR, I32, ir.VectorType(I1, self.width)])
+        self.b.call(fn, [value, ptr, i32(4), self.mask(lanes)])
+
+    def mask(self, lanes: int) -> ir.Constant:
+        return ir.Constant(ir.VectorType(I1, self.width),
+                           [ir.Constant(I1, int(i < lanes)) for i in range(self.width)])
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        """A vector with ``scalar`` in every lane."""
+        if isinstance(scalar, ir.Constant):
+            return ir.Constant(self.vec, [scalar] * self.width)
+        undef = ir.Constant(self.vec, None)
+        one = self.b.insert_element(undef, scalar, i32(0))
+        zeros = ir.Constant(ir.VectorType(I32, self.width), [i32(0)] * self.width)
+        return self.b.shuffle_vector(one, undef, zeros)
+
+    def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+        """a * b + c, fused."""
+        return self.intrinsic("llvm.fma", a.type, [a, b, c])
+
+    def intrinsic(self, name: str, typ: ir.Type, args: Sequence[ir.Value]) -> ir.Value:
+        """Call an overloaded float intrinsic (``llvm.fma``, ``llvm.exp``...) on ``typ``."""
+        suffix = f"v{typ.count}f32" if isinstance(typ, ir.VectorType) else "f32"
+        fn = declare(self.module, f"{name}.{suffix}", typ, [typ] * len(args))
+        return self.b.call(fn, list(args))
+
+    def const(self, typ: ir.Type, value: float) -> ir.Constant:
+        c = f32(value)
+        return ir.Constant(typ, [c] * typ.count) if isinstance(typ, ir.VectorType) else c
+
+    def entry_alloca(self, typ: ir.Type, name: str = "") -> ir.Value:
+        """A stack slot in the function's entry block (promoted to a register by SROA)."""
+        with self.b.goto_entry_block():
+            return self.b.alloca(typ, name=name)
+
+    # -- loops ------------------------------------------------------------------------
+
+    @contextmanager
+    def loop(self, start: int | ir.Value, stop: int | ir.Value, step: int = 1,
+             name: str = "i") -> Iterator[ir.Value]:
+        """``for (i = start; i < stop; i += step)`` over i64; yields ``i``.
+
+        Static bounds that give no iteration emit nothing inside; the body still
+        runs once at code-generation time, so it must not have side effects then.
+        """
+        b = self.b
+        lo = i64(start) if isinstance(start, int) else start
+        hi = i64(stop) if isinstance(stop, int) else stop
+        pre = b.block
+        header = b.append_basic_block(f"{name}.head")
+        body = b.append_basic_block(f"{name}.body")
+        end = b.append_basic_block(f"{name}.end")
+        b.branch(header)
+        b.position_at_end(header)
+        phi = b.phi(I64, name=name)
+        phi.add_incoming(lo, pre)
+        b.cbranch(b.icmp_signed("<", phi, hi), body, end)
+        b.position_at_end(body)
+        yield phi
+        nxt = b.add(phi, i64(step))
+        phi.add_incoming(nxt, b.block)
+        b.branch(header)
+        b.position_at_end(end)
+
+    # -- activations ------------------------------------------------------------------
+
+    def activation(self, act: Activation | None, x: ir.Value) -> ir.Value:
+        """``act`` applied to a float scalar or vector (identity for None)."""
+        if act is None:
+            return x
+        b, t = self.b, x.type
+        zero, one = self.const(t, 0.0), self.const(t, 1.0)
+        kind = act.kind
+        if kind == "relu":
+            return self.intrinsic("llvm.maxnum", t, [x, zero])
+        if kind == "clip":
+            return self.clamp(x, act.alpha, act.beta)
+        if kind == "leaky_relu":
+            neg = b.fcmp_ordered("<", x, zero)
+            return b.select(neg, b.fmul(x, self.const(t, act.alpha)), x)
+        if kind == "sigmoid":
+            return self.sigmoid(x)
+        if kind == "hard_sigmoid":
+            return self.clamp(self.fma(x, self.const(t, act.alpha), self.const(t, act.beta)),
+                              0.0, 1.0)
+        if kind == "hard_swish":
+            gate = self.clamp(self.fma(x, self.const(t, 1 / 6), self.const(t, 0.5)), 0.0, 1.0)
+            return b.fmul(x, gate)
+        if kind == "tanh":
+            # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf, no overflow to NaN
+            e = self.intrinsic("llvm.exp", t, [b.fadd(x, x)])
+            return b.fsub(one, b.fdiv(self.const(t, 2.0), b.fadd(e, one)))
+        if kind == "silu":
+            return b.fmul(x, self.sigmoid(x))
+        raise AssertionError(kind)
+
+    def sigmoid(self, x: ir.Value) -> ir.Value:
+        one = self.const(x.type, 1.0)
+        e = self.intrinsic("llvm.exp", x.type, [self.b.fneg(x)])
+        return self.b.fdiv(one, self.b.fadd(one, e))
+
+    def clamp(self, x: ir.Value, lo: float, hi: float) -> ir.Value:
+        t = x.type
+        if lo != float("-inf"):
+            x = self.intrinsic("llvm.maxnum", t, [x, self.const(t, lo)])
+        if hi != float("inf"):
+            x = self.intrinsic("llvm.minnum", t, [x, self.const(t, hi)])
+        return x
+
+
+def etype_align(etype: ir.Type) -> int:
+    if isinstance(etype, ir.VectorType):
+        return 4
+    if etype in (I64,) or isinstance(etype, ir.PointerType):
+        return 8
+    return 4

@@ -1,0 +1,107 @@
+"""How a layer becomes code: a list of parallel phases plus scratch memory and weights.
+
+Each layer lowers to ``LayerCode``: one or more ``Phase``s run in order, each a
+parallel-for over ``tasks`` independent tasks (a padding copy, then the convolution;
+an im2col, then the matrix product). A phase body is emitted into a function
+``void(ptr operands, i64 task)`` whose operand table holds the layer's input, output
+and scratch pointers. Constant data goes into the ``WeightBlob``, linked into the
+shared object as one read-only symbol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from llvmlite import ir
+
+from patcc.backends.llvm.irutil import PTR, KernelBuilder, i64
+from patcc.backends.target import Target
+from patcc.ir.layers import Layer, Shape
+
+BLOB_SYMBOL = "patcc_weights"
+BLOB_ALIGN = 64
+
+
+class WeightBlob:
+    """Constant arrays laid end to end, each 64-byte aligned; offsets in bytes."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray) -> int:
+        """Append ``array`` (its bytes, C order); returns its byte offset."""
+        data = np.ascontiguousarray(array).tobytes()
+        pad = -self.size % BLOB_ALIGN
+        if pad:
+            self._parts.append(bytes(pad))
+            self.size += pad
+        offset = self.size
+        self._parts.append(data)
+        self.size += len(data)
+        return offset
+
+    def tobytes(self) -> bytes:
+        return b"".join(self._parts)
+
+
+@dataclass
+class Operands:
+    """Pointers a phase body may use, loaded from the operand table of its layer."""
+
+    inputs: list[ir.Value]
+    outputs: list[ir.Value]
+    scratch: ir.Value
+    blob: ir.Value
+
+    def weights(self, kb: KernelBuilder, byte_offset: int) -> ir.Value:
+        """Pointer to the constant array stored at ``byte_offset`` of the blob."""
+        return kb.b.gep(self.blob, [i64(byte_offset)], source_etype=ir.IntType(8))
+
+
+PhaseBody = Callable[[KernelBuilder, Operands, ir.Value], None]
+
+
+@dataclass
+class Phase:
+    """A parallel-for: ``body(kb, operands, task)`` for task in 0..tasks-1."""
+
+    name: str
+    tasks: int
+    body: PhaseBody
+
+
+@dataclass
+class LayerCode:
+    """What a layer needs at run time: phases, scratch bytes, and the kernel chosen."""
+
+    layer: Layer
+    phases: list[Phase]
+    kernel: str
+    scratch_bytes: int = 0
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class LoweringContext:
+    """What lowering functions get besides the layer: shapes, target, the blob."""
+
+    shapes: dict[str, Shape]
+    target: Target
+    blob: WeightBlob
+    constants: dict[str, np.ndarray]
+
+    def in_shape(self, layer: Layer, i: int = 0) -> Shape:
+        return self.shapes[layer.inputs[i]]
+
+    def out_shape(self, layer: Layer, i: int = 0) -> Shape:
+        return self.shapes[layer.outputs[i]]
+
+
+def load_operands(kb: KernelBuilder, table: ir.Value, n_in: int, n_out: int,
+                  blob: ir.Value) -> Operands:
+    """Read the operand table ``[inputs..., outputs..., scratch]`` in a phase function."""
+    ptrs = [kb.b.load(kb.at(table, i, PTR), typ=PTR) for i in range(n_in + n_out + 1)]
+    return Operands(ptrs[:n_in], ptrs[n_in:n_in + n_out], ptrs[-1], blob)
