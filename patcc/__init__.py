@@ -3,8 +3,25 @@
 The pipeline is frontends -> IR -> passes -> backends -> runtime; see README.md.
 """
 
+from typing import Any
+
 from patcc.errors import PatccError
 
 __version__ = "0.1.0"
 
-__all__ = ["PatccError", "__version__"]
+
+def compile(model: Any, target: Any = "x86_64", input_shapes: Any = None) -> Any:
+    """Compile an ONNX model (path or ModelProto) for ``target``; see patcc.compiler."""
+    from patcc.compiler import compile as _compile
+
+    return _compile(model, target, input_shapes)
+
+
+def load(path: Any, num_threads: int | None = None) -> Any:
+    """Load a compiled model (``.so``); see patcc.runtime.native.load."""
+    from patcc.runtime.native import load as _load
+
+    return _load(path, num_threads)
+
+
+__all__ = ["PatccError", "__version__", "compile", "load"]

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from patcc.errors import PatccError
-from patcc.ir.graph import Graph
+from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import (
     Activation,
     Binary,
@@ -38,15 +38,15 @@ from patcc.ir.layers import (
 Inputs = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
 
-def bind_inputs(graph: Graph, inputs: Inputs) -> dict[str, np.ndarray]:
-    """Match user inputs (positional or by name) to the graph's inputs.
+def bind_inputs(signature: Mapping[str, TensorType], inputs: Inputs) -> dict[str, np.ndarray]:
+    """Match user inputs (positional or by name) to a model's inputs ``signature``.
 
-    Returns name -> float32 array. Raises ``PatccError`` naming the input for a
-    missing or unknown name, a wrong count, a wrong shape or a non-float dtype.
+    Returns name -> array. Raises ``PatccError`` naming the input for a missing or
+    unknown name, a wrong count, a wrong shape or a wrong dtype.
     """
-    names = list(graph.inputs)
+    names = list(signature)
     if isinstance(inputs, Mapping):
-        unknown = [k for k in inputs if k not in graph.inputs]
+        unknown = [k for k in inputs if k not in signature]
         if unknown:
             raise PatccError(f"unknown input {unknown[0]!r}; the model's inputs are {names}")
         missing = [n for n in names if n not in inputs]
@@ -60,7 +60,7 @@ def bind_inputs(graph: Graph, inputs: Inputs) -> dict[str, np.ndarray]:
     bound = {}
     for name, value in given.items():
         arr = np.asarray(value)
-        want = graph.inputs[name]
+        want = signature[name]
         if arr.dtype != np.dtype(want.dtype):
             raise PatccError(
                 f"input {name!r} has dtype {arr.dtype}, expected {want.dtype} "
@@ -80,7 +80,7 @@ def run(graph: Graph, inputs: Inputs) -> dict[str, np.ndarray]:
     Raises ``PatccError`` for inputs of the wrong name, shape or dtype.
     """
     env: dict[str, np.ndarray] = dict(graph.constants)
-    env.update(bind_inputs(graph, inputs))
+    env.update(bind_inputs(graph.inputs, inputs))
     for layer in graph.layers:
         outs = evaluate(layer, [env[t] for t in layer.inputs])
         env.update(zip(layer.outputs, outs, strict=True))

@@ -13,12 +13,14 @@ shares its input's memory and emits no code.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llvmlite import ir
 
 import patcc
+from patcc.backends.abi import ABI_VERSION
 from patcc.backends.llvm.conv import lower_conv, lower_dense
 from patcc.backends.llvm.elementwise import (
     lower_binary,
@@ -58,11 +60,8 @@ from patcc.ir import (
     Unary,
 )
 
-ABI_VERSION = 1
 WORKSPACE_ALIGN = 64
-
-# Error codes of the C ABI (also in the generated header).
-OK, ERR_NULL, ERR_WORKSPACE, ERR_THREADS = 0, 1, 2, 3
+OK, ERR_NULL, ERR_WORKSPACE = 0, 1, 2  # see patcc.backends.abi.ERROR_CODES
 
 Lowering = Callable[..., LayerCode]
 LOWERINGS: dict[type, Lowering] = {
@@ -130,7 +129,7 @@ def plan_module(graph: Graph, target: Target) -> ModulePlan:
             last[t] = max(last.get(t, step), step)
         for t in code.layer.inputs:
             last[root(t)] = step
-    buffers = [Buffer(t, 4 * _size(shapes[t]), first[t], last[t])
+    buffers = [Buffer(t, 4 * math.prod(shapes[t]), first[t], last[t])
                for t in first if t not in locations]
     buffers += [Buffer(f"scratch:{c.layer.name}", c.scratch_bytes, s, s)
                 for s, c in enumerate(codes) if c.scratch_bytes]
@@ -146,13 +145,6 @@ def plan_module(graph: Graph, target: Target) -> ModulePlan:
                       naive_peak(buffers, WORKSPACE_ALIGN), blob)
     plan.info = model_info(plan)
     return plan
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def model_info(plan: ModulePlan) -> dict[str, object]:

@@ -1,0 +1,129 @@
+"""The compile driver: model -> IR -> passes -> LLVM -> shared object.
+
+``compile(model, target=...)`` returns a ``CompiledModel`` that can be saved, called,
+or asked for any intermediate form (``emit``: so, obj, llvm, asm, header).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from patcc.backends.abi import render_header
+from patcc.backends.llvm import codegen, toolchain
+from patcc.backends.target import Target, get_target
+from patcc.errors import PatccError
+from patcc.fileio import atomic_write
+from patcc.ir.graph import Graph
+from patcc.ir.verify import verify
+
+EMIT_KINDS = ("so", "obj", "llvm", "asm", "header")
+
+
+@dataclass
+class CompiledModel:
+    """A model compiled for a target: ``save`` it, ``emit`` other forms, or call it."""
+
+    graph: Graph
+    target: Target
+    plan: codegen.ModulePlan
+    llvm_module: Any  # llvmlite.binding.ModuleRef, optimised
+    code_object: bytes
+    weights_object: bytes
+    timings: dict[str, float] = field(default_factory=dict)
+    _shared_object: bytes | None = None
+    _loaded: Any = None
+    _tmpdir: Any = None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The model description the compiled library reports (``patcc_model_info``)."""
+        return dict(self.plan.info)
+
+    @property
+    def workspace_size(self) -> int:
+        return self.plan.workspace
+
+    def shared_object(self) -> bytes:
+        """The linked ``.so`` for the target (linked once, on first use)."""
+        if self._shared_object is None:
+            start = time.perf_counter()
+            self._shared_object = toolchain.link([self.code_object, self.weights_object],
+                                                 self.target)
+            self.timings["link"] = time.perf_counter() - start
+        return self._shared_object
+
+    def emit(self, kind: str = "so") -> bytes:
+        """The artifact of ``kind`` (one of EMIT_KINDS) as bytes."""
+        if kind == "so":
+            return self.shared_object()
+        if kind == "obj":
+            return toolchain.link([self.code_object, self.weights_object], self.target,
+                                  relocatable=True)
+        if kind == "llvm":
+            return str(self.llvm_module).encode()
+        if kind == "asm":
+            return toolchain.emit_assembly(self.llvm_module, self.target).encode()
+        if kind == "header":
+            return render_header(self.info).encode()
+        raise PatccError(f"unknown --emit {kind!r}; expected one of {', '.join(EMIT_KINDS)}")
+
+    def save(self, path: str | os.PathLike[str], kind: str = "so") -> None:
+        """Write the artifact of ``kind`` to ``path`` atomically."""
+        data = self.emit(kind)
+        atomic_write(path, lambda f: f.write(data))
+
+    def load(self, num_threads: int | None = None) -> Any:
+        """This model loaded into the process (``patcc.load`` of a private copy)."""
+        from patcc.runtime.native import load
+
+        if self._loaded is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="patcc-")
+            path = Path(self._tmpdir.name) / "model.so"
+            path.write_bytes(self.shared_object())
+            self._loaded = load(path, num_threads)
+        elif num_threads is not None:
+            self._loaded.num_threads = num_threads
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+
+def compile(
+    model: str | os.PathLike[str] | onnx.ModelProto | Graph,
+    target: str | Target = "x86_64",
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> CompiledModel:
+    """Compile an ONNX model (path or ModelProto) or a patcc Graph for ``target``.
+
+    Raises ``PatccError`` for anything the frontends reject, an unknown target, or a
+    toolchain failure.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if isinstance(model, Graph):
+        graph = verify(model)
+    else:
+        from patcc.frontends.onnx import import_onnx
+
+        graph = import_onnx(model, input_shapes)
+    tgt = get_target(target)
+    timings["import"] = time.perf_counter() - start
+    start = time.perf_counter()
+    plan = codegen.plan_module(graph, tgt)
+    module = codegen.emit_module(plan)
+    timings["codegen"] = time.perf_counter() - start
+    start = time.perf_counter()
+    optimised = toolchain.optimize(module, tgt)
+    code = toolchain.emit_object(optimised, tgt)
+    timings["llvm"] = time.perf_counter() - start
+    weights = toolchain.weights_object(plan.blob.tobytes(), tgt)
+    return CompiledModel(graph, tgt, plan, optimised, code, weights, timings)

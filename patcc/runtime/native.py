@@ -1,0 +1,151 @@
+"""Loading and running a compiled model (``.so``) through its C ABI with ctypes.
+
+Thread safety: a ``NativeModel`` may be called from several Python threads at once.
+ctypes releases the GIL for the call; each Python thread gets its own workspace
+(thread-local) and output arrays; the library serialises runs internally (a mutex
+around ``patcc_run``), so concurrent calls are safe, though not run in parallel —
+the parallelism is inside each run, across the model's own threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import struct
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patcc.backends.abi import ABI_VERSION, ERROR_CODES
+from patcc.errors import PatccError
+from patcc.ir.graph import TensorType
+from patcc.runtime.interpreter import bind_inputs
+
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+_WORKSPACE_ALIGN = 64
+
+
+def elf_machine(path: str | os.PathLike[str]) -> str:
+    """The architecture of an ELF file; ``PatccError`` if it is not an ELF shared object."""
+    p = Path(path)
+    if not p.is_file():
+        raise PatccError("no such file", where=str(p))
+    with p.open("rb") as f:
+        head = f.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        raise PatccError("not a compiled patcc model (not an ELF shared object)", where=str(p))
+    endian = "<" if head[5] == 1 else ">"
+    (machine,) = struct.unpack(endian + "H", head[18:20])
+    return _ELF_MACHINES.get(machine, f"machine {machine}")
+
+
+def host_machine() -> str:
+    import platform
+
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+class NativeModel:
+    """A compiled model loaded into this process; call it with numpy arrays.
+
+    ``model(x)`` or ``model(input=x)`` returns one array for a single-output model,
+    else a dict name -> array.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], num_threads: int | None = None) -> None:
+        self.path = str(Path(path).resolve())
+        arch = elf_machine(self.path)
+        if arch != host_machine():
+            raise PatccError(f"built for {arch}, this machine is {host_machine()}; run it "
+                             "on the target device", where=str(path))
+        try:
+            lib = ctypes.CDLL(self.path)
+        except OSError as e:
+            raise PatccError(f"cannot load: {e}", where=str(path)) from e
+        try:
+            info_fn = lib.patcc_model_info
+            self._run = lib.patcc_run
+            set_threads = lib.patcc_set_num_threads
+            abi = lib.patcc_abi_version
+        except AttributeError as e:
+            raise PatccError("not a patcc model (no patcc_* entry points)", where=str(path)) from e
+        abi.restype = ctypes.c_int32
+        if abi() != ABI_VERSION:
+            raise PatccError(f"ABI version {abi()} is not this runtime's {ABI_VERSION}; "
+                             "recompile the model", where=str(path))
+        info_fn.restype = ctypes.c_char_p
+        self.info: dict[str, Any] = json.loads(info_fn())
+        self._run.restype = ctypes.c_int32
+        self._run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_size_t]
+        set_threads.restype = ctypes.c_int32
+        set_threads.argtypes = [ctypes.c_int32]
+        self._set_threads = set_threads
+        get_threads = lib.patcc_get_num_threads
+        get_threads.restype = ctypes.c_int32
+        self._get_threads = get_threads
+        self._lib = lib
+        self.inputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
+                       for t in self.info["inputs"]}
+        self.outputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
+                        for t in self.info["outputs"]}
+        self.workspace_size = int(self.info["workspace_size"])
+        self._local = threading.local()
+        self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
+
+    @property
+    def num_threads(self) -> int:
+        return int(self._get_threads())
+
+    @num_threads.setter
+    def num_threads(self, n: int) -> None:
+        rc = self._set_threads(int(n))
+        if rc:
+            raise PatccError(f"cannot use {n} threads: {ERROR_CODES[rc][1]}")
+
+    def _workspace(self) -> tuple[int, np.ndarray]:
+        ws = getattr(self._local, "workspace", None)
+        if ws is None:
+            buf = np.empty(self.workspace_size + _WORKSPACE_ALIGN, np.uint8)
+            start = -buf.ctypes.data % _WORKSPACE_ALIGN
+            ws = (buf.ctypes.data + start, buf)
+            self._local.workspace = ws
+        return ws  # type: ignore[no-any-return]
+
+    def run(self, inputs: Mapping[str, np.ndarray] | list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on inputs (by name or position); returns output name -> array."""
+        bound = bind_inputs(self.inputs, inputs)
+        arrays = [np.ascontiguousarray(bound[n]) for n in self.inputs]
+        outs = {n: np.empty(t.shape, np.float32) for n, t in self.outputs.items()}
+        in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs.values()])
+        ws_ptr, _keep = self._workspace()
+        rc = self._run(in_ptrs, out_ptrs, ws_ptr, self.workspace_size)
+        if rc:
+            name, text = ERROR_CODES.get(rc, (f"error {rc}", "unknown error"))
+            raise PatccError(f"patcc_run failed with {name}: {text}", where=self.path)
+        return outs
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
+        if args and kwargs:
+            raise PatccError("give the inputs either by position or by name, not both")
+        outs = self.run(kwargs if kwargs else list(args))
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())
+        return f"<patcc model {self.path} ({ins}) on {self.info['target']['tag']}>"
+
+
+def load(path: str | os.PathLike[str], num_threads: int | None = None) -> NativeModel:
+    """Load a compiled model; ``num_threads`` defaults to the number of cores.
+
+    Raises ``PatccError`` for a missing file, a file that is not a patcc model, or a
+    model built for another architecture.
+    """
+    return NativeModel(path, num_threads)
