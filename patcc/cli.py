@@ -1,4 +1,4 @@
-"""The ``patcc`` command line: inspect and run (compile arrives with the backends).
+"""The ``patcc`` command line: compile, run and inspect.
 
 User errors print one line (``patcc: error: WHERE: WHAT``) and exit with status 2;
 ``--debug`` adds the traceback.
@@ -64,14 +64,46 @@ def _read_inputs(specs: Sequence[str], names: Sequence[str]) -> dict[str, np.nda
     return named
 
 
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import time
+
+    from patcc.compiler import compile as compile_model
+
+    start = time.perf_counter()
+    model = compile_model(args.model, args.target, _input_shapes(args.input_shape))
+    model.save(args.output, args.emit)
+    elapsed = time.perf_counter() - start
+    if not args.quiet:
+        print(f"{args.output}: {args.emit} for {model.target.tag} ({model.target.cpu}), "
+              f"{len(model.plan.codes)} layers, workspace {model.workspace_size / 2**20:.2f} MiB,"
+              f" compiled in {elapsed:.1f} s")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from patcc.fileio import save_npz
-    from patcc.frontends.onnx import import_onnx
-    from patcc.runtime import run
 
-    graph = import_onnx(args.artifact, _input_shapes(args.input_shape))
-    inputs = _read_inputs(args.input, list(graph.inputs))
-    outputs = run(graph, inputs)
+    if _is_elf(args.artifact):
+        from patcc.runtime.native import load
+
+        model = load(args.artifact, args.threads)
+        inputs = _read_inputs(args.input, list(model.inputs))
+        outputs = model.run(inputs)
+    else:
+        from patcc.frontends.onnx import import_onnx
+        from patcc.runtime import run
+
+        graph = import_onnx(args.artifact, _input_shapes(args.input_shape))
+        inputs = _read_inputs(args.input, list(graph.inputs))
+        outputs = run(graph, inputs)
     save_npz(args.output, outputs)
     if not args.quiet:
         for name, value in outputs.items():
@@ -89,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     shape_help = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
 
+    from patcc.backends.target import target_tags
+    from patcc.compiler import EMIT_KINDS
+
+    p = sub.add_parser("compile", help="compile an ONNX model into a shared object")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--target", default="x86_64", metavar="TAG",
+                   help=f"target tag: {', '.join(target_tags())} (default: x86_64, this CPU)")
+    p.add_argument("--emit", default="so", choices=EMIT_KINDS,
+                   help="what to write (default: so)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_compile)
+
     p = sub.add_parser("inspect", help="per-layer shapes, MACs, patterns and compression")
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -98,11 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a model on .npy inputs, write the outputs as .npz")
     p.add_argument("artifact", metavar="ARTIFACT",
-                   help="an .onnx model (run by the reference interpreter)")
+                   help="a compiled .so, or an .onnx model (run by the reference interpreter)")
     p.add_argument("-i", "--input", action="append", required=True, metavar="[NAME=]FILE.npy",
                    help="an input array; NAME= selects the input (repeatable)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for a compiled model (default: one per core)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)
     return parser

@@ -13,7 +13,7 @@ import numpy as np
 from patcc.errors import PatccError
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
     """Write a file through ``write(fileobj)``, all or nothing.
 
     The bytes go to a temporary file beside ``path`` that is renamed over it only

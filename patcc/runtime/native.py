@@ -115,7 +115,7 @@ class NativeModel:
             start = -buf.ctypes.data % _WORKSPACE_ALIGN
             ws = (buf.ctypes.data + start, buf)
             self._local.workspace = ws
-        return ws  # type: ignore[no-any-return]
+        return ws
 
     def run(self, inputs: Mapping[str, np.ndarray] | list[np.ndarray]) -> dict[str, np.ndarray]:
         """Run on inputs (by name or position); returns output name -> array."""
