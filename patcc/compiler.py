@@ -23,6 +23,7 @@ from patcc.errors import PatccError
 from patcc.fileio import atomic_write
 from patcc.ir.graph import Graph
 from patcc.ir.verify import verify
+from patcc.passes import BACKEND_PIPELINE, run_pipeline
 
 EMIT_KINDS = ("so", "obj", "llvm", "asm", "header")
 
@@ -116,6 +117,7 @@ def compile(
 
         graph = import_onnx(model, input_shapes)
     tgt = get_target(target)
+    graph = run_pipeline(graph, BACKEND_PIPELINE)
     timings["import"] = time.perf_counter() - start
     start = time.perf_counter()
     plan = codegen.plan_module(graph, tgt)

@@ -24,6 +24,7 @@ from patcc.passes import (
     eliminate_dead_layers,
     fold_batchnorm,
     fuse_activations,
+    fuse_residual_add,
     fuse_silu,
 )
 
@@ -184,3 +185,29 @@ def test_incidental_zeros_do_not_make_patterns() -> None:
     assert p is not None and len(p.library) == 2  # PLUS and TEE only
     assert p.kernel_pattern[0, 0] == int(np.flatnonzero(
         (p.library.masks == codes_to_masks(np.array(PLUS))).all(axis=(1, 2)))[0])
+
+
+def test_fuse_residual_add_into_the_later_conv() -> None:
+    c1 = conv("c1", "x", "a")
+    c2 = conv("c2", "x", "b")
+    add = Binary(name="add", inputs=("a", "b"), outputs=("s",), binop="add",
+                 activation=Activation("relu"))
+    before = Graph(X, (c1, c2, add), ("s",))
+    after = verify(fuse_residual_add(before))
+    # c2 runs after c1 has produced its output, so c2 takes the add; c1 cannot (b is
+    # produced after it)
+    assert after.layers == (c1, dataclasses.replace(c2, inputs=("x", "a"), outputs=("s",),
+                                                    activation=Activation("relu")))
+
+
+def test_fuse_residual_add_respects_activations_and_readers() -> None:
+    c1 = conv("c1", "x", "a", activation=Activation("relu"))
+    c2 = conv("c2", "x", "b")
+    add = Binary(name="add", inputs=("b", "a"), outputs=("s",), binop="add")
+    reads_b = Unary(name="u", inputs=("b",), outputs=("t",), activation=Activation("tanh"))
+    before = Graph(X, (c1, c2, add, reads_b), ("s", "t"))
+    assert fuse_residual_add(before) is before  # c2's output has another reader
+    shared = Graph(X, (c1, c2, add), ("s",))
+    fused = verify(fuse_residual_add(shared))
+    assert [layer.name for layer in fused.layers] == ["c1", "c2"]
+    assert fused.layers[1].inputs == ("x", "a")

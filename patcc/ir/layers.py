@@ -133,6 +133,7 @@ class Conv(Layer):
 
     ``pads`` are (top, left, bottom, right). ``sparsity`` and ``pattern`` are the style
     detected from the weights: ``pattern`` is set exactly when sparsity is PATTERN.
+    A second input is a fused residual: ``y = act(conv(x) + bias + residual)``.
     """
 
     weight: np.ndarray
@@ -146,6 +147,7 @@ class Conv(Layer):
     pattern: PatternStyle | None = None
 
     op: ClassVar[str] = "Conv"
+    arity: ClassVar[int | None] = None  # 1, or 2 with a fused residual
 
     @property
     def out_channels(self) -> int:
@@ -173,8 +175,9 @@ class Conv(Layer):
         return int(np.count_nonzero(self.weight))
 
     def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
-        self._check_arity(shapes)
-        (x,) = shapes
+        if len(shapes) not in (1, 2):
+            raise IRError(f"Conv {self.name!r} takes 1 or 2 inputs, got {len(shapes)}")
+        x = shapes[0]
         self._rank(x, 4)
         n, c, h, w = x
         if self.weight.ndim != 4:
@@ -190,7 +193,11 @@ class Conv(Layer):
         pt, pl, pb, pr = self.pads
         ho = _window_out(h, kh, self.strides[0], pt, pb, self.dilations[0])
         wo = _window_out(w, kw, self.strides[1], pl, pr, self.dilations[1])
-        return ((n, self.out_channels, ho, wo),)
+        out = (n, self.out_channels, ho, wo)
+        if len(shapes) == 2 and tuple(shapes[1]) != out:
+            raise IRError(f"Conv {self.name!r}: residual {format_shape(shapes[1])} is not the "
+                          f"output shape {format_shape(out)}")
+        return (out,)
 
     def describe(self) -> str:
         kh, kw = self.kernel_shape
@@ -203,6 +210,8 @@ class Conv(Layer):
             parts.append(f"d={_pair(self.dilations)}")
         if self.groups != 1:
             parts.append("depthwise" if self.is_depthwise else f"g={self.groups}")
+        if len(self.inputs) == 2:
+            parts.append("+residual")
         if self.activation:
             parts.append(f"+{self.activation}")
         if self.pattern is not None:

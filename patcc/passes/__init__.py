@@ -16,7 +16,7 @@ from patcc.ir.graph import Graph
 from patcc.ir.verify import verify
 from patcc.passes.dead_code import eliminate_dead_layers
 from patcc.passes.detect_patterns import detect_patterns
-from patcc.passes.fusion import fold_batchnorm, fuse_activations, fuse_silu
+from patcc.passes.fusion import fold_batchnorm, fuse_activations, fuse_residual_add, fuse_silu
 
 Pass = Callable[[Graph], Graph]
 
@@ -27,6 +27,12 @@ FRONTEND_PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("fuse_activations", fuse_activations),
     ("detect_patterns", detect_patterns),
 )
+
+
+BACKEND_PIPELINE: tuple[tuple[str, Pass], ...] = (
+    ("fuse_residual_add", fuse_residual_add),
+)
+"""Rewrites that pay off in generated code: residual adds into conv epilogues."""
 
 
 def run_pipeline(graph: Graph, pipeline: Sequence[tuple[str, Pass]],
@@ -43,6 +49,6 @@ def run_pipeline(graph: Graph, pipeline: Sequence[tuple[str, Pass]],
 
 
 __all__ = [
-    "FRONTEND_PIPELINE", "Pass", "detect_patterns", "eliminate_dead_layers", "fold_batchnorm",
-    "fuse_activations", "fuse_silu", "run_pipeline",
+    "BACKEND_PIPELINE", "FRONTEND_PIPELINE", "Pass", "detect_patterns", "eliminate_dead_layers",
+    "fold_batchnorm", "fuse_activations", "fuse_residual_add", "fuse_silu", "run_pipeline",
 ]

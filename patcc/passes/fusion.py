@@ -115,3 +115,39 @@ def fuse_silu(graph: Graph) -> Graph:
     layers = tuple(replaced.get(layer.name, layer) for layer in graph.layers
                    if layer.name not in drop)
     return graph.replace(layers=layers)
+
+
+def fuse_residual_add(graph: Graph) -> Graph:
+    """Fold ``act(conv(x) + r)`` into the conv's epilogue (a second, residual input).
+
+    The conv must have no activation of its own and its output no other reader; ``r``
+    must have the conv's output shape and be computed before the conv runs (it is,
+    in topological order, when it is not produced later than the conv).
+    """
+    readers = Counter(t for layer in graph.layers for t in layer.inputs)
+    producers = graph.producers
+    order = {layer.name: i for i, layer in enumerate(graph.layers)}
+    outputs = set(graph.outputs)
+    shapes = graph.shapes
+    merged: dict[str, Layer] = {}
+    drop: set[str] = set()
+    for layer in graph.layers:
+        if not (isinstance(layer, Binary) and layer.binop == "add"):
+            continue
+        for t, r in (layer.inputs, layer.inputs[::-1]):
+            conv = producers.get(t)
+            residual_producer = producers.get(r)
+            if (isinstance(conv, Conv) and len(conv.inputs) == 1 and conv.activation is None
+                    and conv.name not in merged and readers[t] == 1 and t not in outputs
+                    and t != r and shapes[r] == shapes[t]
+                    and (residual_producer is None
+                         or order[residual_producer.name] < order[conv.name])):
+                merged[conv.name] = dataclasses.replace(
+                    conv, inputs=(*conv.inputs, r), outputs=layer.outputs,
+                    activation=layer.activation)
+                drop.add(layer.name)
+                break
+    if not merged:
+        return graph
+    return graph.replace(layers=tuple(merged.get(layer.name, layer) for layer in graph.layers
+                                      if layer.name not in drop))

@@ -144,7 +144,7 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int],
 
 
 def _conv(layer: Conv, args: list[np.ndarray]) -> list[np.ndarray]:
-    (x,) = args
+    x = args[0]
     n, c, h, w = x.shape
     (_, _, ho, wo), = layer.infer_shapes([x.shape])
     pt, pl, pb, pr = layer.pads
@@ -160,6 +160,8 @@ def _conv(layer: Conv, args: list[np.ndarray]) -> list[np.ndarray]:
     y = np.matmul(cols, wmat)  # (N, G, Ho*Wo, Og)
     y = y.transpose(0, 1, 3, 2).reshape(n, layer.out_channels, ho, wo)
     y += layer.bias.astype(np.float64)[None, :, None, None]
+    if len(args) == 2:  # fused residual
+        y += args[1]
     return [apply_activation(layer.activation, y)]
 
 

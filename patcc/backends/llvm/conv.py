@@ -93,6 +93,8 @@ def _lower_gemm_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
             ldb=p, ldc=p, a_packed=True,
             bias=lambda kb_: kb_.at(ops.weights(kb_, bias_off), b.mul(gi, i64(og))),
             bias_per_row=True, activation=layer.activation,
+            residual=(lambda kb_: kb_.at(ops.inputs[1], c_base)) if len(layer.inputs) > 1
+            else None,
         )
         emit_gemm(kb, spec, tiling, ti)
 
