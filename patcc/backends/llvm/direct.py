@@ -25,9 +25,6 @@ from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
 from patcc.ir.layers import Conv
 
-TILE_VECTORS = 2
-"""Output vectors computed together per row: each broadcast weight serves all of them."""
-
 
 @dataclass(frozen=True)
 class Tap:
@@ -94,29 +91,41 @@ def compress(layer: Conv) -> CompressedConv:
 
 
 def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCode:
-    """Two phases: pad + stride-split each input channel, then the sparse convolution."""
+    """Two phases: pad + stride-split each input channel, then the sparse convolution.
+
+    The convolution's tasks are (image, block of ``R`` output rows, group of filters),
+    rows outermost so that threads working at the same time read the same input rows.
+    """
     n, c, h, w = ctx.in_shape(layer)
     _, o, ho, wo = ctx.out_shape(layer)
     sh, sw = layer.strides
     dh, dw = layer.dilations
     pt, pl = layer.pads[0], layer.pads[1]
     cw = compress(layer)
-    tile = TILE_VECTORS * ctx.target.vector_width
+    rows, nvec = ctx.target.direct_block
+    rows = min(rows, ho)
+    tile = nvec * ctx.target.vector_width
     taps = [[Tap(phase=((dy * dh) % sh) * sw + (dx * dw) % sw,
                  row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
             for pattern in cw.patterns]
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
-    hq = ho + max(t.row for t in all_taps)
+    row_blocks = -(-ho // rows)
+    hq = row_blocks * rows + max(t.row for t in all_taps)
     wq = -(-wo // tile) * tile + max(t.col for t in all_taps)
     plane = hq * wq
     chan = sh * sw * plane
+    group = 16
+    while group > 1 and n * row_blocks * -(-o // group) < 32:
+        group //= 2
     blob = ctx.blob
     offsets = {
         "counts": blob.add(cw.counts), "channels": blob.add(cw.channels),
         "weights": blob.add(cw.weights), "kstart": blob.add(cw.kernel_start),
         "wstart": blob.add(cw.weight_start), "bias": blob.add(layer.bias),
     }
-    geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile)
+    geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
+                         rows, nvec, row_blocks, group)
+    loads, fmas = _loads_per_kernel(taps, rows, nvec)
 
     def pad_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         _emit_pad(kb, ops, task, geometry)
@@ -124,13 +133,39 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     def conv_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         _emit_conv(kb, ops, task, geometry, taps, offsets, layer)
 
+    tasks = n * row_blocks * -(-o // group)
     return LayerCode(
-        layer, [Phase("pad", n * c, pad_body), Phase(kernel, n * o, conv_body)],
+        layer, [Phase("pad", n * c, pad_body), Phase(kernel, tasks, conv_body)],
         kernel=kernel, scratch_bytes=n * c * chan * 4,
-        notes={"taps": sum(len(p) for p in cw.patterns), "kernels": len(cw.channels),
+        notes={"block": f"{rows}r x {nvec}v x {group}f", "tasks": tasks,
+               "loads_per_fma": loads / fmas if fmas else 0.0,
+               "kernels": len(cw.channels),
                "compressed_bytes": 4 * (cw.counts.size + cw.channels.size + cw.weights.size
                                         + 2 * o)},
     )
+
+
+def _shared_loads(ptaps: list[Tap], rows: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:
+    """Input vectors one kernel of this pattern reads for ``rows`` output rows.
+
+    Key (phase, row, col) -> the (output row, tap) pairs that use it: a vector loaded
+    once serves every tap and row that reads it (kernel-level load-redundancy
+    elimination; a vertical pattern over 4 rows loads 6 rows, not 12).
+    """
+    users: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+    for t, tap in enumerate(ptaps):
+        for r in range(rows):
+            users.setdefault((tap.phase, r + tap.row, tap.col), []).append((r, t))
+    return users
+
+
+def _loads_per_kernel(taps: list[list[Tap]], rows: int, nvec: int) -> tuple[int, int]:
+    """(loads, FMAs) of the inner loop summed over one kernel of each pattern."""
+    loads = fmas = 0
+    for ptaps in taps:
+        loads += len(_shared_loads(ptaps, rows)) * nvec + len(ptaps) + 1  # + weights, channel
+        fmas += len(ptaps) * rows * nvec
+    return loads, fmas
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,10 @@ class _Geometry:
     plane: int
     chan: int
     tile: int
+    rows: int
+    nvec: int
+    row_blocks: int
+    group: int
 
 
 def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
@@ -177,32 +216,40 @@ def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) ->
 
 def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
                taps: list[list[Tap]], off: dict[str, int], layer: Conv) -> None:
-    """Task (n, o): one output channel of one image."""
+    """Task (image, row block, filter group): R x NV register tiles per filter."""
     b, width = kb.b, kb.width
-    ni = b.sdiv(task, i64(g.o))
-    f = b.srem(task, i64(g.o))
+    groups = -(-g.o // g.group)
+    rb_count = g.row_blocks
+    ni = b.sdiv(task, i64(rb_count * groups))
+    rest = b.srem(task, i64(rb_count * groups))
+    rb = b.sdiv(rest, i64(groups))
+    fg = b.srem(rest, i64(groups))
     counts = ops.weights(kb, off["counts"])
     channels = ops.weights(kb, off["channels"])
     weights = ops.weights(kb, off["weights"])
-    k0 = b.sext(kb.load(ops.weights(kb, off["kstart"]), f, I32), I64)
-    w0 = b.sext(kb.load(ops.weights(kb, off["wstart"]), f, I32), I64)
-    bias = kb.splat(kb.load(ops.weights(kb, off["bias"]), f))
+    kstart = ops.weights(kb, off["kstart"])
+    wstart = ops.weights(kb, off["wstart"])
+    biases = ops.weights(kb, off["bias"])
     xbase = kb.at(ops.scratch, b.mul(b.mul(ni, i64(g.c)), i64(g.chan)))
-    out = kb.at(ops.outputs[0], b.mul(task, i64(g.ho * g.wo)))
-    nvec = TILE_VECTORS
-    acc_slots = [kb.entry_alloca(kb.vec, f"acc{v}") for v in range(nvec)]
+    acc_slots = [[kb.entry_alloca(kb.vec, f"acc{r}_{v}") for v in range(g.nvec)]
+                 for r in range(g.rows)]
     kslot = kb.entry_alloca(I64, "k")
     wslot = kb.entry_alloca(I64, "w")
     full_tiles = g.wo // g.tile
-    tail = g.wo - full_tiles * g.tile
+    tail_cols = g.wo - full_tiles * g.tile
+    tail_rows = g.ho - (rb_count - 1) * g.rows
+    shared = [_shared_loads(ptaps, g.rows) for ptaps in taps]
+    oh0 = b.mul(rb, i64(g.rows))
 
-    def tile(oh: ir.Value, ow0: ir.Value, cols: int) -> None:
+    def tile(f: ir.Value, ow0: ir.Value, rows: int, cols: int) -> None:
         lanes = [min(width, cols - v * width) for v in range(-(-cols // width))]
-        for slot in acc_slots:
-            b.store(bias, slot)
-        b.store(k0, kslot)
-        b.store(w0, wslot)
-        pix = b.add(b.mul(oh, i64(g.wq)), ow0)
+        bias = kb.splat(kb.load(biases, f))
+        for r in range(rows):
+            for v in range(len(lanes)):
+                b.store(bias, acc_slots[r][v])
+        b.store(b.sext(kb.load(kstart, f, I32), I64), kslot)
+        b.store(b.sext(kb.load(wstart, f, I32), I64), wslot)
+        pix = b.add(b.mul(oh0, i64(g.wq)), ow0)
         for p, ptaps in enumerate(taps):
             count = b.sext(kb.load(counts, b.add(b.mul(f, i64(len(taps))), i64(p)), I32), I64)
             with kb.loop(0, count, 1, f"k{p}") as j:
@@ -210,28 +257,49 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
                 wk = b.add(b.load(wslot, typ=I64), b.mul(j, i64(len(ptaps))))
                 ch = b.sext(kb.load(channels, k, I32), I64)
                 cbase = b.add(b.mul(ch, i64(g.chan)), pix)
-                accs = [b.load(slot, typ=kb.vec) for slot in acc_slots]
-                for t, tap in enumerate(ptaps):
-                    wv = kb.splat(kb.load(weights, b.add(wk, i64(t))))
-                    at = b.add(cbase, i64(tap.phase * g.plane + tap.row * g.wq + tap.col))
+                wv = [kb.splat(kb.load(weights, b.add(wk, i64(t)))) for t in range(len(ptaps))]
+                accs = [[b.load(acc_slots[r][v], typ=kb.vec) for v in range(len(lanes))]
+                        for r in range(rows)]
+                for (phase, row, col), users in shared[p].items():
+                    live = [(r, t) for r, t in users if r < rows]
+                    if not live:
+                        continue
+                    at = b.add(cbase, i64(phase * g.plane + row * g.wq + col))
+                    xs = [kb.vload(xbase, b.add(at, i64(v * width))) for v in range(len(lanes))]
+                    for r, t in live:
+                        for v, x in enumerate(xs):
+                            accs[r][v] = kb.fma(wv[t], x, accs[r][v])
+                for r in range(rows):
                     for v in range(len(lanes)):
-                        x = kb.vload(xbase, b.add(at, i64(v * width)))
-                        accs[v] = kb.fma(wv, x, accs[v])
-                for slot, acc in zip(acc_slots, accs, strict=False):
-                    b.store(acc, slot)
+                        b.store(accs[r][v], acc_slots[r][v])
             b.store(b.add(b.load(kslot, typ=I64), count), kslot)
             b.store(b.add(b.load(wslot, typ=I64), b.mul(count, i64(len(ptaps)))), wslot)
-        row = b.add(b.mul(oh, i64(g.wo)), ow0)
-        for v, n_lanes in enumerate(lanes):
-            acc = b.load(acc_slots[v], typ=kb.vec)
-            index = b.add(row, i64(v * width))
-            if len(layer.inputs) > 1:
-                acc = b.fadd(acc, kb.vload(kb.at(ops.inputs[1], b.mul(task, i64(g.ho * g.wo))),
-                                           index, n_lanes))
-            kb.vstore(kb.activation(layer.activation, acc), out, index, n_lanes)
+        plane_out = b.mul(b.add(b.mul(ni, i64(g.o)), f), i64(g.ho * g.wo))
+        for r in range(rows):
+            row_base = b.add(plane_out, b.add(b.mul(b.add(oh0, i64(r)), i64(g.wo)), ow0))
+            for v, n_lanes in enumerate(lanes):
+                acc = b.load(acc_slots[r][v], typ=kb.vec)
+                index = b.add(row_base, i64(v * width))
+                if len(layer.inputs) > 1:
+                    acc = b.fadd(acc, kb.vload(ops.inputs[1], index, n_lanes))
+                kb.vstore(kb.activation(layer.activation, acc), ops.outputs[0], index, n_lanes)
 
-    with kb.loop(0, g.ho, 1, "oh") as oh:
+    def row_block(f: ir.Value, rows: int) -> None:
         with kb.loop(0, full_tiles * g.tile, g.tile, "ow") as ow0:
-            tile(oh, ow0, g.tile)
-        if tail:
-            tile(oh, i64(full_tiles * g.tile), tail)
+            tile(f, ow0, rows, g.tile)
+        if tail_cols:
+            tile(f, i64(full_tiles * g.tile), rows, tail_cols)
+
+    f_lo = b.mul(fg, i64(g.group))
+    f_hi = b.add(f_lo, i64(g.group))
+    f_hi = b.select(b.icmp_signed("<", f_hi, i64(g.o)), f_hi, i64(g.o))
+    with kb.loop(f_lo, f_hi, 1, "f") as f:
+        if tail_rows == g.rows:
+            row_block(f, g.rows)
+        else:
+            last = b.icmp_signed("==", rb, i64(rb_count - 1))
+            with b.if_else(last) as (then, otherwise):
+                with then:
+                    row_block(f, tail_rows)
+                with otherwise:
+                    row_block(f, g.rows)
