@@ -10,11 +10,12 @@ from patcc.errors import PatccError
 __version__ = "0.1.0"
 
 
-def compile(model: Any, target: Any = "x86_64", input_shapes: Any = None) -> Any:
+def compile(model: Any, target: Any = "x86_64", input_shapes: Any = None,
+            **options: Any) -> Any:
     """Compile an ONNX model (path or ModelProto) for ``target``; see patcc.compiler."""
     from patcc.compiler import compile as _compile
 
-    return _compile(model, target, input_shapes)
+    return _compile(model, target, input_shapes, **options)
 
 
 def load(path: Any, num_threads: int | None = None) -> Any:

@@ -39,6 +39,7 @@ class CompiledModel:
     code_object: bytes
     weights_object: bytes
     timings: dict[str, float] = field(default_factory=dict)
+    profile: bool = False
     _shared_object: bytes | None = None
     _loaded: Any = None
     _tmpdir: Any = None
@@ -56,8 +57,9 @@ class CompiledModel:
         """The linked ``.so`` for the target (linked once, on first use)."""
         if self._shared_object is None:
             start = time.perf_counter()
+            exports = toolchain.EXPORTS + (("patcc_profile_ns",) if self.profile else ())
             self._shared_object = toolchain.link([self.code_object, self.weights_object],
-                                                 self.target)
+                                                 self.target, exports=exports)
             self.timings["link"] = time.perf_counter() - start
         return self._shared_object
 
@@ -102,8 +104,12 @@ def compile(
     model: str | os.PathLike[str] | onnx.ModelProto | Graph,
     target: str | Target = "x86_64",
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    profile: bool = False,
 ) -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) or a patcc Graph for ``target``.
+
+    ``profile`` builds a library that also times every layer (see
+    ``NativeModel.layer_times``); leave it off for deployment.
 
     Raises ``PatccError`` for anything the frontends reject, an unknown target, or a
     toolchain failure.
@@ -121,11 +127,11 @@ def compile(
     timings["import"] = time.perf_counter() - start
     start = time.perf_counter()
     plan = codegen.plan_module(graph, tgt)
-    module = codegen.emit_module(plan)
+    module = codegen.emit_module(plan, profile=profile)
     timings["codegen"] = time.perf_counter() - start
     start = time.perf_counter()
     optimised = toolchain.optimize(module, tgt)
     code = toolchain.emit_object(optimised, tgt)
     timings["llvm"] = time.perf_counter() - start
     weights = toolchain.weights_object(plan.blob.tobytes(), tgt)
-    return CompiledModel(graph, tgt, plan, optimised, code, weights, timings)
+    return CompiledModel(graph, tgt, plan, optimised, code, weights, timings, profile)

@@ -131,6 +131,17 @@ class NativeModel:
             raise PatccError(f"patcc_run failed with {name}: {text}", where=self.path)
         return outs
 
+    def layer_times(self) -> np.ndarray:
+        """Seconds spent in each layer over all runs so far (profiling builds only)."""
+        try:
+            fn = self._lib.patcc_profile_ns
+        except AttributeError as e:
+            raise PatccError("not a profiling build; compile with profile=True") from e
+        out = np.zeros(int(self.info["layers"]), np.int64)
+        fn.restype = ctypes.c_int32
+        fn(out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int32(len(out)))
+        return out / 1e9
+
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
         if args and kwargs:
             raise PatccError("give the inputs either by position or by name, not both")

@@ -165,8 +165,12 @@ def model_info(plan: ModulePlan) -> dict[str, object]:
     }
 
 
-def emit_module(plan: ModulePlan) -> ir.Module:
-    """The LLVM module for a planned model (functions, pool, ABI entry points)."""
+def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
+    """The LLVM module for a planned model (functions, pool, ABI entry points).
+
+    With ``profile``, ``patcc_run`` also accumulates each layer's wall time, read back
+    through the extra export ``int32_t patcc_profile_ns(int64_t *ns, int32_t n)``.
+    """
     target = plan.target
     module = ir.Module(name=plan.graph.name)
     module.triple = target.triple
@@ -197,7 +201,8 @@ def emit_module(plan: ModulePlan) -> ir.Module:
         phase_fns.append(fns)
     pool.finish_dispatch(all_phases)
 
-    _emit_run(module, plan, pool, blob, phase_fns)
+    timer = _Profiler(module, len(plan.codes)) if profile else None
+    _emit_run(module, plan, pool, blob, phase_fns, timer)
     _emit_constant_fn(module, "patcc_workspace_size", I64, i64(plan.workspace))
     _emit_constant_fn(module, "patcc_abi_version", I32, i32(ABI_VERSION))
     _emit_info(module, json.dumps(plan.info, sort_keys=True))
@@ -223,8 +228,41 @@ def _emit_info(module: ir.Module, text: str) -> None:
     ir.IRBuilder(fn.append_basic_block("entry")).ret(g)
 
 
+class _Profiler:
+    """Per-layer wall-clock accumulators (CLOCK_MONOTONIC) for profiling builds."""
+
+    def __init__(self, module: ir.Module, layers: int) -> None:
+        self.totals = ir.GlobalVariable(module, ir.ArrayType(I64, max(layers, 1)),
+                                        "profile_ns")
+        self.totals.linkage = "internal"
+        self.totals.initializer = ir.Constant(self.totals.value_type, None)
+        self.clock = ir.Function(module, ir.FunctionType(I32, [I32, PTR]), "clock_gettime")
+        fn = ir.Function(module, ir.FunctionType(I32, [PTR, I32]), "patcc_profile_ns")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        out, n = fn.args
+        count = b.select(b.icmp_signed("<", n, i32(layers)), n, i32(layers))
+        with KernelBuilder(b, None).loop(0, b.sext(count, I64), 1, "i") as i:  # type: ignore[arg-type]
+            v = b.load(b.gep(self.totals, [i64(0), i]), typ=I64)
+            b.store(v, b.gep(out, [i], source_etype=I64))
+        b.ret(count)
+
+    def now(self, b: ir.IRBuilder) -> ir.Value:
+        if not hasattr(self, "ts"):
+            with b.goto_entry_block():
+                self.ts = b.alloca(I64, size=i64(2))
+        ts = self.ts
+        b.call(self.clock, [i32(1), ts])  # CLOCK_MONOTONIC; struct timespec {i64, i64}
+        sec = b.load(ts, typ=I64)
+        nsec = b.load(b.gep(ts, [i64(1)], source_etype=I64), typ=I64)
+        return b.add(b.mul(sec, i64(1_000_000_000)), nsec)
+
+    def add(self, b: ir.IRBuilder, layer: int, start: ir.Value) -> None:
+        slot = b.gep(self.totals, [i64(0), i64(layer)])
+        b.store(b.add(b.load(slot, typ=I64), b.sub(self.now(b), start)), slot)
+
+
 def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Value,
-              phase_fns: list[list[tuple[int, int]]]) -> None:
+              phase_fns: list[list[tuple[int, int]]], timer: _Profiler | None) -> None:
     """``int32 patcc_run(const float *const *inputs, float *const *outputs,
     void *workspace, size_t workspace_size)``."""
     fn = ir.Function(module, ir.FunctionType(I32, [PTR, PTR, PTR, I64]), "patcc_run")
@@ -256,8 +294,9 @@ def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Va
         base = blob if loc.kind == "const" else ws
         return b.gep(base, [i64(loc.index)], source_etype=I8)
 
-    for code, fns in zip(plan.codes, phase_fns, strict=True):
+    for li, (code, fns) in enumerate(zip(plan.codes, phase_fns, strict=True)):
         layer = code.layer
+        start = timer.now(b) if timer else None
         ptrs = [pointer(t) for t in (*layer.inputs, *layer.outputs)]
         scratch = plan.scratch.get(layer.name)
         ptrs.append(b.gep(ws, [i64(scratch)], source_etype=I8) if scratch is not None
@@ -266,5 +305,7 @@ def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Va
             b.store(p, b.gep(table_ptr, [i64(k)], source_etype=PTR))
         for phase_id, tasks in fns:
             b.call(pool.parallel_for, [i64(phase_id), table_ptr, i64(tasks)])
+        if timer and start is not None:
+            timer.add(b, li, start)
     b.call(pool.p_unlock, [pool.run_mutex])
     b.ret(i32(OK))

@@ -82,8 +82,12 @@ def _host_cc() -> str:
     return cc
 
 
-def link(objects: list[bytes], target: Target, relocatable: bool = False) -> bytes:
-    """Link object files into a shared object (or one relocatable object) for ``target``."""
+def link(objects: list[bytes], target: Target, relocatable: bool = False,
+         exports: tuple[str, ...] = EXPORTS) -> bytes:
+    """Link object files into a shared object (or one relocatable object) for ``target``.
+
+    Only ``exports`` are visible from the shared object.
+    """
     if not target.is_host:
         raise PatccError(f"linking for {target.tag!r} is not available on this machine")
     with tempfile.TemporaryDirectory(prefix="patcc-link-") as tmp:
@@ -98,7 +102,7 @@ def link(objects: list[bytes], target: Target, relocatable: bool = False) -> byt
             cmd = [_host_cc(), "-r", "-nostdlib", "-o", str(out), *paths]
         else:
             script = d / "exports.map"
-            script.write_text("{ global: " + " ".join(f"{s};" for s in EXPORTS)
+            script.write_text("{ global: " + " ".join(f"{s};" for s in exports)
                               + " local: *; };\n")
             cmd = [_host_cc(), "-shared", "-o", str(out), *paths,
                    f"-Wl,--version-script={script}", "-Wl,-z,noexecstack",
