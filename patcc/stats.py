@@ -14,6 +14,8 @@ import numpy as np
 from patcc.ir.graph import Graph
 from patcc.ir.layers import Conv, Dense, Layer, format_shape
 from patcc.ir.patterns import PatternLibrary
+from patcc.ir.storage import csr_bytes
+from patcc.passes.compress import compress_conv
 
 
 def _layer_row(graph: Graph, layer: Layer) -> dict[str, Any]:
@@ -38,6 +40,9 @@ def _layer_row(graph: Graph, layer: Layer) -> dict[str, Any]:
             nonzero_weights=nonzero,
             weight_bytes=4 * int(layer.weight.size + layer.bias.size),
         )
+    if isinstance(layer, Conv) and (layer.pattern is not None or layer.is_depthwise):
+        packed = layer.compressed if layer.compressed is not None else compress_conv(layer)
+        row.update(compressed_bytes=packed.nbytes, csr_bytes=csr_bytes(layer.weight))
     if isinstance(layer, Conv):
         kept = layer.kept_kernels
         row.update(
@@ -77,6 +82,8 @@ def model_stats(graph: Graph) -> dict[str, Any]:
         "num_patterns": len(library) if library is not None else 0,
         "pattern_library": [] if library is None else library.masks.astype(int).tolist(),
         "weight_bytes": sum(r.get("weight_bytes", 0) for r in layers),
+        "compressed_bytes": sum(r.get("compressed_bytes", 0) for r in layers),
+        "csr_bytes": sum(r.get("csr_bytes", 0) for r in layers),
     }
     return {
         "model": graph.name,
@@ -125,6 +132,10 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"weights {t['weight_bytes'] / 2**20:.2f} MiB"
     )
     lines.append(f"pattern layers {t['pattern_layers']}, library of {t['num_patterns']} patterns")
+    if t["csr_bytes"]:
+        lines.append(
+            f"sparse storage of pattern/depthwise convs: compressed {t['compressed_bytes']} B, "
+            f"CSR {t['csr_bytes']} B ({t['compressed_bytes'] / t['csr_bytes']:.2f}x)")
     if t["num_patterns"]:
         lines.append(PatternLibrary(np.array(t["pattern_library"], dtype=bool)).draw())
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import numpy as np
 
 from patcc.ir.node import IRNode
 from patcc.ir.patterns import PatternStyle, Sparsity
+from patcc.ir.storage import CompressedWeights
 
 Shape = tuple[int, ...]
 
@@ -134,6 +135,9 @@ class Conv(Layer):
     ``pads`` are (top, left, bottom, right). ``sparsity`` and ``pattern`` are the style
     detected from the weights: ``pattern`` is set exactly when sparsity is PATTERN.
     A second input is a fused residual: ``y = act(conv(x) + bias + residual)``.
+    ``filter_order`` (set by the reorder pass) is the order the kernel visits filters
+    in, and ``compressed`` (set by the compression pass) the weights in the layout it
+    reads; both leave the layer's meaning unchanged.
     """
 
     weight: np.ndarray
@@ -145,6 +149,8 @@ class Conv(Layer):
     activation: Activation | None = None
     sparsity: Sparsity = Sparsity.DENSE
     pattern: PatternStyle | None = None
+    filter_order: np.ndarray | None = None
+    compressed: CompressedWeights | None = None
 
     op: ClassVar[str] = "Conv"
     arity: ClassVar[int | None] = None  # 1, or 2 with a fused residual
@@ -214,6 +220,10 @@ class Conv(Layer):
             parts.append("+residual")
         if self.activation:
             parts.append(f"+{self.activation}")
+        if self.filter_order is not None:
+            parts.append("reordered")
+        if self.compressed is not None:
+            parts.append(f"compressed {self.compressed.nbytes}B")
         if self.pattern is not None:
             p = self.pattern
             parts.append(

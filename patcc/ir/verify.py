@@ -39,6 +39,7 @@ def verify(graph: Graph) -> Graph:
             _check_array(layer.name, "shift", layer.shift)
         if isinstance(layer, Conv):
             _check_pattern_style(layer)
+            _check_storage(layer)
             if layer.pattern is not None:
                 if library is None:
                     library = layer.pattern.library
@@ -79,3 +80,18 @@ def _check_pattern_style(conv: Conv) -> None:
             f"Conv {conv.name!r}: weight [{o},{i},{y},{x}] is non-zero outside the "
             f"mask of pattern {int(ids[o, i])}"
         )
+
+
+def _check_storage(conv: Conv) -> None:
+    order = conv.filter_order
+    if order is not None and (order.shape != (conv.out_channels,)
+                              or not np.array_equal(np.sort(order), np.arange(len(order)))):
+        raise IRError(f"Conv {conv.name!r}: filter_order is not a permutation of the filters")
+    packed = conv.compressed
+    if packed is None:
+        return
+    if order is not None and not np.array_equal(packed.filter_order, order):
+        raise IRError(f"Conv {conv.name!r}: compressed weights use another filter order")
+    dense = packed.decompress(conv.weight.shape, conv.groups)
+    if not np.array_equal(dense, conv.weight):
+        raise IRError(f"Conv {conv.name!r}: compressed weights do not decompress to the weights")

@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 
 from patcc.ir.graph import Graph
 from patcc.ir.verify import verify
+from patcc.passes.compress import compress_graph, compress_weights
 from patcc.passes.dead_code import eliminate_dead_layers
 from patcc.passes.detect_patterns import detect_patterns
 from patcc.passes.fusion import fold_batchnorm, fuse_activations, fuse_residual_add, fuse_silu
+from patcc.passes.reorder import reorder_filters, reorder_graph
 
 Pass = Callable[[Graph], Graph]
 
@@ -31,8 +33,11 @@ FRONTEND_PIPELINE: tuple[tuple[str, Pass], ...] = (
 
 BACKEND_PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("fuse_residual_add", fuse_residual_add),
+    ("reorder_filters", reorder_graph),
+    ("compress_weights", compress_graph),
 )
-"""Rewrites that pay off in generated code: residual adds into conv epilogues."""
+"""Rewrites for generated code: residual adds into conv epilogues, then the pattern
+passes (filter-kernel reorder, compressed weight storage) for the sparse kernel."""
 
 
 def run_pipeline(graph: Graph, pipeline: Sequence[tuple[str, Pass]],
@@ -49,6 +54,7 @@ def run_pipeline(graph: Graph, pipeline: Sequence[tuple[str, Pass]],
 
 
 __all__ = [
-    "BACKEND_PIPELINE", "FRONTEND_PIPELINE", "Pass", "detect_patterns", "eliminate_dead_layers",
-    "fold_batchnorm", "fuse_activations", "fuse_residual_add", "fuse_silu", "run_pipeline",
+    "BACKEND_PIPELINE", "FRONTEND_PIPELINE", "Pass", "compress_graph", "compress_weights",
+    "detect_patterns", "eliminate_dead_layers", "fold_batchnorm", "fuse_activations",
+    "reorder_filters", "reorder_graph", "fuse_residual_add", "fuse_silu", "run_pipeline",
 ]

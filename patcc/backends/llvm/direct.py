@@ -1,8 +1,9 @@
 """The direct convolution kernel: pattern-sparse 3x3 and depthwise convs.
 
-It never sees a dense weight tensor. The weights arrive in a compressed layout read
-front to back: for each filter, its kept kernels grouped by pattern (a count per
-pattern), the input channel of each kernel, and the kept weights in code order.
+It never sees a dense weight tensor. The weights arrive compressed
+(``patcc.ir.storage``), read front to back: for each filter in reorder order, its
+kept kernels grouped by pattern (a count per pattern), the input channel of each
+kernel, and the kept weights in code order.
 The generated code has one loop per pattern, whose body reads the pattern's taps
 at compile-time (dy, dx) offsets, vectorised along output pixels.
 
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
 from patcc.ir.layers import Conv
+from patcc.passes.compress import compress_conv
 
 
 @dataclass(frozen=True)
@@ -33,61 +34,6 @@ class Tap:
     phase: int
     row: int
     col: int
-
-
-@dataclass(frozen=True)
-class CompressedConv:
-    """Pattern-aware compressed weights of one conv (arrays in code order).
-
-    ``patterns[p]`` lists the kernel positions (dy, dx) of tap set p;
-    ``counts[o, p]`` is how many kernels of filter o use it; ``channels`` is the input
-    channel of each kept kernel and ``weights`` their taps, filter by filter, pattern
-    by pattern; ``kernel_start``/``weight_start`` index both per filter.
-    """
-
-    patterns: tuple[tuple[tuple[int, int], ...], ...]
-    counts: np.ndarray
-    channels: np.ndarray
-    weights: np.ndarray
-    kernel_start: np.ndarray
-    weight_start: np.ndarray
-
-
-def compress(layer: Conv) -> CompressedConv:
-    """Compressed weights of a pattern-style or depthwise conv."""
-    o, cg, kh, kw = layer.weight.shape
-    og = o // layer.groups
-    if layer.pattern is not None:
-        masks = layer.pattern.library.masks
-        ids = layer.pattern.kernel_pattern.astype(np.int64)
-    else:  # one tap set: the whole window
-        masks = np.ones((1, kh, kw), dtype=bool)
-        ids = np.zeros((o, cg), dtype=np.int64)
-    patterns = tuple(tuple((int(y), int(x)) for y, x in zip(*np.nonzero(m), strict=True))
-                     for m in masks)
-    counts = np.zeros((o, len(patterns)), np.int32)
-    channels: list[int] = []
-    weights: list[np.ndarray] = []
-    kernel_start = np.zeros(o, np.int32)
-    weight_start = np.zeros(o, np.int32)
-    n_weights = 0
-    for f in range(o):
-        kernel_start[f] = len(channels)
-        weight_start[f] = n_weights
-        for p, taps in enumerate(patterns):
-            local = np.flatnonzero(ids[f] == p)  # removed kernels (-1) are never listed
-            counts[f, p] = len(local)
-            for ci in local:
-                channels.append((f // og) * cg + int(ci))
-                w = layer.weight[f, ci]
-                weights.append(np.array([w[y, x] for y, x in taps], np.float32))
-                n_weights += len(taps)
-    return CompressedConv(
-        patterns=patterns, counts=counts,
-        channels=np.array(channels, np.int32),
-        weights=np.concatenate(weights) if weights else np.zeros(0, np.float32),
-        kernel_start=kernel_start, weight_start=weight_start,
-    )
 
 
 def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCode:
@@ -101,7 +47,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     sh, sw = layer.strides
     dh, dw = layer.dilations
     pt, pl = layer.pads[0], layer.pads[1]
-    cw = compress(layer)
+    cw = layer.compressed if layer.compressed is not None else compress_conv(layer)
     rows, nvec = ctx.target.direct_block
     # A narrow output fills fewer vectors per row: spend the same accumulator registers
     # on more rows instead (7-wide rows in 32-lane tiles would waste 78% of the lanes).
@@ -127,6 +73,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
         "counts": blob.add(cw.counts), "channels": blob.add(cw.channels),
         "weights": blob.add(cw.weights), "kstart": blob.add(cw.kernel_start),
         "wstart": blob.add(cw.weight_start), "bias": blob.add(layer.bias),
+        "order": blob.add(cw.filter_order),
     }
     geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
                          rows, nvec, row_blocks, group)
@@ -144,9 +91,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
         kernel=kernel, scratch_bytes=n * c * chan * 4,
         notes={"block": f"{rows}r x {nvec}v x {group}f", "tasks": tasks,
                "loads_per_fma": loads / fmas if fmas else 0.0,
-               "kernels": len(cw.channels),
-               "compressed_bytes": 4 * (cw.counts.size + cw.channels.size + cw.weights.size
-                                        + 2 * o)},
+               "kernels": len(cw.channels), "compressed_bytes": cw.nbytes},
     )
 
 
@@ -235,6 +180,8 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     kstart = ops.weights(kb, off["kstart"])
     wstart = ops.weights(kb, off["wstart"])
     biases = ops.weights(kb, off["bias"])
+    order = ops.weights(kb, off["order"])
+    i16 = ir.IntType(16)
     xbase = kb.at(ops.scratch, b.mul(b.mul(ni, i64(g.c)), i64(g.chan)))
     acc_slots = [[kb.entry_alloca(kb.vec, f"acc{r}_{v}") for v in range(g.nvec)]
                  for r in range(g.rows)]
@@ -247,8 +194,10 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     oh0 = b.mul(rb, i64(g.rows))
 
     def tile(f: ir.Value, ow0: ir.Value, rows: int, cols: int) -> None:
+        """Filter at storage position ``f``; it writes its original output channel."""
         lanes = [min(width, cols - v * width) for v in range(-(-cols // width))]
-        bias = kb.splat(kb.load(biases, f))
+        out_ch = b.sext(kb.load(order, f, I32), I64)
+        bias = kb.splat(kb.load(biases, out_ch))
         for r in range(rows):
             for v in range(len(lanes)):
                 b.store(bias, acc_slots[r][v])
@@ -256,11 +205,11 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
         b.store(b.sext(kb.load(wstart, f, I32), I64), wslot)
         pix = b.add(b.mul(oh0, i64(g.wq)), ow0)
         for p, ptaps in enumerate(taps):
-            count = b.sext(kb.load(counts, b.add(b.mul(f, i64(len(taps))), i64(p)), I32), I64)
+            count = b.zext(kb.load(counts, b.add(b.mul(f, i64(len(taps))), i64(p)), i16), I64)
             with kb.loop(0, count, 1, f"k{p}") as j:
                 k = b.add(b.load(kslot, typ=I64), j)
                 wk = b.add(b.load(wslot, typ=I64), b.mul(j, i64(len(ptaps))))
-                ch = b.sext(kb.load(channels, k, I32), I64)
+                ch = b.zext(kb.load(channels, k, i16), I64)
                 cbase = b.add(b.mul(ch, i64(g.chan)), pix)
                 wv = [kb.splat(kb.load(weights, b.add(wk, i64(t)))) for t in range(len(ptaps))]
                 accs = [[b.load(acc_slots[r][v], typ=kb.vec) for v in range(len(lanes))]
@@ -279,7 +228,7 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
                         b.store(accs[r][v], acc_slots[r][v])
             b.store(b.add(b.load(kslot, typ=I64), count), kslot)
             b.store(b.add(b.load(wslot, typ=I64), b.mul(count, i64(len(ptaps)))), wslot)
-        plane_out = b.mul(b.add(b.mul(ni, i64(g.o)), f), i64(g.ho * g.wo))
+        plane_out = b.mul(b.add(b.mul(ni, i64(g.o)), out_ch), i64(g.ho * g.wo))
         for r in range(rows):
             row_base = b.add(plane_out, b.add(b.mul(b.add(oh0, i64(r)), i64(g.wo)), ow0))
             for v, n_lanes in enumerate(lanes):
