@@ -1,17 +1,42 @@
-"""Benchmark the peers on the benchmark models; the baseline patcc is measured against.
+"""Benchmark patcc against onnxruntime and torch on the benchmark models, in one process.
 
-For each model of ``patcc.models.BENCHMARK_VARIANTS``: median latency of onnxruntime
-and torch (2 threads, batch 1), runs taken alternately so that machine noise hits
-both alike; non-zero GFLOP/s (2 x non-zero MACs / time) and that as a fraction of
-the sgemm peak measured in the same run with numpy. Prints a table and writes JSON
-to ``benchmarks/results/peers.json``.
+What is measured, for each model of ``patcc.models.BENCHMARK_VARIANTS`` (or ``--models``):
 
-Usage: ``python benchmarks/run.py [--runs 30] [--threads 2] [--models resnet18:6x,...]``
+- compile: export to ONNX, ``patcc.compile`` for x86_64, load; the compiler's own
+  ``timings`` (import, codegen, llvm, link) and the wall time of compile + load, and
+  the workspace the compiled model needs.
+- correctness, once: the patcc output against onnxruntime's on the same input,
+  ``max|patcc - ort| / max|ort|`` <= 1e-4; a row that fails is marked ``!`` (timing a
+  wrong result means nothing) and the script exits with status 1.
+- latency: batch 1, ``--threads`` threads for every engine, ``--runs`` runs each after
+  a warm-up, taken alternately (patcc, ort, torch, patcc, ...) so that machine noise
+  hits every engine alike; median, min and interquartile range. Idle worker threads
+  block instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` for torch, onnxruntime's
+  ``session.intra_op.allow_spinning=0``): a pool that spins after its run takes the
+  cores from the engine that runs next (measured here: torch 2x slower after ort,
+  patcc 1.3x slower after torch, on a 2-core machine) and no engine ran slower alone
+  without spinning.
+- speed-up of patcc: ``ort_ms / patcc_ms`` and ``torch_ms / patcc_ms`` (> 1: patcc
+  is faster), from the medians.
+- efficiency: non-zero GFLOP/s = 2 x non-zero MACs / median time, and that as a
+  fraction of the numpy sgemm peak, measured at the start and at the end of the run
+  (the larger is the peak), so figures from different machines compare.
+- thread scaling (``--scaling``, default resnet18 6x): patcc at 1 thread against
+  ``--threads`` threads, again alternately.
+
+Prints the main table, then the spread of the runs and the compile times, and writes
+``bench.json`` and ``bench.png`` (``chart.make_chart``) to ``--out-dir`` (default
+``benchmarks/results``). Other work on the machine shows as a large IQR or as drift in
+the per-run ``times`` kept in the JSON; the 1-minute load average is recorded too.
+
+Usage: ``python benchmarks/run.py [--runs 30] [--threads 2] [--models resnet18:6x,...]
+[--scaling resnet18:6x] [--out-dir DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -19,10 +44,23 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+ENGINES = ("patcc", "onnxruntime", "torch")
+PEERS = ("onnxruntime", "torch")
+TOLERANCE = 1e-4  # max|patcc - ort| relative to max|ort|
+WARMUP_RUNS = 3
+DEFAULT_SCALING = "resnet18:6x"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+Model = tuple[str, str]  # (architecture name, pruned variant)
 
 
-def sgemm_peak_gflops(threads: int, n: int = 1024, runs: int = 20) -> float:
+# --- measuring ---------------------------------------------------------------------
+
+def sgemm_peak_gflops(n: int = 1024, runs: int = 20) -> float:
     """Best-of-runs fp32 matrix product rate of numpy's BLAS, in GFLOP/s."""
     import numpy as np
 
@@ -33,30 +71,105 @@ def sgemm_peak_gflops(threads: int, n: int = 1024, runs: int = 20) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _time(fn) -> float:  # type: ignore[no-untyped-def]
+def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path) -> dict:
+def time_alternately(engines: dict[str, Callable[[], object]], runs: int,
+                     prepare: dict[str, Callable[[], None]] | None = None,
+                     ) -> dict[str, list[float]]:
+    """Seconds of ``runs`` calls of each engine, one call of each in turn, after warm-up.
+
+    ``prepare[name]``, if given, runs untimed before each call of that engine (e.g. to
+    set its thread count).
+    """
+    prepare = prepare or {}
+    for name, fn in engines.items():
+        prepare.get(name, lambda: None)()
+        for _ in range(WARMUP_RUNS):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(runs):
+        for name, fn in engines.items():
+            prepare.get(name, lambda: None)()
+            times[name].append(_time(fn))
+    return times
+
+
+def summarize(seconds: list[float]) -> dict[str, Any]:
+    """Median, min, quartiles and interquartile range of a list of times, in ms.
+
+    The times themselves are kept too, in run order, to see drift or outliers.
+    """
+    ms = sorted(1e3 * s for s in seconds)
+    q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], ms[0], ms[0])
+    return {"median": statistics.median(ms), "min": ms[0], "q1": q1, "q3": q3,
+            "iqr": q3 - q1, "runs": len(ms), "times": [1e3 * s for s in seconds]}
+
+
+def relative_error(actual: Any, reference: Any) -> float:
+    """``max|actual - reference| / max|reference|`` (absolute if the reference is 0)."""
     import numpy as np
+
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return float(np.max(np.abs(actual - reference))) / scale
+
+
+# --- one model ---------------------------------------------------------------------
+
+def compile_patcc(path: Path, threads: int) -> tuple[Any, Any, dict[str, Any]]:
+    """Compile and load an ONNX file; returns (compiled, loaded model, compile record)."""
+    import patcc
+
+    start = time.perf_counter()
+    compiled = patcc.compile(path)
+    model = compiled.load(num_threads=threads)
+    total = time.perf_counter() - start
+    record = {"seconds": dict(compiled.timings), "total_s": total,
+              "workspace_bytes": int(compiled.workspace_size)}
+    return compiled, model, record
+
+
+def ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
-    import torch
-
-    from patcc.frontends.onnx import import_onnx
-    from patcc.models import INPUT_SHAPES, export_onnx, pruned_model
-    from patcc.stats import model_stats
-
-    module = pruned_model(name, variant)
-    path = workdir / f"{name}-{variant}.onnx"
-    export_onnx(module, path, INPUT_SHAPES[name])
-    totals = model_stats(import_onnx(path))["totals"]
-    x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES[name]).astype(np.float32)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see top
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def efficiency(nonzero_gmacs: float, ms: float, peak: float) -> dict[str, float]:
+    gflops = 2 * nonzero_gmacs / (ms / 1e3)
+    return {"nonzero_gflops": gflops, "fraction_of_peak": gflops / peak}
+
+
+def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
+                scaling: bool = False) -> dict[str, Any]:
+    """Compile, check and time one model against its peers; returns its JSON row.
+
+    ``nonzero_gflops`` / ``fraction_of_peak`` are added later, once the peak is known.
+    """
+    import numpy as np
+    import torch
+
+    from patcc.models import INPUT_SHAPES, export_onnx, pruned_model
+    from patcc.stats import model_stats
+
+    start = time.perf_counter()
+    module = pruned_model(name, variant)
+    path = workdir / f"{name}-{variant}.onnx"
+    export_onnx(module, path, INPUT_SHAPES[name])
+    export_s = time.perf_counter() - start
+    compiled, model, compile_record = compile_patcc(path, threads)
+    compile_record["export_s"] = export_s
+    totals = model_stats(compiled.graph)["totals"]
+
+    x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES[name]).astype(np.float32)
+    session = ort_session(path, threads)
     feed = {session.get_inputs()[0].name: x}
     xt = torch.from_numpy(x)
 
@@ -64,69 +177,215 @@ def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path)
         with torch.inference_mode():
             module(xt)
 
-    peers = {"onnxruntime": lambda: session.run(None, feed), "torch": run_torch}
-    for fn in peers.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {p: [] for p in peers}
-    for _ in range(runs):  # alternate, so that noise hits every peer alike
-        for peer, fn in peers.items():
-            times[peer].append(_time(fn))
-    result = {
+    error = relative_error(model(x), session.run(None, feed)[0])
+    engines = {"patcc": lambda: model(x), "onnxruntime": lambda: session.run(None, feed),
+               "torch": run_torch}
+    latency = {e: summarize(t) for e, t in time_alternately(engines, runs).items()}
+    row: dict[str, Any] = {
         "model": name, "variant": variant,
+        "input_shape": list(INPUT_SHAPES[name]),
         "dense_gmacs": totals["dense_macs"] / 1e9,
         "nonzero_gmacs": totals["nonzero_macs"] / 1e9,
         "conv_compression": totals["conv_compression"],
-        "latency_ms": {p: 1e3 * statistics.median(t) for p, t in times.items()},
+        "correctness": {"max_rel_error": error, "tolerance": TOLERANCE,
+                        "ok": bool(error <= TOLERANCE)},
+        "compile": compile_record,
+        "latency_ms": latency,
+        "speedup": {p: latency[p]["median"] / latency["patcc"]["median"] for p in PEERS},
     }
-    return result
+    if scaling and threads > 1:
+        row["thread_scaling"] = thread_scaling(model, x, runs, threads)
+    model.num_threads = threads
+    return row
+
+
+def thread_scaling(model: Any, x: Any, runs: int, threads: int) -> dict[str, Any]:
+    """patcc latency at 1 thread and at ``threads``, runs alternated; speed-up t1/tN."""
+    counts = {"1": 1, str(threads): threads}
+    engines = {n: (lambda: model(x)) for n in counts}
+    prepare: dict[str, Callable[[], None]] = {
+        n: functools.partial(setattr, model, "num_threads", k) for n, k in counts.items()}
+    latency = {n: summarize(t) for n, t in time_alternately(engines, runs, prepare).items()}
+    return {"latency_ms": latency,
+            "speedup": latency["1"]["median"] / latency[str(threads)]["median"]}
+
+
+# --- the run -----------------------------------------------------------------------
+
+def parse_models(spec: str, option: str = "--models") -> list[Model]:
+    """``"resnet18:6x,vgg16:8x"`` -> [("resnet18", "6x"), ("vgg16", "8x")].
+
+    Raises SystemExit naming ``option`` for an item that is not ``name:variant``.
+    """
+    models = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, sep, variant = item.partition(":")
+        if not (sep and name and variant):
+            raise SystemExit(f"{option}: {item!r} is not name:variant "
+                             "(e.g. resnet18:6x,mobilenet_v2:dw-patterns+pw50)")
+        models.append((name, variant))
+    return models
+
+
+def machine_info() -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    import patcc
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "versions": {"patcc": patcc.__version__, "onnxruntime": onnxruntime.__version__,
+                         "torch": torch.__version__, "numpy": np.__version__}}
+
+
+def add_efficiency(row: dict[str, Any], peak: float) -> None:
+    """Non-zero GFLOP/s and fraction of the sgemm peak, per engine, into ``row``."""
+    for key in ("nonzero_gflops", "fraction_of_peak"):
+        row[key] = {}
+    for engine in ENGINES:
+        e = efficiency(row["nonzero_gmacs"], row["latency_ms"][engine]["median"], peak)
+        for key, value in e.items():
+            row[key][engine] = value
+
+
+def label(row: dict[str, Any]) -> str:
+    mark = "" if row["correctness"]["ok"] else " !"
+    return f"{row['model']} {row['variant']}{mark}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The main table: size, median latencies, speed-ups and patcc efficiency."""
+    lines = [f"{'model':<32}{'GMAC dense':>11}{'GMAC nz':>9}{'patcc ms':>10}{'ort ms':>9}"
+             f"{'torch ms':>10}{'ort/patcc':>11}{'torch/patcc':>13}{'patcc nz GF/s':>15}"
+             f"{'% peak':>8}"]
+    for r in rows:
+        ms = {e: r["latency_ms"][e]["median"] for e in ENGINES}
+        lines.append(
+            f"{label(r):<32}{r['dense_gmacs']:>11.2f}{r['nonzero_gmacs']:>9.2f}"
+            f"{ms['patcc']:>10.2f}{ms['onnxruntime']:>9.2f}{ms['torch']:>10.2f}"
+            f"{r['speedup']['onnxruntime']:>11.2f}{r['speedup']['torch']:>13.2f}"
+            f"{r['nonzero_gflops']['patcc']:>15.1f}"
+            f"{100 * r['fraction_of_peak']['patcc']:>7.1f}%")
+    if not all(r["correctness"]["ok"] for r in rows):
+        lines.append(f"! patcc output differs from onnxruntime by more than {TOLERANCE:g} "
+                     "of max|ref|: its timing is not meaningful")
+    return "\n".join(lines)
+
+
+def format_spread(rows: list[dict[str, Any]]) -> str:
+    """Min and interquartile range of each engine's runs, and patcc's thread scaling."""
+    lines = [f"{'model':<32}" + "".join(f"{e + ' min/IQR ms':>24}" for e in ENGINES)]
+    for r in rows:
+        lines.append(f"{label(r):<32}" + "".join(
+            f"{r['latency_ms'][e]['min']:>16.2f} /{r['latency_ms'][e]['iqr']:>6.2f}"
+            for e in ENGINES))
+    for r in rows:
+        if "thread_scaling" in r:
+            s = r["thread_scaling"]
+            ms = ", ".join(f"{n} thread(s) {v['median']:.2f} ms"
+                           for n, v in s["latency_ms"].items())
+            lines.append(f"thread scaling of patcc on {label(r)}: {ms}; "
+                         f"speed-up {s['speedup']:.2f}x")
+    return "\n".join(lines)
+
+
+def format_compile(rows: list[dict[str, Any]]) -> str:
+    """Correctness, compile times (s) and workspace, one line per model."""
+    steps = ("export", "import", "codegen", "llvm", "link")
+    lines = [f"{'model':<32}{'rel err':>9}" + "".join(f"{k + ' s':>11}" for k in steps)
+             + f"{'total s':>10}{'workspace MiB':>15}"]
+    for r in rows:
+        c = r["compile"]
+        seconds = {"export": c["export_s"], **c["seconds"]}
+        lines.append(f"{label(r):<32}{r['correctness']['max_rel_error']:>9.1e}"
+                     + "".join(f"{seconds.get(k, 0.0):>11.2f}" for k in steps)
+                     + f"{c['total_s']:>10.2f}{c['workspace_bytes'] / 2**20:>15.2f}")
+    lines.append("(total: patcc.compile + load, i.e. import to link; export is not in it)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per engine")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models", default="", help="e.g. resnet18:6x,vgg16:8x")
-    parser.add_argument("--out", default="benchmarks/results/peers.json")
+    parser.add_argument("--models", default="", help="e.g. resnet18:6x,vgg16:8x "
+                        "(default: patcc.models.BENCHMARK_VARIANTS)")
+    parser.add_argument("--scaling", default=DEFAULT_SCALING,
+                        help="models to time at 1 thread too, e.g. resnet18:6x ('' for none)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    if args.runs < 1 or args.threads < 1:
+        parser.error(f"--runs and --threads must be >= 1, got {args.runs} and {args.threads}")
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    chosen, scaling = parse_models(args.models), set(parse_models(args.scaling, "--scaling"))
+
+    # Before numpy/torch are imported: their BLAS/OpenMP pools read these once.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # no spinning; see the top
     import torch
 
     from patcc.models import BENCHMARK_VARIANTS
 
     torch.set_num_threads(args.threads)
-    models = ([tuple(m.split(":", 1)) for m in args.models.split(",")] if args.models
-              else list(BENCHMARK_VARIANTS))
-    peak = sgemm_peak_gflops(args.threads)
-    print(f"sgemm peak (numpy, {args.threads} threads): {peak:.1f} GFLOP/s")
+    models = chosen or list(BENCHMARK_VARIANTS)
+
+    load_start = os.getloadavg()[0]
+    if load_start > 0.5:
+        print(f"warning: load average {load_start:.2f} before the run: other work on this "
+              "machine will add noise (see the IQR columns)")
+    peak_start = sgemm_peak_gflops()
+    print(f"sgemm peak (numpy, {args.threads} threads) at start: {peak_start:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, variant in models:
-            r = bench_model(name, variant, args.runs, args.threads, Path(tmp))
-            rows.append(r)
+            row = bench_model(name, variant, args.runs, args.threads, Path(tmp),
+                              scaling=(name, variant) in scaling)
+            print(f"  {name} {variant}: compiled in {row['compile']['total_s']:.1f} s, "
+                  f"rel error {row['correctness']['max_rel_error']:.1e}, "
+                  f"patcc {row['latency_ms']['patcc']['median']:.2f} ms", flush=True)
+            rows.append(row)
+    peak_end = sgemm_peak_gflops()
+    load = {"start": load_start, "end": os.getloadavg()[0]}
+    peak = max(peak_start, peak_end)
+    print(f"sgemm peak at end: {peak_end:.1f} GFLOP/s; peak used: {peak:.1f} GFLOP/s")
+    for row in rows:
+        add_efficiency(row, peak)
 
-    head = f"{'model':<28}{'GMAC dense':>11}{'GMAC nz':>9}"
-    head += "".join(f"{p + ' ms':>16}{'nz GF/s':>9}{'% peak':>8}" for p in ("onnxruntime", "torch"))
-    print(head)
-    for r in rows:
-        label = f"{r['model']} {r['variant']}"
-        line = f"{label:<28}{r['dense_gmacs']:>11.2f}{r['nonzero_gmacs']:>9.2f}"
-        for peer in ("onnxruntime", "torch"):
-            ms = r["latency_ms"][peer]
-            gflops = 2 * r["nonzero_gmacs"] / (ms / 1e3)
-            r.setdefault("nonzero_gflops", {})[peer] = gflops
-            line += f"{ms:>16.2f}{gflops:>9.1f}{100 * gflops / peak:>7.1f}%"
-        print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "sgemm_peak_gflops": peak},
-        "threads": args.threads, "runs": args.runs, "results": rows,
+    for table in (format_table(rows), format_spread(rows), format_compile(rows)):
+        print()
+        print(table)
+    write_results(args, rows, {"start": peak_start, "end": peak_end, "peak": peak}, load)
+    return 0 if all(r["correctness"]["ok"] for r in rows) else 1
+
+
+def write_results(args: argparse.Namespace, rows: list[dict[str, Any]],
+                  peak: dict[str, float], load: dict[str, float]) -> None:
+    """``bench.json`` and its chart ``bench.png`` in ``args.out_dir``."""
+    from chart import make_chart  # benchmarks/chart.py; this script's directory is on sys.path
+
+    out_dir: Path = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "bench.json"
+    json_path.write_text(json.dumps({
+        "machine": {**machine_info(), "load_average_1min": load},
+        "sgemm_peak_gflops": peak,
+        "threads": args.threads, "runs": args.runs, "warmup_runs": WARMUP_RUNS,
+        "environment": {v: os.environ.get(v) for v in
+                        ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")},
+        "tolerance": TOLERANCE, "results": rows,
     }, indent=1))
-    print(f"wrote {out}")
-    return 0
+    png_path = out_dir / "bench.png"
+    make_chart(json_path, png_path)
+    print(f"wrote {json_path} and {png_path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""The benchmark machinery (benchmarks/run.py, benchmarks/chart.py) on a tiny model.
+
+Runs the real script in a subprocess, as ``make bench`` does, on senet_tiny 6x with a
+few runs, and checks what it writes. Nothing here is about speed: the benchmark is
+only checked to measure, compute and record consistently.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ENGINES = ("patcc", "onnxruntime", "torch")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    """(bench.json contents, output dir, stdout) of a 3-run benchmark of senet_tiny 6x."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--models", "senet_tiny:6x",
+         "--scaling", "senet_tiny:6x", "--runs", "3", "--threads", "2", "--out-dir", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((out / "bench.json").read_text()), out, proc.stdout
+
+
+def test_json_has_run_settings_and_peak(bench: tuple[dict, Path, str]) -> None:
+    data, _, _ = bench
+    assert data["threads"] == 2 and data["runs"] == 3
+    assert data["machine"]["cpus"] >= 1 and data["machine"]["versions"]["patcc"]
+    peak = data["sgemm_peak_gflops"]
+    assert peak["start"] > 0 and peak["end"] > 0
+    assert peak["peak"] == max(peak["start"], peak["end"])
+    assert [(r["model"], r["variant"]) for r in data["results"]] == [("senet_tiny", "6x")]
+
+
+def test_row_latencies_ratios_and_efficiency(bench: tuple[dict, Path, str]) -> None:
+    data, _, _ = bench
+    (row,) = data["results"]
+    for engine in ENGINES:
+        lat = row["latency_ms"][engine]
+        assert lat["runs"] == len(lat["times"]) == 3
+        assert min(lat["times"]) == pytest.approx(lat["min"])
+        assert 0 < lat["min"] <= lat["q1"] <= lat["median"] <= lat["q3"]
+        assert lat["iqr"] == pytest.approx(lat["q3"] - lat["q1"])
+        gflops = 2 * row["nonzero_gmacs"] / (lat["median"] / 1e3)
+        assert row["nonzero_gflops"][engine] == pytest.approx(gflops)
+        assert row["fraction_of_peak"][engine] == pytest.approx(
+            gflops / data["sgemm_peak_gflops"]["peak"])
+    patcc_ms = row["latency_ms"]["patcc"]["median"]
+    for peer in ("onnxruntime", "torch"):
+        assert row["speedup"][peer] == pytest.approx(row["latency_ms"][peer]["median"] / patcc_ms)
+    assert 0 < row["nonzero_gmacs"] < row["dense_gmacs"]  # 6x pattern-pruned
+
+
+def test_row_correctness_and_compile_record(bench: tuple[dict, Path, str]) -> None:
+    data, _, _ = bench
+    (row,) = data["results"]
+    assert 0 <= row["correctness"]["max_rel_error"] <= 1e-4
+    assert row["correctness"]["ok"] is True
+    compile_record = row["compile"]
+    assert set(compile_record["seconds"]) >= {"import", "codegen", "llvm", "link"}
+    assert compile_record["total_s"] >= sum(compile_record["seconds"].values()) * 0.99
+    assert compile_record["workspace_bytes"] > 0
+
+
+def test_thread_scaling_is_recorded(bench: tuple[dict, Path, str]) -> None:
+    data, _, _ = bench
+    scaling = data["results"][0]["thread_scaling"]
+    one, two = (scaling["latency_ms"][n]["median"] for n in ("1", "2"))
+    assert one > 0 and two > 0
+    assert scaling["speedup"] == pytest.approx(one / two)
+
+
+def test_table_is_printed_and_chart_is_a_png(bench: tuple[dict, Path, str]) -> None:
+    data, out, stdout = bench
+    assert "ort/patcc" in stdout and "senet_tiny 6x" in stdout
+    assert f"{data['results'][0]['speedup']['onnxruntime']:.2f}" in stdout
+    png = (out / "bench.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+
+def test_bad_models_option_is_rejected() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--models", "resnet18"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert proc.returncode != 0
+    assert "'resnet18' is not name:variant" in proc.stderr
