@@ -81,6 +81,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model = compile_model(args.model, args.target, _input_shapes(args.input_shape))
     model.save(args.output, args.emit)
     elapsed = time.perf_counter() - start
+    if args.report:
+        from patcc.report import format_rows, layer_rows
+
+        print(format_rows(layer_rows(model)))
     if not args.quiet:
         print(f"{args.output}: {args.emit} for {model.target.tag} ({model.target.cpu}), "
               f"{len(model.plan.codes)} layers, workspace {model.workspace_size / 2**20:.2f} MiB,"
@@ -131,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"target tag: {', '.join(target_tags())} (default: x86_64, this CPU)")
     p.add_argument("--emit", default="so", choices=EMIT_KINDS,
                    help="what to write (default: so)")
+    p.add_argument("--report", action="store_true",
+                   help="print per-layer kernels, blocks, storage, loads/FMA and, for this "
+                        "machine's target, measured times")
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compile)
