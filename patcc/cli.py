@@ -81,14 +81,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model = compile_model(args.model, args.target, _input_shapes(args.input_shape))
     model.save(args.output, args.emit)
     elapsed = time.perf_counter() - start
-    if args.report:
-        from patcc.report import format_rows, layer_rows
-
-        print(format_rows(layer_rows(model)))
     if not args.quiet:
         print(f"{args.output}: {args.emit} for {model.target.tag} ({model.target.cpu}), "
               f"{len(model.plan.codes)} layers, workspace {model.workspace_size / 2**20:.2f} MiB,"
               f" compiled in {elapsed:.1f} s")
+    if args.report:
+        from patcc.report import format_rows, layer_rows
+
+        print(format_rows(layer_rows(model)))
     return 0
 
 

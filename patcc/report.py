@@ -51,7 +51,7 @@ def layer_rows(compiled: Any, runs: int = 10) -> list[dict[str, Any]]:
         for row, s in zip(rows, seconds, strict=True):
             row["ms"] = round(1e3 * float(s), 4)
             if row.get("nonzero_macs") and s > 0:
-                row["nonzero_gflops"] = round(2 * row["nonzero_macs"] / s / 1e9, 1)
+                row["nonzero_gflops"] = float(f"{2 * row['nonzero_macs'] / s / 1e9:.3g}")
     return rows
 
 
