@@ -143,7 +143,12 @@ class _Geometry:
 
 
 def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
-    """Task (n, c): zero-padded, stride-split copy of one input channel."""
+    """Task (n, c): zero-padded, stride-split copy of one input channel.
+
+    For each stride phase the in-bounds columns are a static range, so a row is a
+    zero fill, a copy (contiguous for stride 1, which LLVM turns into vector moves)
+    and a zero fill; rows outside the input are zero filled whole.
+    """
     b = kb.b
     src = kb.at(ops.inputs[0], b.mul(task, i64(g.h * g.w)))
     dst = kb.at(ops.scratch, b.mul(task, i64(g.chan)))
@@ -151,17 +156,26 @@ def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) ->
     for a in range(g.sh):
         for bb in range(g.sw):
             base = (a * g.sw + bb) * g.plane
+            # columns q with 0 <= q*sw + bb - pl < w
+            q_lo = min(g.wq, max(0, -(-(g.pl - bb) // g.sw)))
+            q_hi = min(g.wq, max(q_lo, -(-(g.w + g.pl - bb) // g.sw)))
             with kb.loop(0, g.hq, 1, "r") as r:
                 y = b.add(b.mul(r, i64(g.sh)), i64(a - g.pt))
                 y_ok = b.and_(b.icmp_signed(">=", y, i64(0)), b.icmp_signed("<", y, i64(g.h)))
-                y_safe = b.select(y_ok, y, i64(0))
                 line = b.add(i64(base), b.mul(r, i64(g.wq)))
-                with kb.loop(0, g.wq, 1, "q") as q:
-                    x = b.add(b.mul(q, i64(g.sw)), i64(bb - g.pl))
-                    ok = b.and_(y_ok, b.and_(b.icmp_signed(">=", x, i64(0)),
-                                             b.icmp_signed("<", x, i64(g.w))))
-                    v = kb.load(src, b.add(b.mul(y_safe, i64(g.w)), b.select(ok, x, i64(0))))
-                    kb.store(b.select(ok, v, zero), dst, b.add(line, q))
+                with b.if_else(y_ok) as (inside, outside):
+                    with inside:
+                        with kb.loop(0, q_lo, 1, "ql") as q:
+                            kb.store(zero, dst, b.add(line, q))
+                        row = b.add(b.mul(y, i64(g.w)), i64(bb - g.pl))
+                        with kb.loop(q_lo, q_hi, 1, "q") as q:
+                            kb.store(kb.load(src, b.add(row, b.mul(q, i64(g.sw)))), dst,
+                                     b.add(line, q))
+                        with kb.loop(q_hi, g.wq, 1, "qr") as q:
+                            kb.store(zero, dst, b.add(line, q))
+                    with outside:
+                        with kb.loop(0, g.wq, 1, "qz") as q:
+                            kb.store(zero, dst, b.add(line, q))
 
 
 def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
