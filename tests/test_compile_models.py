@@ -1,0 +1,111 @@
+"""Whole reference architectures, dense and pattern-pruned, compiled to native code.
+
+Each model is exported to ONNX (the session fixture ``exported_model``), compiled once
+per session with ``patcc.compile``, run with two threads, and compared with
+onnxruntime: every output within 1e-4 of the reference's largest magnitude. The
+kernel each convolution got is checked too: a pattern-style conv runs the sparse
+``pattern`` kernel, and a dense model never does. One and two threads must give
+bitwise identical outputs.
+
+resnet50 and vgg16 are marked ``slow`` (they still run in ``make test``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from compiled_helpers import run_with_threads
+
+from conftest import PRUNED_VARIANT
+from patcc.compiler import CompiledModel
+from patcc.ir import Conv, Sparsity
+from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+
+ort = pytest.importorskip("onnxruntime")
+
+SLOW = ("resnet50", "vgg16")
+
+CASES = [
+    pytest.param((name, variant), marks=[pytest.mark.slow] if name in SLOW else [],
+                 id=f"{name}-{variant}")
+    for name in REFERENCE_ARCHITECTURES
+    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
+]
+
+
+@dataclass(frozen=True)
+class CompiledCase:
+    name: str
+    variant: str
+    onnx_path: Path
+    compiled: CompiledModel
+
+
+@pytest.fixture(scope="session", params=CASES)
+def compiled_case(request: pytest.FixtureRequest, exported_model) -> CompiledCase:
+    """Each architecture and variant compiled once per session.
+
+    A parametrized session fixture: pytest runs every test of one model before
+    moving to the next and drops the previous model then, so only one compiled
+    model (up to ~2 GB for VGG-16: weights in the plan, the objects, the .so) is
+    alive at a time.
+    """
+    import patcc
+
+    name, variant = request.param
+    _, path = exported_model(name, variant)
+    return CompiledCase(name, variant, Path(path), patcc.compile(path))
+
+
+def onnxruntime_outputs(path: object, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {session.get_inputs()[0].name: x})
+    return dict(zip(names, values, strict=True))
+
+
+def test_compiled_matches_onnxruntime(compiled_case: CompiledCase) -> None:
+    x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES[compiled_case.name])
+    x = x.astype(np.float32)
+    expected = onnxruntime_outputs(compiled_case.onnx_path, x)
+    native = compiled_case.compiled.load(num_threads=2)
+    assert native.num_threads == 2
+    ours = native.run([x])
+    assert list(ours) == list(expected)
+    for out_name, ref in expected.items():
+        got = ours[out_name]
+        assert got.dtype == np.float32 and got.shape == ref.shape, (got.dtype, got.shape)
+        assert np.isfinite(got).all(), out_name
+        scale = float(np.abs(ref).max())
+        assert scale > 0  # an all-zero reference would make the tolerance meaningless
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * scale, err_msg=out_name)
+
+
+def test_pattern_convs_use_the_pattern_kernel(compiled_case: CompiledCase) -> None:
+    compiled = compiled_case.compiled
+    conv_kernels = [(code.layer, code.kernel) for code in compiled.plan.codes
+                    if isinstance(code.layer, Conv)]
+    assert len(conv_kernels) == len(list(compiled.graph.convs()))  # every conv has code
+    for layer, kernel in conv_kernels:
+        if layer.sparsity is Sparsity.PATTERN:
+            assert kernel == "pattern", f"{layer.name}: pattern-style conv ran {kernel!r}"
+        else:
+            assert kernel != "pattern", f"{layer.name}: {layer.sparsity} conv ran {kernel!r}"
+    pattern_count = sum(kernel == "pattern" for _, kernel in conv_kernels)
+    if compiled_case.variant == "dense":
+        assert pattern_count == 0
+    else:
+        assert pattern_count > 0
+
+
+def test_thread_count_does_not_change_a_bit(compiled_case: CompiledCase) -> None:
+    # Whole models split into many more tasks than the random graphs do, so this is
+    # where a work split that changes a reduction order would show.
+    native = compiled_case.compiled.load()
+    x = np.random.default_rng(1).uniform(-1, 1, INPUT_SHAPES[compiled_case.name])
+    x = x.astype(np.float32)
+    outputs = run_with_threads(native, [x], threads=(2, 1))
+    assert all(np.isfinite(v).all() for v in outputs.values())
