@@ -77,16 +77,17 @@ class KernelBuilder:
     def store(self, value: ir.Value, base: ir.Value, index: ir.Value | int) -> None:
         self.b.store(value, self.at(base, index, value.type), align=etype_align(value.type))
 
-    def vload(self, base: ir.Value, index: ir.Value | int, lanes: int | None = None
-              ) -> ir.Value:
-        """Unaligned vector load of ``lanes`` floats (a masked load when fewer than a vector)."""
+    def vload(self, base: ir.Value, index: ir.Value | int, lanes: int | None = None,
+              fill: float = 0.0) -> ir.Value:
+        """Unaligned vector load of ``lanes`` floats; with fewer than a vector, a masked
+        load whose other lanes hold ``fill``."""
         lanes = self.width if lanes is None else lanes
         ptr = self.at(base, index)
         if lanes == self.width:
             return self.b.load(ptr, typ=self.vec, align=4)
         fn = declare(self.module, f"llvm.masked.load.v{self.width}f32.p0", self.vec,
                      [PTR, I32, ir.VectorType(I1, self.width), self.vec])
-        return self.b.call(fn, [ptr, i32(4), self.mask(lanes), ir.Constant(self.vec, None)])
+        return self.b.call(fn, [ptr, i32(4), self.mask(lanes), self.const(self.vec, fill)])
 
     def vstore(self, value: ir.Value, base: ir.Value, index: ir.Value | int,
                lanes: int | None = None) -> None:
@@ -122,6 +123,16 @@ class KernelBuilder:
         suffix = f"v{typ.count}f32" if isinstance(typ, ir.VectorType) else "f32"
         fn = declare(self.module, f"{name}.{suffix}", typ, [typ] * len(args))
         return self.b.call(fn, list(args))
+
+    def reduce(self, kind: str, v: ir.Value) -> ir.Value:
+        """Horizontal ``fmax`` or ``fadd`` of a float vector."""
+        if kind == "fadd":
+            fn = declare(self.module, f"llvm.vector.reduce.fadd.v{self.width}f32", F32,
+                         [F32, self.vec])
+            return self.b.call(fn, [f32(0.0), v])
+        fn = declare(self.module, f"llvm.vector.reduce.{kind}.v{self.width}f32", F32,
+                     [self.vec])
+        return self.b.call(fn, [v])
 
     def const(self, typ: ir.Type, value: float) -> ir.Constant:
         c = f32(value)

@@ -12,7 +12,13 @@ import math
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import F32, KernelBuilder, f32, i64
-from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
+from patcc.backends.llvm.lowering import (
+    LayerCode,
+    LoweringContext,
+    Operands,
+    Phase,
+    PhaseBody,
+)
 from patcc.ir.layers import GlobalPool, Pool, Softmax
 
 
@@ -83,34 +89,100 @@ def lower_global_pool(layer: GlobalPool, ctx: LoweringContext) -> LayerCode:
 
 
 def lower_softmax(layer: Softmax, ctx: LoweringContext) -> LayerCode:
+    """Softmax with explicit vectors: along the axis when it is innermost, else across
+    the inner positions (contiguous there). Besides speed, explicit vectors keep these
+    loops away from LLVM's loop vectorizer, whose cost model asserts on some scalar
+    forms of them (exp reductions on Zen 4/5)."""
     shape = ctx.in_shape(layer)
     outer = math.prod(shape[:layer.axis])
     length = shape[layer.axis]
     inner = math.prod(shape[layer.axis + 1:])
+    width = ctx.target.vector_width
+    if inner == 1:
+        return LayerCode(layer, [Phase("softmax", outer, _softmax_rows(length, width))],
+                         kernel="reduce")
+    blocks = -(-inner // width)
+    return LayerCode(layer, [Phase("softmax", outer * blocks,
+                                   _softmax_columns(length, inner, width))], kernel="reduce")
+
+
+def _softmax_rows(length: int, width: int) -> PhaseBody:
+    """Task = one contiguous row; lanes run along the row, tails are masked."""
+    full, tail = length // width * width, length % width
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         b = kb.b
-        base = b.add(b.mul(b.sdiv(task, i64(inner)), i64(length * inner)),
-                     b.srem(task, i64(inner)))
-        src, dst = ops.inputs[0], ops.outputs[0]
-        top = kb.entry_alloca(F32, "max")
-        total = kb.entry_alloca(F32, "sum")
-        b.store(f32(float("-inf")), top)
-        b.store(f32(0.0), total)
+        base = b.mul(task, i64(length))
+        src, dst = kb.at(ops.inputs[0], base), kb.at(ops.outputs[0], base)
+        ninf = float("-inf")
+        slot = kb.entry_alloca(kb.vec, "acc")
+        b.store(kb.const(kb.vec, ninf), slot)
+        with kb.loop(0, full, width, "e") as e:
+            b.store(kb.intrinsic("llvm.maxnum", kb.vec, [b.load(slot, typ=kb.vec),
+                                                         kb.vload(src, e)]), slot)
+        acc = b.load(slot, typ=kb.vec)
+        if tail:
+            acc = kb.intrinsic("llvm.maxnum", kb.vec, [acc, kb.vload(src, full, tail, ninf)])
+        peak = kb.splat(kb.reduce("fmax", acc))
+        b.store(kb.const(kb.vec, 0.0), slot)
+        with kb.loop(0, full, width, "e") as e:
+            ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, e), peak)])
+            kb.vstore(ex, dst, e)
+            b.store(b.fadd(b.load(slot, typ=kb.vec), ex), slot)
+        total = b.load(slot, typ=kb.vec)
+        if tail:
+            ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, full, tail), peak)])
+            kb.vstore(ex, dst, full, tail)
+            total = b.fadd(total, b.select(kb.mask(tail), ex, kb.const(kb.vec, 0.0)))
+        scale = kb.splat(b.fdiv(f32(1.0), kb.reduce("fadd", total)))
+        with kb.loop(0, full, width, "e") as e:
+            kb.vstore(b.fmul(kb.vload(dst, e), scale), dst, e)
+        if tail:
+            kb.vstore(b.fmul(kb.vload(dst, full, tail), scale), dst, full, tail)
 
-        def at(e: ir.Value) -> ir.Value:
-            return b.add(base, b.mul(e, i64(inner)))
+    return body
 
-        with kb.loop(0, length, 1, "e") as e:
-            b.store(kb.intrinsic("llvm.maxnum", F32, [b.load(top, typ=F32), kb.load(src, at(e))]),
-                    top)
-        peak = b.load(top, typ=F32)
-        with kb.loop(0, length, 1, "e") as e:
-            ex = kb.intrinsic("llvm.exp", F32, [b.fsub(kb.load(src, at(e)), peak)])
-            kb.store(ex, dst, at(e))
-            b.store(b.fadd(b.load(total, typ=F32), ex), total)
-        scale = b.fdiv(f32(1.0), b.load(total, typ=F32))
-        with kb.loop(0, length, 1, "e") as e:
-            kb.store(b.fmul(kb.load(dst, at(e)), scale), dst, at(e))
 
-    return LayerCode(layer, [Phase("softmax", outer * inner, body)], kernel="reduce")
+def _softmax_columns(length: int, inner: int, width: int) -> PhaseBody:
+    """Task = (outer index, block of ``width`` inner positions): lanes across ``inner``."""
+    blocks = -(-inner // width)
+
+    def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        b = kb.b
+        o = b.sdiv(task, i64(blocks))
+        j0 = b.mul(b.srem(task, i64(blocks)), i64(width))
+        lanes_left = b.sub(i64(inner), j0)
+        base = b.add(b.mul(o, i64(length * inner)), j0)
+        src, dst = kb.at(ops.inputs[0], base), kb.at(ops.outputs[0], base)
+        tail = inner % width
+        full_block = b.icmp_signed(">=", lanes_left, i64(width))
+
+        def run(lanes: int) -> None:
+            slot = kb.entry_alloca(kb.vec, "acc")
+            b.store(kb.const(kb.vec, float("-inf")), slot)
+            with kb.loop(0, length, 1, "e") as e:
+                x = kb.vload(src, b.mul(e, i64(inner)), lanes, float("-inf"))
+                b.store(kb.intrinsic("llvm.maxnum", kb.vec, [b.load(slot, typ=kb.vec), x]),
+                        slot)
+            peak = b.load(slot, typ=kb.vec)
+            b.store(kb.const(kb.vec, 0.0), slot)
+            with kb.loop(0, length, 1, "e") as e:
+                at = b.mul(e, i64(inner))
+                ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, at, lanes), peak)])
+                kb.vstore(ex, dst, at, lanes)
+                b.store(b.fadd(b.load(slot, typ=kb.vec), ex), slot)
+            scale = b.fdiv(kb.const(kb.vec, 1.0), b.load(slot, typ=kb.vec))
+            with kb.loop(0, length, 1, "e") as e:
+                at = b.mul(e, i64(inner))
+                kb.vstore(b.fmul(kb.vload(dst, at, lanes), scale), dst, at, lanes)
+
+        if tail == 0:
+            run(width)
+            return
+        with b.if_else(full_block) as (whole, partial):
+            with whole:
+                run(width)
+            with partial:
+                run(tail)
+
+    return body
