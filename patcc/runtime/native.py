@@ -30,16 +30,47 @@ _WORKSPACE_ALIGN = 64
 
 
 def elf_machine(path: str | os.PathLike[str]) -> str:
-    """The architecture of an ELF file; ``PatccError`` if it is not an ELF shared object."""
+    """The architecture of an ELF shared object, after checking it is whole.
+
+    Raises ``PatccError`` for a file that is not ELF, or whose program headers,
+    loadable segments or section headers reach past its end: dlopen would map such a
+    file and the process would die of SIGBUS on first touch.
+    """
     p = Path(path)
     if not p.is_file():
         raise PatccError("no such file", where=str(p))
+    size = p.stat().st_size
     with p.open("rb") as f:
-        head = f.read(20)
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        raise PatccError("not a compiled patcc model (not an ELF shared object)", where=str(p))
-    endian = "<" if head[5] == 1 else ">"
-    (machine,) = struct.unpack(endian + "H", head[18:20])
+        head = f.read(64)
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+            raise PatccError("not a compiled patcc model (not an ELF shared object)",
+                             where=str(p))
+        is64, endian = head[4] == 2, "<" if head[5] == 1 else ">"
+        if is64:
+            (machine,) = struct.unpack_from(endian + "H", head, 18)
+            phoff, shoff = struct.unpack_from(endian + "QQ", head, 32)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(endian + "HHHH", head, 54)
+        else:
+            (machine,) = struct.unpack_from(endian + "H", head, 18)
+            phoff, shoff = struct.unpack_from(endian + "II", head, 28)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(endian + "HHHH", head, 42)
+        ends = [("program headers", phoff + phentsize * phnum),
+                ("section headers", shoff + shentsize * shnum)]
+        if phoff + phentsize * phnum <= size:
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                entry = table[i * phentsize:(i + 1) * phentsize]
+                if is64:
+                    kind, _, offset, _, _, filesz = struct.unpack_from(endian + "IIQQQQ", entry)
+                else:
+                    kind, offset, _, _, filesz = struct.unpack_from(endian + "IIIII", entry)
+                if kind == 1:  # PT_LOAD
+                    ends.append((f"segment {i}", offset + filesz))
+    for what, end in ends:
+        if end > size:
+            raise PatccError(f"truncated or corrupt shared object ({what} end at byte {end}, "
+                             f"the file has {size}); recompile it", where=str(p))
     return _ELF_MACHINES.get(machine, f"machine {machine}")
 
 
@@ -48,6 +79,24 @@ def host_machine() -> str:
 
     m = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def _dlopen_fresh(path: str) -> ctypes.CDLL:
+    """dlopen ``path`` through a fresh name.
+
+    The dynamic loader reuses an already loaded object with the same file name, so a
+    model recompiled to the same path would come back stale; under a new name it
+    matches only an object with the same device and inode, that is the same file.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="patcc-load-") as tmp:
+        alias = Path(tmp) / Path(path).name
+        alias.symlink_to(path)
+        try:
+            return ctypes.CDLL(str(alias))
+        except OSError as e:
+            raise PatccError(f"cannot load: {e}", where=path) from e
 
 
 class NativeModel:
@@ -63,10 +112,7 @@ class NativeModel:
         if arch != host_machine():
             raise PatccError(f"built for {arch}, this machine is {host_machine()}; run it "
                              "on the target device", where=str(path))
-        try:
-            lib = ctypes.CDLL(self.path)
-        except OSError as e:
-            raise PatccError(f"cannot load: {e}", where=str(path)) from e
+        lib = _dlopen_fresh(self.path)
         try:
             info_fn = lib.patcc_model_info
             self._run = lib.patcc_run
