@@ -22,6 +22,10 @@ from llvmlite import ir
 from patcc.backends.llvm.irutil import I32, I64, PTR, VOID, declare, i32, i64
 
 MAX_THREADS = 64
+SPIN_ITERATIONS = 4000
+"""Polls of a waiting thread before it sleeps on the condition variable (tens of
+microseconds): layers run back to back, and waking a sleeping thread costs more than
+many small layers take."""
 _SLOT = ir.ArrayType(ir.IntType(8), 64)
 
 
@@ -37,8 +41,9 @@ def _global(module: ir.Module, name: str, typ: ir.Type, init: ir.Constant | None
 class ThreadPool:
     """Emits the pool's globals and functions into ``module``; see the module docstring."""
 
-    def __init__(self, module: ir.Module, nprocessors_onln: int) -> None:
+    def __init__(self, module: ir.Module, nprocessors_onln: int, arch: str = "") -> None:
         self.module = module
+        self.arch = arch
         m = module
         self.mutex = _global(m, "pool_mutex", _SLOT, align=64)
         self.work_cv = _global(m, "pool_work_cv", _SLOT, align=64)
@@ -62,6 +67,7 @@ class ThreadPool:
         self.dispatch = ir.Function(m, ir.FunctionType(VOID, [I64, PTR, I64]), "pool_dispatch")
         self.dispatch.linkage = "internal"
         self._pthread()
+        self.spin = self._emit_spin()
         self.init_fn = self._emit_init()
         self.run_tasks = self._emit_run_tasks()
         self.worker = self._emit_worker()
@@ -84,6 +90,34 @@ class ThreadPool:
         fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
         fn.linkage = "internal"
         return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def _emit_spin(self) -> ir.Function:
+        """``pool_spin(ptr word, i64 value, i1 until_equal)``: poll ``word`` (atomically)
+        until it differs from ``value`` (or equals it, with ``until_equal``), at most
+        SPIN_ITERATIONS times, with the CPU's spin-wait hint between polls."""
+        fn, b = self._function("pool_spin", VOID, [PTR, I64, ir.IntType(1)])
+        word, value, until_equal = fn.args
+        head, body, done = (fn.append_basic_block(n) for n in ("poll", "pause", "done"))
+        entry = b.block
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, "i")
+        i.add_incoming(i64(0), entry)
+        current = b.load_atomic(word, "monotonic", 8, typ=I64)
+        equal = b.icmp_signed("==", current, value)
+        finished = b.or_(b.icmp_unsigned("!=", equal, until_equal),
+                         b.icmp_signed(">=", i, i64(SPIN_ITERATIONS)))
+        b.cbranch(finished, done, body)
+        b.position_at_end(body)
+        if self.arch == "x86_64":
+            b.call(declare(self.module, "llvm.x86.sse2.pause", VOID, []), [])
+        elif self.arch == "aarch64":
+            b.call(declare(self.module, "llvm.aarch64.hint", VOID, [I32]), [i32(1)])  # yield
+        i.add_incoming(b.add(i, i64(1)), body)
+        b.branch(head)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
 
     def _emit_init(self) -> ir.Function:
         """Initialise the mutexes and condition variables once (from set_num_threads/run)."""
@@ -133,8 +167,14 @@ class ThreadPool:
         gen = b.load(self.generation, typ=I64)
         b.cbranch(b.icmp_signed("==", gen, seen), wait_body, woke)
         b.position_at_end(wait_body)
-        b.call(self.p_wait, [self.work_cv, self.mutex])
-        seen.add_incoming(seen, wait_body)
+        # Spin a little without the lock, then sleep unless a job arrived meanwhile
+        # (checked under the lock, so a broadcast cannot be missed).
+        b.call(self.p_unlock, [self.mutex])
+        b.call(self.spin, [self.generation, seen, ir.Constant(ir.IntType(1), 0)])
+        b.call(self.p_lock, [self.mutex])
+        with b.if_then(b.icmp_signed("==", b.load(self.generation, typ=I64), seen)):
+            b.call(self.p_wait, [self.work_cv, self.mutex])
+        seen.add_incoming(seen, b.block)
         b.branch(wait)
         b.position_at_end(woke)
         seen.add_incoming(gen, woke)  # back-edge added below, from `woke` when idle
@@ -148,7 +188,7 @@ class ThreadPool:
         b.call(self.run_tasks, [task, ctx, n])
         b.call(self.p_lock, [self.mutex])
         left = b.sub(b.load(self.pending, typ=I64), i64(1))
-        b.store(left, self.pending)
+        b.store_atomic(left, self.pending, "monotonic", 8)
         with b.if_then(b.icmp_signed("==", left, i64(0))):
             b.call(self.p_broadcast, [self.done_cv])
         seen.add_incoming(gen, b.block)
@@ -176,8 +216,9 @@ class ThreadPool:
         b.store(n, self.ntasks)
         b.store(i64(0), self.next)
         b.store(workers, self.active)
-        b.store(workers, self.pending)
-        b.store(b.add(b.load(self.generation, typ=I64), i64(1)), self.generation)
+        b.store_atomic(workers, self.pending, "monotonic", 8)
+        b.store_atomic(b.add(b.load(self.generation, typ=I64), i64(1)), self.generation,
+                       "monotonic", 8)
         b.call(self.p_broadcast, [self.work_cv])
         b.call(self.p_unlock, [self.mutex])
         b.call(self.run_tasks, [task, ctx, n])
@@ -188,7 +229,11 @@ class ThreadPool:
         pending = b.load(self.pending, typ=I64)
         b.cbranch(b.icmp_signed("==", pending, i64(0)), end, body)
         b.position_at_end(body)
-        b.call(self.p_wait, [self.done_cv, self.mutex])
+        b.call(self.p_unlock, [self.mutex])
+        b.call(self.spin, [self.pending, i64(0), ir.Constant(ir.IntType(1), 1)])
+        b.call(self.p_lock, [self.mutex])
+        with b.if_then(b.icmp_signed("!=", b.load(self.pending, typ=I64), i64(0))):
+            b.call(self.p_wait, [self.done_cv, self.mutex])
         b.branch(head)
         b.position_at_end(end)
         b.call(self.p_unlock, [self.mutex])
