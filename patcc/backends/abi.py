@@ -7,11 +7,16 @@ from typing import Any
 
 ABI_VERSION = 1
 
+# Return codes of the C ABI: the generated code, the header and the Python runtime all
+# take them from here.
+OK, ERR_NULL, ERR_WORKSPACE, ERR_THREADS = 0, 1, 2, 3
+
 ERROR_CODES = {
-    0: ("PATCC_OK", "success"),
-    1: ("PATCC_ERR_NULL", "inputs or outputs is NULL"),
-    2: ("PATCC_ERR_WORKSPACE", "workspace NULL, too small, or not 64-byte aligned"),
-    3: ("PATCC_ERR_THREADS", "thread count out of range (0..64) or a thread failed to start"),
+    OK: ("PATCC_OK", "success"),
+    ERR_NULL: ("PATCC_ERR_NULL", "inputs or outputs is NULL"),
+    ERR_WORKSPACE: ("PATCC_ERR_WORKSPACE", "workspace NULL, too small, or not 64-byte aligned"),
+    ERR_THREADS: ("PATCC_ERR_THREADS",
+                  "thread count out of range (0..64) or a thread failed to start"),
 }
 
 _ABI = """\

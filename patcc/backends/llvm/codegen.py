@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 import patcc
-from patcc.backends.abi import ABI_VERSION
+from patcc.backends.abi import ABI_VERSION, ERR_NULL, ERR_WORKSPACE, OK
 from patcc.backends.llvm.conv import lower_conv, lower_dense
 from patcc.backends.llvm.elementwise import (
     lower_binary,
@@ -61,7 +61,6 @@ from patcc.ir import (
 )
 
 WORKSPACE_ALIGN = 64
-OK, ERR_NULL, ERR_WORKSPACE = 0, 1, 2  # see patcc.backends.abi.ERROR_CODES
 
 Lowering = Callable[..., LayerCode]
 LOWERINGS: dict[type, Lowering] = {
@@ -99,8 +98,7 @@ def plan_module(graph: Graph, target: Target) -> ModulePlan:
     """Lower every layer and lay out all tensors; nothing is emitted yet."""
     shapes = dict(graph.shapes)
     blob = WeightBlob()
-    ctx = LoweringContext(shapes=shapes, target=target, blob=blob,
-                          constants=dict(graph.constants))
+    ctx = LoweringContext(shapes=shapes, target=target, blob=blob)
     outputs = set(graph.outputs)
     alias: dict[str, str] = {}
     codes: list[LayerCode] = []

@@ -91,7 +91,6 @@ class LoweringContext:
     shapes: dict[str, Shape]
     target: Target
     blob: WeightBlob
-    constants: dict[str, np.ndarray]
 
     def in_shape(self, layer: Layer, i: int = 0) -> Shape:
         return self.shapes[layer.inputs[i]]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from patcc.backends.abi import ERR_THREADS, OK
 from patcc.backends.llvm.irutil import I32, I64, PTR, VOID, declare, i32, i64
 
 MAX_THREADS = 64
@@ -248,7 +249,7 @@ class ThreadPool:
         n = b.sext(fn.args[0], I64)
         bad = b.or_(b.icmp_signed("<", n, i64(0)), b.icmp_signed(">", n, i64(MAX_THREADS)))
         with b.if_then(bad):
-            b.ret(i32(3))  # PATCC_ERR_THREADS
+            b.ret(i32(ERR_THREADS))
         cores = b.call(self.sysconf, [i32(nprocessors_onln)])
         cores = b.select(b.icmp_signed("<", cores, i64(1)), i64(1), cores)
         cores = b.select(b.icmp_signed(">", cores, i64(MAX_THREADS)), i64(MAX_THREADS), cores)
@@ -282,12 +283,12 @@ class ThreadPool:
         b.position_at_end(failed)
         b.call(self.p_unlock, [self.mutex])
         b.call(self.p_unlock, [self.run_mutex])
-        b.ret(i32(3))
+        b.ret(i32(ERR_THREADS))
         b.position_at_end(done)
         b.store(n, self.nthreads)
         b.call(self.p_unlock, [self.mutex])
         b.call(self.p_unlock, [self.run_mutex])
-        b.ret(i32(0))
+        b.ret(i32(OK))
         return fn
 
     def finish_dispatch(self, phases: list[ir.Function]) -> None:
