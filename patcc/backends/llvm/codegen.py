@@ -280,6 +280,7 @@ def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Va
             b.ret(i32(ERR_WORKSPACE))
     b.call(pool.init_fn, [])
     b.call(pool.p_lock, [pool.run_mutex])
+    pool.begin_run(b)
     width = max((len(c.layer.inputs) + len(c.layer.outputs) + 1 for c in plan.codes),
                 default=1)
     table_ptr = b.alloca(PTR, size=i64(width), name="operands")
@@ -306,5 +307,7 @@ def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Va
             b.call(pool.parallel_for, [i64(phase_id), table_ptr, i64(tasks)])
         if timer and start is not None:
             timer.add(b, li, start)
+    pool.end_run(b)
+    pool.end_run(b)
     b.call(pool.p_unlock, [pool.run_mutex])
     b.ret(i32(OK))
