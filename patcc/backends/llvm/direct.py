@@ -60,13 +60,36 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
                  row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
             for pattern in cw.patterns]
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
-    row_blocks = -(-ho // rows)
-    hq = row_blocks * rows + max(t.row for t in all_taps)
-    wq = -(-wo // tile) * tile + max(t.col for t in all_taps)
+    max_row, max_col = max(t.row for t in all_taps), max(t.col for t in all_taps)
+    # Very narrow outputs (7x7 in 16 lanes) are vectorised over the flattened (row, col)
+    # positions instead, with the padded row pitch: tap (row, col) becomes one offset
+    # row * pitch + col, the whole image is one tile, and the padding columns are
+    # dropped by compressing stores (77% of the lanes useful at 7x7 instead of 44%).
+    pitch = wo + max_col
+    flat_vectors = -(-(ho * pitch) // width)
+    flat = 2 * wo <= width and flat_vectors <= budget
+    sets = 1
+    if flat:
+        rows, nvec, tile = 1, flat_vectors, flat_vectors * width
+        taps = [[Tap(t.phase, 0, t.row * pitch + t.col) for t in ts] for ts in taps]
+        # Few accumulators: alternate taps between two sets to keep two FMA chains each.
+        sets = 2 if 2 * nvec <= budget else 1
+        row_blocks = 1
+        wq = pitch
+        hq = -(-(tile + max_row * pitch + max_col) // pitch)
+    else:
+        row_blocks = -(-ho // rows)
+        hq = row_blocks * rows + max_row
+        wq = -(-wo // tile) * tile + max_col
     plane = hq * wq
     chan = sh * sw * plane
+    # A depthwise conv pads each channel just before its only filter reads it, in one
+    # task (image, group of filters): the padded copy is still in L1/L2 when read,
+    # instead of a separate pass over memory and a barrier between them.
+    fused = layer.is_depthwise
+    blocks = 1 if fused else row_blocks
     group = 16
-    while group > 1 and n * row_blocks * -(-o // group) < 32:
+    while group > 1 and n * blocks * -(-o // group) < 32:
         group //= 2
     blob = ctx.blob
     offsets = {
@@ -76,7 +99,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
         "order": blob.add(cw.filter_order),
     }
     geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
-                         rows, nvec, row_blocks, group)
+                         rows, nvec, row_blocks, group, fused, flat, sets)
     loads, fmas = _loads_per_kernel(taps, rows, nvec)
 
     def pad_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
@@ -85,11 +108,13 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     def conv_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         _emit_conv(kb, ops, task, geometry, taps, offsets, layer)
 
-    tasks = n * row_blocks * -(-o // group)
+    tasks = n * blocks * -(-o // group)
+    conv_phase = Phase(kernel, tasks, conv_body)
     return LayerCode(
-        layer, [Phase("pad", n * c, pad_body), Phase(kernel, tasks, conv_body)],
+        layer, [conv_phase] if fused else [Phase("pad", n * c, pad_body), conv_phase],
         kernel=kernel, scratch_bytes=n * c * chan * 4,
-        notes={"block": f"{rows}r x {nvec}v x {group}f", "tasks": tasks,
+        notes={"block": (f"{nvec}v flat x {group}f" if flat
+                         else f"{rows}r x {nvec}v x {group}f"), "tasks": tasks,
                "loads_per_fma": loads / fmas if fmas else 0.0,
                "kernels": len(cw.channels), "compressed_bytes": cw.nbytes},
     )
@@ -140,10 +165,17 @@ class _Geometry:
     nvec: int
     row_blocks: int
     group: int
+    fused: bool
+    """Depthwise: each task pads its filters' channels itself (no pad phase)."""
+    flat: bool
+    """One tile of ``nvec`` vectors over the flattened image, row pitch ``wq``."""
+    sets: int
+    """Accumulator sets the taps alternate between (summed before the store)."""
 
 
 def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
-    """Task (n, c): zero-padded, stride-split copy of one input channel.
+    """Task (n, c) (flat index ``n * C + c``): zero-padded, stride-split copy of one
+    input channel.
 
     For each stride phase the in-bounds columns are a static range, so a row is a
     zero fill, a copy (contiguous for stride 1, which LLVM turns into vector moves)
@@ -178,15 +210,26 @@ def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) ->
                             kb.store(zero, dst, b.add(line, q))
 
 
+def _flat_position(q: int, g: _Geometry) -> int:
+    """Output pixels before flattened position ``q`` (row pitch ``g.wq``)."""
+    full_rows, col = divmod(q, g.wq)
+    return min(full_rows * g.wo + min(col, g.wo), g.ho * g.wo)
+
+
 def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
                taps: list[list[Tap]], off: dict[str, int], layer: Conv) -> None:
-    """Task (image, row block, filter group): R x NV register tiles per filter."""
+    """Task (image, row block, filter group): R x NV register tiles per filter.
+
+    Fused (depthwise): task (image, filter group), and each filter first pads its
+    input channel, then computes all its row blocks.
+    """
     b, width = kb.b, kb.width
     groups = -(-g.o // g.group)
     rb_count = g.row_blocks
-    ni = b.sdiv(task, i64(rb_count * groups))
-    rest = b.srem(task, i64(rb_count * groups))
-    rb = b.sdiv(rest, i64(groups))
+    blocks = 1 if g.fused else rb_count
+    ni = b.sdiv(task, i64(blocks * groups))
+    rest = b.srem(task, i64(blocks * groups))
+    rb_task = b.sdiv(rest, i64(groups))
     fg = b.srem(rest, i64(groups))
     counts = ops.weights(kb, off["counts"])
     channels = ops.weights(kb, off["channels"])
@@ -197,24 +240,24 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     order = ops.weights(kb, off["order"])
     i16 = ir.IntType(16)
     xbase = kb.at(ops.scratch, b.mul(b.mul(ni, i64(g.c)), i64(g.chan)))
-    acc_slots = [[kb.entry_alloca(kb.vec, f"acc{r}_{v}") for v in range(g.nvec)]
-                 for r in range(g.rows)]
+    acc_slots = [[[kb.entry_alloca(kb.vec, f"acc{s}_{r}_{v}") for v in range(g.nvec)]
+                  for r in range(g.rows)] for s in range(g.sets)]
     kslot = kb.entry_alloca(I64, "k")
     wslot = kb.entry_alloca(I64, "w")
     full_tiles = g.wo // g.tile
     tail_cols = g.wo - full_tiles * g.tile
     tail_rows = g.ho - (rb_count - 1) * g.rows
     shared = [_shared_loads(ptaps, g.rows) for ptaps in taps]
-    oh0 = b.mul(rb, i64(g.rows))
 
-    def tile(f: ir.Value, ow0: ir.Value, rows: int, cols: int) -> None:
+    def tile(f: ir.Value, oh0: ir.Value, ow0: ir.Value, rows: int, cols: int) -> None:
         """Filter at storage position ``f``; it writes its original output channel."""
         lanes = [min(width, cols - v * width) for v in range(-(-cols // width))]
         out_ch = b.sext(kb.load(order, f, I32), I64)
         bias = kb.splat(kb.load(biases, out_ch))
-        for r in range(rows):
-            for v in range(len(lanes)):
-                b.store(bias, acc_slots[r][v])
+        for s, slots in enumerate(acc_slots):
+            for r in range(rows):
+                for v in range(len(lanes)):
+                    b.store(bias if s == 0 else kb.const(kb.vec, 0.0), slots[r][v])
         b.store(b.sext(kb.load(kstart, f, I32), I64), kslot)
         b.store(b.sext(kb.load(wstart, f, I32), I64), wslot)
         pix = b.add(b.mul(oh0, i64(g.wq)), ow0)
@@ -226,8 +269,8 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
                 ch = b.zext(kb.load(channels, k, i16), I64)
                 cbase = b.add(b.mul(ch, i64(g.chan)), pix)
                 wv = [kb.splat(kb.load(weights, b.add(wk, i64(t)))) for t in range(len(ptaps))]
-                accs = [[b.load(acc_slots[r][v], typ=kb.vec) for v in range(len(lanes))]
-                        for r in range(rows)]
+                accs = [[[b.load(slots[r][v], typ=kb.vec) for v in range(len(lanes))]
+                         for r in range(rows)] for slots in acc_slots]
                 for (phase, row, col), users in shared[p].items():
                     live = [(r, t) for r, t in users if r < rows]
                     if not live:
@@ -235,39 +278,66 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
                     at = b.add(cbase, i64(phase * g.plane + row * g.wq + col))
                     xs = [kb.vload(xbase, b.add(at, i64(v * width))) for v in range(len(lanes))]
                     for r, t in live:
+                        acc = accs[t % g.sets][r]
                         for v, x in enumerate(xs):
-                            accs[r][v] = kb.fma(wv[t], x, accs[r][v])
-                for r in range(rows):
-                    for v in range(len(lanes)):
-                        b.store(accs[r][v], acc_slots[r][v])
+                            acc[v] = kb.fma(wv[t], x, acc[v])
+                for acc, slots in zip(accs, acc_slots, strict=True):
+                    for r in range(rows):
+                        for v in range(len(lanes)):
+                            b.store(acc[r][v], slots[r][v])
             b.store(b.add(b.load(kslot, typ=I64), count), kslot)
             b.store(b.add(b.load(wslot, typ=I64), b.mul(count, i64(len(ptaps)))), wslot)
         plane_out = b.mul(b.add(b.mul(ni, i64(g.o)), out_ch), i64(g.ho * g.wo))
         for r in range(rows):
             row_base = b.add(plane_out, b.add(b.mul(b.add(oh0, i64(r)), i64(g.wo)), ow0))
             for v, n_lanes in enumerate(lanes):
-                acc = b.load(acc_slots[r][v], typ=kb.vec)
+                acc = b.load(acc_slots[0][r][v], typ=kb.vec)
+                for slots in acc_slots[1:]:
+                    acc = b.fadd(acc, b.load(slots[r][v], typ=kb.vec))
+                if g.flat:  # lanes at padding columns (or past the image) are dropped
+                    first = v * width
+                    valid = [q < g.ho * g.wq and q % g.wq < g.wo
+                             for q in range(first, first + width)]
+                    index = b.add(plane_out, i64(_flat_position(first, g)))
+                    if len(layer.inputs) > 1:
+                        acc = b.fadd(acc, kb.expand_load(ops.inputs[1], index, valid))
+                    kb.compress_store(kb.activation(layer.activation, acc), ops.outputs[0],
+                                      index, valid)
+                    continue
                 index = b.add(row_base, i64(v * width))
                 if len(layer.inputs) > 1:
                     acc = b.fadd(acc, kb.vload(ops.inputs[1], index, n_lanes))
                 kb.vstore(kb.activation(layer.activation, acc), ops.outputs[0], index, n_lanes)
 
-    def row_block(f: ir.Value, rows: int) -> None:
+    def row_block(f: ir.Value, oh0: ir.Value, rows: int) -> None:
         with kb.loop(0, full_tiles * g.tile, g.tile, "ow") as ow0:
-            tile(f, ow0, rows, g.tile)
+            tile(f, oh0, ow0, rows, g.tile)
         if tail_cols:
-            tile(f, i64(full_tiles * g.tile), rows, tail_cols)
+            tile(f, oh0, i64(full_tiles * g.tile), rows, tail_cols)
+
+    def filter_rows(f: ir.Value, rb: ir.Value) -> None:
+        if g.flat:
+            tile(f, i64(0), i64(0), 1, g.tile)
+            return
+        oh0 = b.mul(rb, i64(g.rows))
+        if tail_rows == g.rows:
+            row_block(f, oh0, g.rows)
+            return
+        last = b.icmp_signed("==", rb, i64(rb_count - 1))
+        with b.if_else(last) as (then, otherwise):
+            with then:
+                row_block(f, oh0, tail_rows)
+            with otherwise:
+                row_block(f, oh0, g.rows)
 
     f_lo = b.mul(fg, i64(g.group))
     f_hi = b.add(f_lo, i64(g.group))
     f_hi = b.select(b.icmp_signed("<", f_hi, i64(g.o)), f_hi, i64(g.o))
     with kb.loop(f_lo, f_hi, 1, "f") as f:
-        if tail_rows == g.rows:
-            row_block(f, g.rows)
+        if g.fused:  # depthwise: filter f reads only input channel order[f]
+            channel = b.sext(kb.load(order, f, I32), I64)
+            _emit_pad(kb, ops, b.add(b.mul(ni, i64(g.c)), channel), g)
+            with kb.loop(0, rb_count, 1, "rb") as rb:
+                filter_rows(f, rb)
         else:
-            last = b.icmp_signed("==", rb, i64(rb_count - 1))
-            with b.if_else(last) as (then, otherwise):
-                with then:
-                    row_block(f, tail_rows)
-                with otherwise:
-                    row_block(f, g.rows)
+            filter_rows(f, rb_task)

@@ -101,6 +101,32 @@ class KernelBuilder:
                      [self.vec, PTR, I32, ir.VectorType(I1, self.width)])
         self.b.call(fn, [value, ptr, i32(4), self.mask(lanes)])
 
+    def expand_load(self, base: ir.Value, index: ir.Value | int,
+                    lanes: Sequence[bool]) -> ir.Value:
+        """Consecutive floats from ``index`` into the ``lanes`` that are set, in order
+        (zero elsewhere): the inverse of ``compress_store``."""
+        if _is_prefix(lanes):
+            return self.vload(base, index, sum(lanes))
+        vmask = ir.VectorType(I1, self.width)
+        fn = declare(self.module, f"llvm.masked.expandload.v{self.width}f32", self.vec,
+                     [PTR, vmask, self.vec])
+        return self.b.call(fn, [self.at(base, index), self._lane_mask(lanes),
+                                self.const(self.vec, 0.0)])
+
+    def compress_store(self, value: ir.Value, base: ir.Value, index: ir.Value | int,
+                       lanes: Sequence[bool]) -> None:
+        """Store the ``lanes`` of ``value`` that are set to consecutive floats from
+        ``index`` (one instruction with AVX-512, e.g. to drop padding columns)."""
+        if _is_prefix(lanes):
+            self.vstore(value, base, index, sum(lanes))
+            return
+        fn = declare(self.module, f"llvm.masked.compressstore.v{self.width}f32", VOID,
+                     [self.vec, PTR, ir.VectorType(I1, self.width)])
+        self.b.call(fn, [value, self.at(base, index), self._lane_mask(lanes)])
+
+    def _lane_mask(self, lanes: Sequence[bool]) -> ir.Constant:
+        return ir.Constant(ir.VectorType(I1, self.width), [ir.Constant(I1, int(x)) for x in lanes])
+
     def mask(self, lanes: int) -> ir.Constant:
         return ir.Constant(ir.VectorType(I1, self.width),
                            [ir.Constant(I1, int(i < lanes)) for i in range(self.width)])
@@ -216,6 +242,12 @@ class KernelBuilder:
         if hi != float("inf"):
             x = self.intrinsic("llvm.minnum", t, [x, self.const(t, hi)])
         return x
+
+
+def _is_prefix(lanes: Sequence[bool]) -> bool:
+    """True if the set lanes are exactly the first ``sum(lanes)`` ones."""
+    count = sum(lanes)
+    return all(lanes[:count]) and not any(lanes[count:])
 
 
 def etype_align(etype: ir.Type) -> int:
