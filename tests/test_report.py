@@ -18,7 +18,10 @@ def test_report_rows_have_kernels_loads_and_times(exported_model) -> None:
     assert pattern, "the pruned 3x3 convs run the pattern kernel"
     for r in pattern:
         assert 0 < r["loads_per_fma"] < 2
+        assert r["loads_per_fma"] <= r["loads_per_fma_without_lre"]
         assert 0 < r["compressed_bytes"] < r["weight_bytes"]
+    # Row blocks share the vectors of vertically overlapping taps somewhere.
+    assert any(r["loads_per_fma"] < r["loads_per_fma_without_lre"] for r in pattern)
     assert all(r["ms"] >= 0 for r in rows) and sum(r["ms"] for r in rows) > 0
     assert all(r["nonzero_gflops"] > 0 for r in rows if r.get("nonzero_macs"))
 

@@ -101,6 +101,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
                          rows, nvec, row_blocks, group, fused, flat, sets)
     loads, fmas = _loads_per_kernel(taps, rows, nvec)
+    unshared, _ = _loads_per_kernel(taps, rows, nvec, share=False)
 
     def pad_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         _emit_pad(kb, ops, task, geometry)
@@ -116,6 +117,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
         notes={"block": (f"{nvec}v flat x {group}f" if flat
                          else f"{rows}r x {nvec}v x {group}f"), "tasks": tasks,
                "loads_per_fma": loads / fmas if fmas else 0.0,
+               "loads_per_fma_without_lre": unshared / fmas if fmas else 0.0,
                "kernels": len(cw.channels), "compressed_bytes": cw.nbytes},
     )
 
@@ -134,11 +136,15 @@ def _shared_loads(ptaps: list[Tap], rows: int) -> dict[tuple[int, int, int], lis
     return users
 
 
-def _loads_per_kernel(taps: list[list[Tap]], rows: int, nvec: int) -> tuple[int, int]:
-    """(loads, FMAs) of the inner loop summed over one kernel of each pattern."""
+def _loads_per_kernel(taps: list[list[Tap]], rows: int, nvec: int, share: bool = True
+                      ) -> tuple[int, int]:
+    """(loads, FMAs) of the inner loop summed over one kernel of each pattern; with
+    ``share=False``, as if every (row, tap) pair loaded its own input vectors (the
+    code without kernel-level load-redundancy elimination)."""
     loads = fmas = 0
     for ptaps in taps:
-        loads += len(_shared_loads(ptaps, rows)) * nvec + len(ptaps) + 1  # + weights, channel
+        vectors = len(_shared_loads(ptaps, rows)) if share else len(ptaps) * rows
+        loads += vectors * nvec + len(ptaps) + 1  # + weights, channel
         fmas += len(ptaps) * rows * nvec
     return loads, fmas
 
