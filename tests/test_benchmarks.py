@@ -41,6 +41,10 @@ def test_json_has_run_settings_and_peak(bench: tuple[dict, Path, str]) -> None:
     peak = data["sgemm_peak_gflops"]
     assert peak["start"] > 0 and peak["end"] > 0
     assert peak["peak"] == max(peak["start"], peak["end"])
+    for when in ("start", "end"):  # the best of every provider measured, not one of them
+        providers = peak[f"providers_{when}"]
+        assert set(providers) == {"numpy", "torch", "onnxruntime"}
+        assert peak[when] == max(providers.values())
     assert [(r["model"], r["variant"]) for r in data["results"]] == [("senet_tiny", "6x")]
 
 
