@@ -114,7 +114,7 @@ def test_model_uses_the_intended_kernels(compiled: CompiledModel) -> None:
     # The fixture model is meant to cover the pattern kernel and a workspace.
     kernels = {c.layer.name: c.kernel for c in compiled.plan.codes}
     assert kernels["conv_pattern"] == "pattern"
-    assert kernels["conv_dense"] == "gemm+im2col"
+    assert kernels["conv_dense"] == "gemm+planes"
     assert compiled.workspace_size > 0
 
 

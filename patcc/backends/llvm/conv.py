@@ -4,22 +4,32 @@
   weights (``direct.py``): only kept kernels and kept taps, one loop body per pattern.
 - ``depthwise``: a dense depthwise conv runs the same direct kernel with one tap set
   (the full kernel window).
-- ``gemm``: any other conv is a matrix product per group, Y[O, P] = W[O, K] X[K, P];
-  a 1x1 stride-1 unpadded conv reads its input as X directly, others go through an
-  im2col copy into scratch memory.
+- ``gemm``: any other conv is a matrix product per group, Y[O, P] = W[O, K] X[K, P]
+  with X the im2col matrix, never built: each kernel tap reads its row of X as a
+  contiguous run of the input (unstrided, unpadded convs) or of per-channel planes
+  the ``planes`` phase rearranges the input into (padded, split by stride phase).
 - Dense layers are the same matrix product with the roles of A and B swapped.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.direct import lower_direct_conv
-from patcc.backends.llvm.gemm import GemmSpec, emit_gemm, gemm_tiling, pack_rows
-from patcc.backends.llvm.irutil import KernelBuilder, i64
+from patcc.backends.llvm.gemm import (
+    Columns,
+    GemmSpec,
+    Taps,
+    choose_tiling,
+    emit_gemm,
+    gemm_tiling,
+    pack_rows,
+)
+from patcc.backends.llvm.irutil import KernelBuilder, i32, i64
 from patcc.backends.llvm.lowering import (
     LayerCode,
     LoweringContext,
@@ -49,6 +59,9 @@ def _split_task(kb: KernelBuilder, task: ir.Value, *sizes: int) -> list[ir.Value
 
 
 def _lower_gemm_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
+    """A dense conv as one matrix product per (image, group), after a ``planes`` phase
+    unless the input can be read in place; the tile and orientation are chosen per
+    layer (``choose_tiling``) and the weights packed for that tile."""
     target = ctx.target
     n, c, h, w = ctx.in_shape(layer)
     _, o, ho, wo = ctx.out_shape(layer)
@@ -56,41 +69,39 @@ def _lower_gemm_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
     cg, og = c // g, o // g
     kh, kw = layer.kernel_shape
     k = cg * kh * kw
-    p = ho * wo
-    mr, nr = target.gemm_block
-    packed = [ctx.blob.add(pack_rows(layer.weight[gi * og:(gi + 1) * og].reshape(og, k), mr))
-              for gi in range(g)]
+    planes = _planes(layer, w, (ho, wo))
+    channel = planes.channel_size
+    columns = Columns(wo, planes.wq)
+    tiling = choose_tiling(og, ho * wo, k, kh * kw, columns, target.gemm_block,
+                           target.vector_width, min_tasks=max(1, 16 // (n * g)))
+    packed = [ctx.blob.add(pack_rows(layer.weight[gi * og:(gi + 1) * og].reshape(og, k),
+                                     tiling.tile_m)) for gi in range(g)]
     group_stride = (packed[1] - packed[0]) if g > 1 else 0
     if g > 1 and any(b - a != group_stride for a, b in zip(packed, packed[1:], strict=False)):
         raise AssertionError("packed groups are not evenly spaced")
     bias_off = ctx.blob.add(layer.bias)
-    direct = kh == kw == 1 and layer.strides == (1, 1) and not any(layer.pads)
-    tiling = gemm_tiling(og, p, mr, nr, target.vector_width,
-                         min_tasks=max(1, 16 // (n * g)))
     phases: list[Phase] = []
     scratch = 0
-    if not direct:
-        scratch = n * g * k * p * 4
-        phases.append(Phase("im2col", n * c, _im2col_body(layer, (n, c, h, w), (ho, wo))))
+    if not planes.in_place:
+        scratch = n * c * channel * 4
+        block = max(1, n * c * len(planes.phases) // PLANE_TASKS)
+        phases.append(Phase("planes", n * -(-c // block) * len(planes.phases),
+                            _planes_body(layer, (n, c, h, w), planes, block)))
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         b = kb.b
         ni, gi, ti = _split_task(kb, task, n, g, tiling.tasks)
-        ng = b.add(b.mul(ni, i64(g)), gi)
-        if direct:
-            b_base = b.mul(b.add(b.mul(ni, i64(c)), b.mul(gi, i64(cg))), i64(h * w))
-            b_ptr = ops.inputs[0]
-        else:
-            b_base = b.mul(ng, i64(k * p))
-            b_ptr = ops.scratch
-        c_base = b.mul(b.add(b.mul(ni, i64(o)), b.mul(gi, i64(og))), i64(p))
+        b_base = b.mul(b.add(b.mul(ni, i64(c)), b.mul(gi, i64(cg))), i64(channel))
+        b_ptr = ops.inputs[0] if planes.in_place else ops.scratch
+        c_base = b.mul(b.add(b.mul(ni, i64(o)), b.mul(gi, i64(og))), i64(ho * wo))
         a_byte = b.add(i64(packed[0]), b.mul(gi, i64(group_stride)))
         spec = GemmSpec(
-            m=og, n=p, k=k,
+            m=og, n=ho * wo, k=k,
             a=lambda kb_: kb_.b.gep(ops.blob, [a_byte], source_etype=ir.IntType(8)),
             b=lambda kb_: kb_.at(b_ptr, b_base),
             c=lambda kb_: kb_.at(ops.outputs[0], c_base),
-            ldb=p, ldc=p, a_packed=True,
+            b_rows=Taps(channel, planes.offsets), ldc=ho * wo, a_packed=True,
+            columns=columns,
             bias=lambda kb_: kb_.at(ops.weights(kb_, bias_off), b.mul(gi, i64(og))),
             bias_per_row=True, activation=layer.activation,
             residual=(lambda kb_: kb_.at(ops.inputs[1], c_base)) if len(layer.inputs) > 1
@@ -99,50 +110,149 @@ def _lower_gemm_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
         emit_gemm(kb, spec, tiling, ti)
 
     phases.append(Phase("gemm", n * g * tiling.tasks, body))
-    return LayerCode(layer, phases, kernel="gemm" + ("" if direct else "+im2col"),
-                     scratch_bytes=scratch,
-                     notes={"block": f"{mr}x{nr}v", "tasks": n * g * tiling.tasks})
+    notes: dict[str, object] = {"block": tiling.block, "tasks": n * g * tiling.tasks}
+    if tiling.kc:
+        notes["k_blocks"] = -(-cg // tiling.kc)
+    return LayerCode(layer, phases, kernel="gemm" + ("" if planes.in_place else "+planes"),
+                     scratch_bytes=scratch, notes=notes)
 
 
-def _im2col_body(layer: Conv, in_shape: tuple[int, int, int, int],
-                 out_hw: tuple[int, int]) -> PhaseBody:
-    """Rows (c, i, j) of X[K, P] for task (n, c): zero where the window is in the pad."""
-    n, c, h, w = in_shape
+PLANE_TASKS = 32
+"""About how many tasks rearrange the input: enough to share among threads, few
+enough that a task is more than its dispatch."""
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """A conv's input rearranged so that each kernel tap reads its row of the im2col
+    matrix as one contiguous run; no im2col matrix is built.
+
+    Each input channel has one ``hq`` x ``wq`` plane per stride phase (ph, pw) that some
+    tap uses: plane[u][v] = x[u*sh + ph - pt][v*sw + pw - pl], zero in the padding.
+    Output (y, x) under tap (i, j) reads plane ((i*dh) % sh, (j*dw) % sw) at
+    [y + i*dh // sh][x + j*dw // sw]; with q = y*wq + x as the product's column, tap t
+    reads element q + offsets[t] of the channel's planes, and columns with x >= wo are
+    not outputs. Unstrided and unpadded, the input itself is the one plane.
+    """
+
+    phases: tuple[tuple[int, int], ...]
+    hq: int
+    wq: int
+    offsets: tuple[int, ...]
+    in_place: bool
+
+    @property
+    def channel_size(self) -> int:
+        return len(self.phases) * self.hq * self.wq
+
+
+def _planes(layer: Conv, w: int, out_hw: tuple[int, int]) -> _Planes:
     ho, wo = out_hw
     kh, kw = layer.kernel_shape
     sh, sw = layer.strides
-    dh, dw = layer.dilations
-    pt, pl = layer.pads[0], layer.pads[1]
-    g = layer.groups
-    cg = c // g
-    k = cg * kh * kw
-    p = ho * wo
+    rows = [i * layer.dilations[0] for i in range(kh)]
+    cols = [j * layer.dilations[1] for j in range(kw)]
+    hq, wq = ho + rows[-1] // sh, wo + cols[-1] // sw
+    if layer.strides == (1, 1) and not any(layer.pads):
+        return _Planes(((0, 0),), hq, w, tuple(a * w + b for a in rows for b in cols), True)
+    phases = sorted({(a % sh, b % sw) for a in rows for b in cols})
+    offsets = tuple(phases.index((a % sh, b % sw)) * hq * wq + a // sh * wq + b // sw
+                    for a in rows for b in cols)
+    return _Planes(tuple(phases), hq, wq, offsets, False)
+
+
+def _planes_body(layer: Conv, in_shape: tuple[int, int, int, int], planes: _Planes,
+                 block: int) -> PhaseBody:
+    """Task (n, channel block, phase): one plane of each of ``block`` input channels."""
+    n, c, h, w = in_shape
+    plane = planes.hq * planes.wq
+    count = len(planes.phases)
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         b = kb.b
-        ni, ci = _split_task(kb, task, n, c)
-        gi = b.sdiv(ci, i64(cg))
-        cl = b.srem(ci, i64(cg))
-        src = kb.at(ops.inputs[0], b.mul(b.add(b.mul(ni, i64(c)), ci), i64(h * w)))
-        dst_base = b.add(b.mul(b.add(b.mul(ni, i64(g)), gi), i64(k * p)),
-                         b.mul(cl, i64(kh * kw * p)))
-        zero = kb.const(kb.vec.element, 0.0)
-        for i in range(kh):
-            for j in range(kw):
-                row = b.add(dst_base, i64((i * kw + j) * p))
-                with kb.loop(0, ho, 1, "oh") as oh:
-                    y = b.add(b.mul(oh, i64(sh)), i64(i * dh - pt))
-                    y_ok = b.and_(b.icmp_signed(">=", y, i64(0)), b.icmp_signed("<", y, i64(h)))
-                    y_safe = b.select(y_ok, y, i64(0))
-                    line = b.add(row, b.mul(oh, i64(wo)))
-                    with kb.loop(0, wo, 1, "ow") as ow:
-                        x = b.add(b.mul(ow, i64(sw)), i64(j * dw - pl))
-                        ok = b.and_(y_ok, b.and_(b.icmp_signed(">=", x, i64(0)),
-                                                 b.icmp_signed("<", x, i64(w))))
-                        x_safe = b.select(ok, x, i64(0))
-                        v = kb.load(src, b.add(b.mul(y_safe, i64(w)), x_safe))
-                        kb.store(b.select(ok, v, zero), ops.scratch, b.add(line, ow))
+        ni, cb, pi = _split_task(kb, task, n, -(-c // block), count)
+        c_lo = b.mul(cb, i64(block))
+        c_hi = b.add(c_lo, i64(block))
+        c_hi = b.select(b.icmp_signed("<", c_hi, i64(c)), c_hi, i64(c))
+        for index, phase in enumerate(planes.phases):
+            with b.if_then(b.icmp_signed("==", pi, i64(index))), \
+                    kb.loop(c_lo, c_hi, 1, "c") as ci:
+                nc = b.add(b.mul(ni, i64(c)), ci)
+                src = kb.at(ops.inputs[0], b.mul(nc, i64(h * w)))
+                dst = kb.at(ops.scratch, b.mul(b.add(b.mul(nc, i64(count)), i64(index)),
+                                               i64(plane)))
+                _fill_plane(kb, layer, (h, w), planes, phase, src, dst)
     return body
+
+
+def _fill_plane(kb: KernelBuilder, layer: Conv, hw: tuple[int, int], planes: _Planes,
+                phase: tuple[int, int], src: ir.Value, dst: ir.Value) -> None:
+    """One plane from one input channel: zero rows and borders where the source is
+    padding, strided copies elsewhere (all bounds static)."""
+    b = kb.b
+    h, w = hw
+    hq, wq = planes.hq, planes.wq
+    (sh, sw), (ph, pw) = layer.strides, phase
+    pt, pl = layer.pads[0], layer.pads[1]
+    u_lo, u_hi = _inside(h, sh, ph - pt, hq)
+    v_lo, v_hi = _inside(w, sw, pw - pl, wq)
+    _zero(kb, dst, i64(0), u_lo * wq)
+    _zero(kb, dst, i64(u_hi * wq), (hq - u_hi) * wq)
+    with kb.loop(u_lo, u_hi, 1, "u") as u:
+        row = b.mul(u, i64(wq))
+        src_row = b.add(b.mul(b.add(b.mul(u, i64(sh)), i64(ph - pt)), i64(w)),
+                        i64(v_lo * sw + pw - pl))
+        _zero(kb, dst, row, v_lo)
+        _copy(kb, src, src_row, dst, b.add(row, i64(v_lo)), v_hi - v_lo, sw)
+        _zero(kb, dst, b.add(row, i64(v_hi)), wq - v_hi)
+
+
+def _inside(size: int, stride: int, shift: int, count: int) -> tuple[int, int]:
+    """The range [lo, hi) of u in [0, count) with 0 <= u*stride + shift < size."""
+    lo = min(count, max(0, -(shift // stride)))
+    hi = min(count, max(lo, -((shift - size) // stride)))
+    return lo, hi
+
+
+def _zero(kb: KernelBuilder, base: ir.Value, start: ir.Value, count: int) -> None:
+    """base[start : start + count] = 0 (``count`` static)."""
+    w = kb.width
+    zero = kb.const(kb.vec, 0.0)
+    full = count // w * w
+    if full:
+        with kb.loop(0, full, w, "z") as i:
+            kb.vstore(zero, base, kb.b.add(start, i))
+    if count % w:
+        kb.vstore(zero, base, kb.b.add(start, i64(full)), count % w)
+
+
+def _copy(kb: KernelBuilder, src: ir.Value, s: ir.Value, dst: ir.Value, d: ir.Value,
+          count: int, stride: int) -> None:
+    """dst[d + v] = src[s + v*stride] for v < ``count``: vectors for strides 1 and 2
+    (every other lane of two loads), scalars otherwise."""
+    b, w = kb.b, kb.width
+    if stride > 2:
+        with kb.loop(0, count, 1, "v") as v:
+            kb.store(kb.load(src, b.add(s, b.mul(v, i64(stride)))), dst, b.add(d, v))
+        return
+
+    def vector(v: ir.Value, lanes: int) -> None:
+        if stride == 1:
+            kb.vstore(kb.vload(src, b.add(s, v), lanes), dst, b.add(d, v), lanes)
+            return
+        first = kb.vload(src, b.add(s, b.mul(v, i64(2))), min(w, 2 * lanes - 1))
+        second = kb.vload(src, b.add(s, b.add(b.mul(v, i64(2)), i64(w))), 2 * lanes - 1 - w) \
+            if 2 * lanes - 1 > w else kb.const(kb.vec, 0.0)
+        even = b.shuffle_vector(first, second, ir.Constant(ir.VectorType(ir.IntType(32), w),
+                                                           [i32(2 * i) for i in range(w)]))
+        kb.vstore(even, dst, b.add(d, v), lanes)
+
+    full = count // w * w
+    if full:
+        with kb.loop(0, full, w, "v") as v:
+            vector(v, w)
+    if count % w:
+        vector(i64(full), count % w)
 
 
 def lower_dense(layer: Dense, ctx: LoweringContext) -> LayerCode:
@@ -162,11 +272,11 @@ def lower_dense(layer: Dense, ctx: LoweringContext) -> LayerCode:
             a=lambda kb_: ops.inputs[0],
             b=lambda kb_: ops.weights(kb_, b_off),
             c=lambda kb_: ops.outputs[0],
-            ldb=n_out, ldc=n_out, a_packed=False, lda=k,
+            b_rows=Taps(n_out), ldc=n_out, a_packed=False, lda=k,
             bias=lambda kb_: ops.weights(kb_, bias_off), bias_per_row=False,
             activation=layer.activation,
         )
         emit_gemm(kb, spec, tiling, task)
 
     return LayerCode(layer, [Phase("gemm", tiling.tasks, body)], kernel="gemm",
-                     notes={"block": f"{mr}x{nr}v", "tasks": tiling.tasks})
+                     notes={"block": tiling.block, "tasks": tiling.tasks})

@@ -2,7 +2,7 @@
 
 Each layer lowers to ``LayerCode``: one or more ``Phase``s run in order, each a
 parallel-for over ``tasks`` independent tasks (a padding copy, then the convolution;
-an im2col, then the matrix product). A phase body is emitted into a function
+a stride-phase plane copy, then the matrix product). A phase body is emitted into a function
 ``void(ptr operands, i64 task)`` whose operand table holds the layer's input, output
 and scratch pointers. Constant data goes into the ``WeightBlob``, linked into the
 shared object as one read-only symbol.

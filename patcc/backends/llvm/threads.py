@@ -156,7 +156,7 @@ class ThreadPool:
                          b.icmp_signed(">=", i, i64(SPIN_ITERATIONS)))
         b.cbranch(finished, done, body)
         b.position_at_end(body)
-        hint = None
+        hint: tuple[ir.Function, list[ir.Value]] | None = None
         if self.arch == "x86_64":
             hint = (declare(self.module, "llvm.x86.sse2.pause", VOID, []), [])
         elif self.arch == "aarch64":
