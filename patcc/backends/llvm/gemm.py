@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from patcc.backends.llvm.irutil import I1, I32, PTR, VOID, KernelBuilder, declare, i32, i64
+from patcc.backends.llvm.irutil import I32, KernelBuilder, i32, i64, prefix_mask
 from patcc.ir.layers import Activation
 
 Address = Callable[[KernelBuilder], ir.Value]
@@ -441,7 +441,7 @@ class _Place:
             if isinstance(mask, int):
                 v = kb.vload(base, index, mask)
             else:
-                v = _masked_load(kb, kb.at(base, index), mask, v)
+                v = kb.masked_load(kb.at(base, index), mask, v)
         return v
 
     def store(self, kb: KernelBuilder, value: ir.Value, base: ir.Value, row: ir.Value) -> None:
@@ -450,7 +450,7 @@ class _Place:
             if isinstance(mask, int):
                 kb.vstore(value, base, index, mask)
             else:
-                _masked_store(kb, value, kb.at(base, index), mask)
+                kb.masked_store(value, kb.at(base, index), mask)
 
 
 def _place(kb: KernelBuilder, columns: Columns, q: ir.Value, lanes: int) -> _Place:
@@ -476,7 +476,7 @@ def _place(kb: KernelBuilder, columns: Columns, q: ir.Value, lanes: int) -> _Pla
         hi_v = b.add(lo_v, ir.Constant(lane_type, [i32(width)] * w))
         mask = b.and_(b.icmp_signed(">=", lane, lo_v), b.icmp_signed("<", lane, hi_v))
         if lanes < w:
-            mask = b.and_(mask, _lane_mask(w, lanes))
+            mask = b.and_(mask, prefix_mask(w, lanes))
         runs.append((s * (width - pitch), mask))
     return _Place(start, runs)
 
@@ -571,11 +571,11 @@ def _finish_rows(kb: KernelBuilder, spec: GemmSpec, p: _Pointers, m0: ir.Value,
             column = [b.fadd(v, bias) for v in column]
         for lane, v in enumerate(_transpose(kb, column)[:lanes]):
             index = b.add(b.mul(b.add(m0, i64(j * w + lane)), i64(spec.ldc)), n0)
-            mask = _lane_mask(v.type.count, cols)
+            mask = prefix_mask(v.type.count, cols)
             if p.residual is not None:
-                v = b.fadd(v, _masked_load(kb, kb.at(p.residual, index), mask,
+                v = b.fadd(v, kb.masked_load(kb.at(p.residual, index), mask,
                                            kb.const(v.type, 0.0)))
-            _masked_store(kb, kb.activation(spec.activation, v), kb.at(p.c, index), mask)
+            kb.masked_store(kb.activation(spec.activation, v), kb.at(p.c, index), mask)
 
 
 def _transpose(kb: KernelBuilder, vectors: list[ir.Value]) -> list[ir.Value]:
@@ -615,22 +615,3 @@ def _transpose(kb: KernelBuilder, vectors: list[ir.Value]) -> list[ir.Value]:
             pieces[labels[piece * r][1]] = b.shuffle_vector(v, undef, ir.Constant(
                 ir.VectorType(I32, r), [i32(piece * r + i) for i in range(r)]))
     return [pieces[lane] for lane in range(w)]
-
-
-def _lane_mask(width: int, lanes: int) -> ir.Constant:
-    return ir.Constant(ir.VectorType(I1, width),
-                       [ir.Constant(I1, int(i < lanes)) for i in range(width)])
-
-
-def _masked_load(kb: KernelBuilder, ptr: ir.Value, mask: ir.Value, fill: ir.Value
-                 ) -> ir.Value:
-    """Load the lanes of ``mask`` from ``ptr``; the others are ``fill``'s."""
-    t = fill.type
-    fn = declare(kb.module, f"llvm.masked.load.v{t.count}f32.p0", t, [PTR, I32, mask.type, t])
-    return kb.b.call(fn, [ptr, i32(4), mask, fill])
-
-
-def _masked_store(kb: KernelBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
-    t = value.type
-    fn = declare(kb.module, f"llvm.masked.store.v{t.count}f32.p0", VOID, [t, PTR, I32, mask.type])
-    kb.b.call(fn, [value, ptr, i32(4), mask])

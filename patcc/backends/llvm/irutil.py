@@ -85,9 +85,7 @@ class KernelBuilder:
         ptr = self.at(base, index)
         if lanes == self.width:
             return self.b.load(ptr, typ=self.vec, align=4)
-        fn = declare(self.module, f"llvm.masked.load.v{self.width}f32.p0", self.vec,
-                     [PTR, I32, ir.VectorType(I1, self.width), self.vec])
-        return self.b.call(fn, [ptr, i32(4), self.mask(lanes), self.const(self.vec, fill)])
+        return self.masked_load(ptr, self.mask(lanes), self.const(self.vec, fill))
 
     def vstore(self, value: ir.Value, base: ir.Value, index: ir.Value | int,
                lanes: int | None = None) -> None:
@@ -97,9 +95,22 @@ class KernelBuilder:
         if lanes == self.width:
             self.b.store(value, ptr, align=4)
             return
-        fn = declare(self.module, f"llvm.masked.store.v{self.width}f32.p0", VOID,
-                     [self.vec, PTR, I32, ir.VectorType(I1, self.width)])
-        self.b.call(fn, [value, ptr, i32(4), self.mask(lanes)])
+        self.masked_store(value, ptr, self.mask(lanes))
+
+    def masked_load(self, ptr: ir.Value, mask: ir.Value, fill: ir.Value) -> ir.Value:
+        """Load the lanes of ``mask`` (constant or computed) from ``ptr``; the others
+        are ``fill``'s. Any float vector type (``fill``'s)."""
+        t = fill.type
+        fn = declare(self.module, f"llvm.masked.load.v{t.count}f32.p0", t,
+                     [PTR, I32, mask.type, t])
+        return self.b.call(fn, [ptr, i32(4), mask, fill])
+
+    def masked_store(self, value: ir.Value, ptr: ir.Value, mask: ir.Value) -> None:
+        """Store the lanes of ``mask`` of ``value`` (any float vector type) to ``ptr``."""
+        t = value.type
+        fn = declare(self.module, f"llvm.masked.store.v{t.count}f32.p0", VOID,
+                     [t, PTR, I32, mask.type])
+        self.b.call(fn, [value, ptr, i32(4), mask])
 
     def expand_load(self, base: ir.Value, index: ir.Value | int,
                     lanes: Sequence[bool]) -> ir.Value:
@@ -128,8 +139,7 @@ class KernelBuilder:
         return ir.Constant(ir.VectorType(I1, self.width), [ir.Constant(I1, int(x)) for x in lanes])
 
     def mask(self, lanes: int) -> ir.Constant:
-        return ir.Constant(ir.VectorType(I1, self.width),
-                           [ir.Constant(I1, int(i < lanes)) for i in range(self.width)])
+        return prefix_mask(self.width, lanes)
 
     def splat(self, scalar: ir.Value) -> ir.Value:
         """A vector with ``scalar`` in every lane."""
@@ -242,6 +252,12 @@ class KernelBuilder:
         if hi != float("inf"):
             x = self.intrinsic("llvm.minnum", t, [x, self.const(t, hi)])
         return x
+
+
+def prefix_mask(width: int, lanes: int) -> ir.Constant:
+    """A ``width``-lane mask with the first ``lanes`` lanes set."""
+    return ir.Constant(ir.VectorType(I1, width), [ir.Constant(I1, int(i < lanes))
+                                                  for i in range(width)])
 
 
 def _is_prefix(lanes: Sequence[bool]) -> bool:
