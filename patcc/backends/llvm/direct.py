@@ -87,7 +87,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     # task (image, group of filters): the padded copy is still in L1/L2 when read,
     # instead of a separate pass over memory and a barrier between them.
     fused = layer.is_depthwise
-    blocks = 1 if fused else row_blocks
+    blocks = 1 if fused else row_blocks  # row blocks per task: all of them when fused
     group = 16
     while group > 1 and n * blocks * -(-o // group) < 32:
         group //= 2
@@ -109,7 +109,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     def conv_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         _emit_conv(kb, ops, task, geometry, taps, offsets, layer)
 
-    tasks = n * blocks * -(-o // group)
+    tasks = geometry.tasks
     conv_phase = Phase(kernel, tasks, conv_body)
     return LayerCode(
         layer, [conv_phase] if fused else [Phase("pad", n * c, pad_body), conv_phase],
@@ -178,6 +178,16 @@ class _Geometry:
     sets: int
     """Accumulator sets the taps alternate between (summed before the store)."""
 
+    @property
+    def task_row_blocks(self) -> int:
+        """Row blocks the tasks are split by: 1 when fused (a task does every row)."""
+        return 1 if self.fused else self.row_blocks
+
+    @property
+    def tasks(self) -> int:
+        """(image, row block, filter group) tasks of the convolution phase."""
+        return self.n * self.task_row_blocks * -(-self.o // self.group)
+
 
 def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
     """Task (n, c) (flat index ``n * C + c``): zero-padded, stride-split copy of one
@@ -232,9 +242,8 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     b, width = kb.b, kb.width
     groups = -(-g.o // g.group)
     rb_count = g.row_blocks
-    blocks = 1 if g.fused else rb_count
-    ni = b.sdiv(task, i64(blocks * groups))
-    rest = b.srem(task, i64(blocks * groups))
+    ni = b.sdiv(task, i64(g.task_row_blocks * groups))
+    rest = b.srem(task, i64(g.task_row_blocks * groups))
     rb_task = b.sdiv(rest, i64(groups))
     fg = b.srem(rest, i64(groups))
     counts = ops.weights(kb, off["counts"])
