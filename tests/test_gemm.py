@@ -24,7 +24,8 @@ from onnx_gen import window_out
 
 import patcc
 from patcc.backends.llvm import gemm
-from patcc.backends.llvm.conv import _inside, _Planes, _planes
+from patcc.backends.llvm.conv import _Planes, _planes
+from patcc.backends.llvm.planes import inside
 from patcc.compiler import CompiledModel
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Conv, verify
@@ -158,9 +159,9 @@ def test_gemm_dense_matches_interpreter(m: int, k: int, n: int, relu: bool, seed
 
 def test_inside_is_the_range_that_reads_the_input() -> None:
     # u*2 - 1 in [0, 5) for u in [0, 4): u = 1, 2 (u = 3 reads row 5)
-    assert _inside(5, 2, -1, 4) == (1, 3)
-    assert _inside(5, 1, 0, 7) == (0, 5)
-    assert _inside(3, 1, -4, 2) == (2, 2)  # the whole range is padding
+    assert inside(5, 2, -1, 4) == (1, 3)
+    assert inside(5, 1, 0, 7) == (0, 5)
+    assert inside(3, 1, -4, 2) == (2, 2)  # the whole range is padding
 
 
 def test_planes_of_a_strided_padded_conv() -> None:

@@ -29,7 +29,7 @@ from patcc.backends.llvm.gemm import (
     gemm_tiling,
     pack_rows,
 )
-from patcc.backends.llvm.irutil import KernelBuilder, i32, i64
+from patcc.backends.llvm.irutil import KernelBuilder, i64
 from patcc.backends.llvm.lowering import (
     LayerCode,
     LoweringContext,
@@ -37,6 +37,7 @@ from patcc.backends.llvm.lowering import (
     Phase,
     PhaseBody,
 )
+from patcc.backends.llvm.planes import fill_plane
 from patcc.ir.layers import Conv, Dense
 
 
@@ -181,78 +182,9 @@ def _planes_body(layer: Conv, in_shape: tuple[int, int, int, int], planes: _Plan
                 src = kb.at(ops.inputs[0], b.mul(nc, i64(h * w)))
                 dst = kb.at(ops.scratch, b.mul(b.add(b.mul(nc, i64(count)), i64(index)),
                                                i64(plane)))
-                _fill_plane(kb, layer, (h, w), planes, phase, src, dst)
+                fill_plane(kb, src, dst, (h, w), (planes.hq, planes.wq), layer.strides,
+                           phase, (layer.pads[0], layer.pads[1]))
     return body
-
-
-def _fill_plane(kb: KernelBuilder, layer: Conv, hw: tuple[int, int], planes: _Planes,
-                phase: tuple[int, int], src: ir.Value, dst: ir.Value) -> None:
-    """One plane from one input channel: zero rows and borders where the source is
-    padding, strided copies elsewhere (all bounds static)."""
-    b = kb.b
-    h, w = hw
-    hq, wq = planes.hq, planes.wq
-    (sh, sw), (ph, pw) = layer.strides, phase
-    pt, pl = layer.pads[0], layer.pads[1]
-    u_lo, u_hi = _inside(h, sh, ph - pt, hq)
-    v_lo, v_hi = _inside(w, sw, pw - pl, wq)
-    _zero(kb, dst, i64(0), u_lo * wq)
-    _zero(kb, dst, i64(u_hi * wq), (hq - u_hi) * wq)
-    with kb.loop(u_lo, u_hi, 1, "u") as u:
-        row = b.mul(u, i64(wq))
-        src_row = b.add(b.mul(b.add(b.mul(u, i64(sh)), i64(ph - pt)), i64(w)),
-                        i64(v_lo * sw + pw - pl))
-        _zero(kb, dst, row, v_lo)
-        _copy(kb, src, src_row, dst, b.add(row, i64(v_lo)), v_hi - v_lo, sw)
-        _zero(kb, dst, b.add(row, i64(v_hi)), wq - v_hi)
-
-
-def _inside(size: int, stride: int, shift: int, count: int) -> tuple[int, int]:
-    """The range [lo, hi) of u in [0, count) with 0 <= u*stride + shift < size."""
-    lo = min(count, max(0, -(shift // stride)))
-    hi = min(count, max(lo, -((shift - size) // stride)))
-    return lo, hi
-
-
-def _zero(kb: KernelBuilder, base: ir.Value, start: ir.Value, count: int) -> None:
-    """base[start : start + count] = 0 (``count`` static)."""
-    w = kb.width
-    zero = kb.const(kb.vec, 0.0)
-    full = count // w * w
-    if full:
-        with kb.loop(0, full, w, "z") as i:
-            kb.vstore(zero, base, kb.b.add(start, i))
-    if count % w:
-        kb.vstore(zero, base, kb.b.add(start, i64(full)), count % w)
-
-
-def _copy(kb: KernelBuilder, src: ir.Value, s: ir.Value, dst: ir.Value, d: ir.Value,
-          count: int, stride: int) -> None:
-    """dst[d + v] = src[s + v*stride] for v < ``count``: vectors for strides 1 and 2
-    (every other lane of two loads), scalars otherwise."""
-    b, w = kb.b, kb.width
-    if stride > 2:
-        with kb.loop(0, count, 1, "v") as v:
-            kb.store(kb.load(src, b.add(s, b.mul(v, i64(stride)))), dst, b.add(d, v))
-        return
-
-    def vector(v: ir.Value, lanes: int) -> None:
-        if stride == 1:
-            kb.vstore(kb.vload(src, b.add(s, v), lanes), dst, b.add(d, v), lanes)
-            return
-        first = kb.vload(src, b.add(s, b.mul(v, i64(2))), min(w, 2 * lanes - 1))
-        second = kb.vload(src, b.add(s, b.add(b.mul(v, i64(2)), i64(w))), 2 * lanes - 1 - w) \
-            if 2 * lanes - 1 > w else kb.const(kb.vec, 0.0)
-        even = b.shuffle_vector(first, second, ir.Constant(ir.VectorType(ir.IntType(32), w),
-                                                           [i32(2 * i) for i in range(w)]))
-        kb.vstore(even, dst, b.add(d, v), lanes)
-
-    full = count // w * w
-    if full:
-        with kb.loop(0, full, w, "v") as v:
-            vector(v, w)
-    if count % w:
-        vector(i64(full), count % w)
 
 
 def lower_dense(layer: Dense, ctx: LoweringContext) -> LayerCode:

@@ -23,6 +23,7 @@ from llvmlite import ir
 
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
+from patcc.backends.llvm.planes import fill_plane
 from patcc.ir.layers import Conv
 from patcc.passes.compress import compress_conv
 
@@ -191,39 +192,15 @@ class _Geometry:
 
 def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
     """Task (n, c) (flat index ``n * C + c``): zero-padded, stride-split copy of one
-    input channel.
-
-    For each stride phase the in-bounds columns are a static range, so a row is a
-    zero fill, a copy (contiguous for stride 1, which LLVM turns into vector moves)
-    and a zero fill; rows outside the input are zero filled whole.
-    """
+    input channel, its ``sh * sw`` planes one after the other."""
     b = kb.b
     src = kb.at(ops.inputs[0], b.mul(task, i64(g.h * g.w)))
-    dst = kb.at(ops.scratch, b.mul(task, i64(g.chan)))
-    zero = kb.const(kb.vec.element, 0.0)
+    dst = b.mul(task, i64(g.chan))
     for a in range(g.sh):
         for bb in range(g.sw):
-            base = (a * g.sw + bb) * g.plane
-            # columns q with 0 <= q*sw + bb - pl < w
-            q_lo = min(g.wq, max(0, -(-(g.pl - bb) // g.sw)))
-            q_hi = min(g.wq, max(q_lo, -(-(g.w + g.pl - bb) // g.sw)))
-            with kb.loop(0, g.hq, 1, "r") as r:
-                y = b.add(b.mul(r, i64(g.sh)), i64(a - g.pt))
-                y_ok = b.and_(b.icmp_signed(">=", y, i64(0)), b.icmp_signed("<", y, i64(g.h)))
-                line = b.add(i64(base), b.mul(r, i64(g.wq)))
-                with b.if_else(y_ok) as (inside, outside):
-                    with inside:
-                        with kb.loop(0, q_lo, 1, "ql") as q:
-                            kb.store(zero, dst, b.add(line, q))
-                        row = b.add(b.mul(y, i64(g.w)), i64(bb - g.pl))
-                        with kb.loop(q_lo, q_hi, 1, "q") as q:
-                            kb.store(kb.load(src, b.add(row, b.mul(q, i64(g.sw)))), dst,
-                                     b.add(line, q))
-                        with kb.loop(q_hi, g.wq, 1, "qr") as q:
-                            kb.store(zero, dst, b.add(line, q))
-                    with outside:
-                        with kb.loop(0, g.wq, 1, "qz") as q:
-                            kb.store(zero, dst, b.add(line, q))
+            plane = kb.at(ops.scratch, b.add(dst, i64((a * g.sw + bb) * g.plane)))
+            fill_plane(kb, src, plane, (g.h, g.w), (g.hq, g.wq), (g.sh, g.sw), (a, bb),
+                       (g.pt, g.pl))
 
 
 def _flat_position(q: int, g: _Geometry) -> int:
