@@ -323,7 +323,7 @@ def format_spread(rows: list[dict[str, Any]]) -> str:
 
 def format_compile(rows: list[dict[str, Any]]) -> str:
     """Correctness, compile times (s) and workspace, one line per model."""
-    steps = ("export", "import", "codegen", "llvm", "link")
+    steps = ("export", "import", "tune", "codegen", "llvm", "link")
     lines = [f"{'model':<32}{'rel err':>9}" + "".join(f"{k + ' s':>11}" for k in steps)
              + f"{'total s':>10}{'workspace MiB':>15}"]
     for r in rows:

@@ -78,7 +78,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from patcc.compiler import compile as compile_model
 
     start = time.perf_counter()
-    model = compile_model(args.model, args.target, _input_shapes(args.input_shape))
+    model = compile_model(args.model, args.target, _input_shapes(args.input_shape),
+                          tune=args.tune, progress=not args.quiet and sys.stderr.isatty())
     model.save(args.output, args.emit)
     elapsed = time.perf_counter() - start
     if not args.quiet:
@@ -138,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="print per-layer kernels, blocks, storage, loads/FMA and, for this "
                         "machine's target, measured times")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="time each layer's candidate schedules on this machine and keep the "
+                        "fastest, cached in the user cache directory (default: on for this "
+                        "machine's target unless PATCC_TUNE=0; other targets use the cost "
+                        "model)")
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compile)

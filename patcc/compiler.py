@@ -18,6 +18,7 @@ import onnx
 
 from patcc.backends.abi import render_header
 from patcc.backends.llvm import codegen, toolchain
+from patcc.backends.llvm.lowering import Schedule
 from patcc.backends.target import Target, get_target
 from patcc.errors import PatccError
 from patcc.fileio import atomic_write
@@ -105,11 +106,20 @@ def compile(
     target: str | Target = "x86_64",
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     profile: bool = False,
+    tune: bool | None = None,
+    progress: bool = False,
 ) -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) or a patcc Graph for ``target``.
 
     ``profile`` builds a library that also times every layer (see
     ``NativeModel.layer_times``); leave it off for deployment.
+
+    ``tune`` times the schedules each layer can use on this machine and keeps the
+    fastest (``patcc.tuning``; results cached in the user cache directory). By
+    default it is on for the host target (``x86_64``, this CPU) unless the
+    environment sets ``PATCC_TUNE=0``; other targets take the cost model's choice
+    unless tuning is asked for and their code runs here.
+    ``progress`` shows a progress bar on stderr while tuning.
 
     Raises ``PatccError`` for anything the frontends reject, an unknown target, or a
     toolchain failure.
@@ -125,13 +135,38 @@ def compile(
     tgt = get_target(target)
     graph = run_pipeline(graph, BACKEND_PIPELINE)
     timings["import"] = time.perf_counter() - start
+    tuning: dict[str, Any] = {}
+    if tune is None:  # the host's own tag; portable tags may deploy to other CPUs
+        tune = "host" in tgt.tags and os.environ.get("PATCC_TUNE") != "0"
+    if tune and not tgt.is_host:
+        raise PatccError(f"cannot tune for {tgt.tag}: its code does not run on this machine "
+                         "(tuning times candidates here); compile without --tune")
+    if tune:
+        from patcc.tuning import tune_graph
+
+        start = time.perf_counter()
+        tuning = tune_graph(graph, tgt, progress=progress)
+        timings["tune"] = time.perf_counter() - start
+    compiled = build(graph, tgt, {name: t.schedule for name, t in tuning.items()}, profile,
+                     timings)
+    for code in compiled.plan.codes:
+        if code.layer.name in tuning:
+            code.notes["tuned_ms"] = tuning[code.layer.name].best_ms
+    return compiled
+
+
+def build(graph: Graph, target: Target, schedules: Mapping[str, Schedule] | None = None,
+          profile: bool = False, timings: dict[str, float] | None = None) -> CompiledModel:
+    """Lower an optimised graph (after ``BACKEND_PIPELINE``) with the given per-layer
+    schedules (others take the cost model's choice) and compile it to objects."""
+    timings = {} if timings is None else timings
     start = time.perf_counter()
-    plan = codegen.plan_module(graph, tgt)
+    plan = codegen.plan_module(graph, target, schedules or {})
     module = codegen.emit_module(plan, profile=profile)
     timings["codegen"] = time.perf_counter() - start
     start = time.perf_counter()
-    optimised = toolchain.optimize(module, tgt)
-    code = toolchain.emit_object(optimised, tgt)
+    optimised = toolchain.optimize(module, target)
+    code = toolchain.emit_object(optimised, target)
     timings["llvm"] = time.perf_counter() - start
-    weights = toolchain.weights_object(plan.blob.tobytes(), tgt)
-    return CompiledModel(graph, tgt, plan, optimised, code, weights, timings, profile)
+    weights = toolchain.weights_object(plan.blob.tobytes(), target)
+    return CompiledModel(graph, target, plan, optimised, code, weights, timings, profile)

@@ -2,9 +2,10 @@
 
 Per layer: the kernel, its register block and task count, weight storage (dense and,
 for sparse kernels, compressed), loads per FMA of the inner loop as generated and as
-it would be without load-redundancy elimination ("w/o LRE"), and --
-when the target is this machine -- the measured time and non-zero GFLOP/s from a
-profiling build run on random inputs.
+it would be without load-redundancy elimination ("w/o LRE"), how many schedules the
+layer could use ("cands") and, when tuned, the chosen one's time alone ("tuned ms"),
+and -- when the target is this machine -- the measured time and non-zero GFLOP/s from
+a profiling build run on random inputs.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from patcc.backends.llvm.lowering import Schedule
 from patcc.ir.layers import Conv, Dense
 
 
 def layer_rows(compiled: Any, runs: int = 10) -> list[dict[str, Any]]:
     """One row per lowered layer of a ``CompiledModel``; timed when it can run here."""
-    from patcc.compiler import compile as compile_model
+    from patcc.compiler import build
 
     shapes = compiled.graph.shapes
     rows = []
@@ -39,9 +41,15 @@ def layer_rows(compiled: Any, runs: int = 10) -> list[dict[str, Any]]:
         for key in ("loads_per_fma", "loads_per_fma_without_lre"):
             if key in code.notes:
                 row[key] = round(float(code.notes[key]), 3)
+        if "candidates" in code.notes:
+            row["candidates"] = code.notes["candidates"]
+        if "tuned_ms" in code.notes:
+            row["tuned_ms"] = round(float(code.notes["tuned_ms"]), 4)
         rows.append(row)
     if compiled.target.is_host:
-        profiled = compile_model(compiled.graph, compiled.target, profile=True)
+        schedules = {code.layer.name: Schedule.parse(str(code.notes["schedule"]))
+                     for code in compiled.plan.codes if "schedule" in code.notes}
+        profiled = build(compiled.graph, compiled.target, schedules, profile=True)
         model = profiled.load()
         rng = np.random.default_rng(0)
         inputs = [rng.uniform(-1, 1, t.shape).astype(np.float32) for t in model.inputs.values()]
@@ -60,9 +68,10 @@ def layer_rows(compiled: Any, runs: int = 10) -> list[dict[str, Any]]:
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The table ``--report`` prints."""
     head = ("layer", "kernel", "block", "tasks", "weights B", "compressed B", "loads/FMA",
-            "w/o LRE", "ms", "nz GF/s")
+            "w/o LRE", "cands", "tuned ms", "ms", "nz GF/s")
     keys = ("name", "kernel", "block", "tasks", "weight_bytes", "compressed_bytes",
-            "loads_per_fma", "loads_per_fma_without_lre", "ms", "nonzero_gflops")
+            "loads_per_fma", "loads_per_fma_without_lre", "candidates", "tuned_ms", "ms",
+            "nonzero_gflops")
     table = [head] + [tuple(str(r.get(k, "")) for k in keys) for r in rows]
     widths = [min(36, max(len(t[i]) for t in table)) for i in range(len(head))]
     lines = ["  ".join(c[:36].ljust(w) for c, w in zip(t, widths, strict=True)).rstrip()

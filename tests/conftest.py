@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
 MISSING_TOOL = "missing tool:"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Tuning times every candidate schedule of every layer (about 40 s for ResNet-18), and
+# the suite compiles hundreds of models: it runs untuned (the cost model's choices),
+# and tests/test_tuning.py turns tuning on where it is the subject; every schedule is
+# checked for correctness there. The cache never lands in the user's home.
+os.environ.setdefault("PATCC_TUNE", "0")
+os.environ["PATCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="patcc-test-cache-")
 
 
 def require_tool(name: str, hint: str) -> str:

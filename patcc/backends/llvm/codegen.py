@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -34,6 +34,7 @@ from patcc.backends.llvm.lowering import (
     BLOB_SYMBOL,
     LayerCode,
     LoweringContext,
+    Schedule,
     WeightBlob,
     load_operands,
 )
@@ -94,11 +95,13 @@ class ModulePlan:
     info: dict[str, object] = field(default_factory=dict)
 
 
-def plan_module(graph: Graph, target: Target) -> ModulePlan:
-    """Lower every layer and lay out all tensors; nothing is emitted yet."""
+def plan_module(graph: Graph, target: Target,
+                schedules: Mapping[str, Schedule] | None = None) -> ModulePlan:
+    """Lower every layer (with its schedule from ``schedules`` where given) and lay
+    out all tensors; nothing is emitted yet."""
     shapes = dict(graph.shapes)
     blob = WeightBlob()
-    ctx = LoweringContext(shapes=shapes, target=target, blob=blob)
+    ctx = LoweringContext(shapes=shapes, target=target, blob=blob, schedules=schedules or {})
     outputs = set(graph.outputs)
     alias: dict[str, str] = {}
     codes: list[LayerCode] = []

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from patcc.backends.llvm.direct import lower_direct_conv
+from patcc.backends.llvm.direct import direct_blocks, lower_direct_conv
 from patcc.backends.llvm.gemm import (
     Columns,
     GemmSpec,
+    GemmTiling,
     Taps,
-    choose_tiling,
     emit_gemm,
     gemm_tiling,
     pack_rows,
+    tiling_candidates,
 )
 from patcc.backends.llvm.irutil import KernelBuilder, i64
 from patcc.backends.llvm.lowering import (
@@ -36,18 +37,47 @@ from patcc.backends.llvm.lowering import (
     Operands,
     Phase,
     PhaseBody,
+    Schedule,
 )
 from patcc.backends.llvm.planes import fill_plane
+from patcc.errors import PatccError
 from patcc.ir.layers import Conv, Dense
+
+GEMM_CANDIDATES = 3
+"""How many of the GEMM's tilings, best estimated first, a dense conv offers the tuner."""
+
+
+def conv_schedules(layer: Conv, ctx: LoweringContext) -> list[Schedule]:
+    """Every schedule this conv can run with, the cost model's choice first.
+
+    Pattern-style convs run the direct sparse kernel with one of its register blocks,
+    or the dense GEMM where sparsity does not pay (few kernels removed, small
+    images); depthwise convs the direct kernel; other convs the GEMM with one of its
+    tilings.
+    """
+    gemm = [Schedule("gemm", t.block) for t in _gemm_tilings(layer, ctx)[:GEMM_CANDIDATES]]
+    if layer.pattern is not None:
+        return [Schedule("pattern", b) for b in direct_blocks(layer, ctx)] + gemm[:1]
+    if layer.is_depthwise:
+        return [Schedule("depthwise", b) for b in direct_blocks(layer, ctx)]
+    return gemm
 
 
 def lower_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
-    """Choose and lower the kernel for one convolution."""
-    if layer.pattern is not None:
-        return lower_direct_conv(layer, ctx, kernel="pattern")
-    if layer.is_depthwise:
-        return lower_direct_conv(layer, ctx, kernel="depthwise")
-    return _lower_gemm_conv(layer, ctx)
+    """Lower one convolution with its schedule from ``ctx.schedules`` or, without
+    one, the cost model's choice."""
+    options = conv_schedules(layer, ctx)
+    chosen = ctx.schedules.get(layer.name, options[0])
+    if chosen not in options:
+        raise PatccError(f"Conv {layer.name!r}: schedule {str(chosen)!r} does not apply; "
+                         f"this layer can use {', '.join(map(str, options))}")
+    if chosen.kernel in ("pattern", "depthwise"):
+        code = lower_direct_conv(layer, ctx, chosen.kernel, chosen.block)
+    else:
+        code = _lower_gemm_conv(layer, ctx, chosen.block)
+    code.notes["schedule"] = str(chosen)
+    code.notes["candidates"] = len(options)
+    return code
 
 
 def _split_task(kb: KernelBuilder, task: ir.Value, *sizes: int) -> list[ir.Value]:
@@ -59,11 +89,22 @@ def _split_task(kb: KernelBuilder, task: ir.Value, *sizes: int) -> list[ir.Value
     return digits[::-1]
 
 
-def _lower_gemm_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
+def _gemm_tilings(layer: Conv, ctx: LoweringContext) -> list[GemmTiling]:
+    """The GEMM tilings of this conv, the fewest estimated cycles first."""
+    n, _, _, w = ctx.in_shape(layer)
+    _, o, ho, wo = ctx.out_shape(layer)
+    g = layer.groups
+    kh, kw = layer.kernel_shape
+    planes = _planes(layer, w, (ho, wo))
+    return tiling_candidates(o // g, ho * wo, layer.weight.shape[1] * kh * kw, kh * kw,
+                             Columns(wo, planes.wq), ctx.target.gemm_block,
+                             ctx.target.vector_width, min_tasks=max(1, 16 // (n * g)))
+
+
+def _lower_gemm_conv(layer: Conv, ctx: LoweringContext, tile: str) -> LayerCode:
     """A dense conv as one matrix product per (image, group), after a ``planes`` phase
-    unless the input can be read in place; the tile and orientation are chosen per
-    layer (``choose_tiling``) and the weights packed for that tile."""
-    target = ctx.target
+    unless the input can be read in place, with the tiling named ``tile`` (one of
+    ``_gemm_tilings``) and the weights packed for that tile."""
     n, c, h, w = ctx.in_shape(layer)
     _, o, ho, wo = ctx.out_shape(layer)
     g = layer.groups
@@ -73,8 +114,7 @@ def _lower_gemm_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
     planes = _planes(layer, w, (ho, wo))
     channel = planes.channel_size
     columns = Columns(wo, planes.wq)
-    tiling = choose_tiling(og, ho * wo, k, kh * kw, columns, target.gemm_block,
-                           target.vector_width, min_tasks=max(1, 16 // (n * g)))
+    tiling = next(t for t in _gemm_tilings(layer, ctx) if t.block == tile)
     packed = [ctx.blob.add(pack_rows(layer.weight[gi * og:(gi + 1) * og].reshape(og, k),
                                      tiling.tile_m)) for gi in range(g)]
     group_stride = (packed[1] - packed[0]) if g > 1 else 0

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
 from patcc.backends.llvm.planes import fill_plane
 from patcc.ir.layers import Conv
+from patcc.ir.storage import CompressedWeights
 from patcc.passes.compress import compress_conv
 
 
@@ -37,48 +39,133 @@ class Tap:
     col: int
 
 
-def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCode:
+REGISTER_BLOCKS = ((4, 2), (8, 1), (2, 2), (6, 2), (2, 4), (4, 1))
+"""Accumulator blocks (output rows, vectors per row) the direct kernel is built with,
+before clipping to the output: candidates for the cost model and the tuner."""
+
+FLAT_ACCUMULATORS = 8
+"""Most vectors one flat tile (the whole narrow image) may take."""
+
+
+def direct_blocks(layer: Conv, ctx: LoweringContext) -> list[str]:
+    """The register blocks this conv can run with, the cost model's cheapest first:
+    ``"<R>r<V>v"`` (R output rows by V vectors) and, for narrow outputs, ``"flat"``."""
+    costs: dict[str, float] = {}
+    _, _, ho, wo = ctx.out_shape(layer)
+    vectors = -(-wo // ctx.target.vector_width)
+    for rows, nvec in REGISTER_BLOCKS:
+        name = f"{min(rows, ho)}r{min(nvec, vectors)}v"
+        if name not in costs:
+            costs[name] = _plan(layer, ctx, name).cycles
+    if _flat_fits(layer, ctx):
+        costs["flat"] = _plan(layer, ctx, "flat").cycles
+    return sorted(costs, key=costs.__getitem__)
+
+
+def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
+                      block: str | None = None) -> LayerCode:
     """Two phases: pad + stride-split each input channel, then the sparse convolution.
 
     The convolution's tasks are (image, block of ``R`` output rows, group of filters),
     rows outermost so that threads working at the same time read the same input rows.
+    ``block`` is one of ``direct_blocks``; by default the cost model's choice.
     """
+    plan = _plan(layer, ctx, block or direct_blocks(layer, ctx)[0])
+    geometry, taps, cw = plan.geometry, plan.taps, plan.compressed
+    n, c = geometry.n, geometry.c
+    rows, nvec, group = geometry.rows, geometry.nvec, geometry.group
+    blob = ctx.blob
+    offsets = {
+        "counts": blob.add(cw.counts), "channels": blob.add(cw.channels),
+        "weights": blob.add(cw.weights), "kstart": blob.add(cw.kernel_start),
+        "wstart": blob.add(cw.weight_start), "bias": blob.add(layer.bias),
+        "order": blob.add(cw.filter_order),
+    }
+    loads, fmas = _loads_per_kernel(taps, rows, nvec)
+    unshared, _ = _loads_per_kernel(taps, rows, nvec, share=False)
+
+    def pad_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        _emit_pad(kb, ops, task, geometry)
+
+    def conv_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        _emit_conv(kb, ops, task, geometry, taps, offsets, layer)
+
+    tasks = geometry.tasks
+    conv_phase = Phase(kernel, tasks, conv_body)
+    return LayerCode(
+        layer, [conv_phase] if geometry.fused
+        else [Phase("pad", n * c, pad_body), conv_phase],
+        kernel=kernel, scratch_bytes=n * c * geometry.chan * 4,
+        notes={"block": (f"{nvec}v flat x {group}f" if geometry.flat
+                         else f"{rows}r x {nvec}v x {group}f"), "tasks": tasks,
+               "schedule_block": plan.block,
+               "loads_per_fma": loads / fmas if fmas else 0.0,
+               "loads_per_fma_without_lre": unshared / fmas if fmas else 0.0,
+               "kernels": len(cw.channels), "compressed_bytes": cw.nbytes,
+               "estimated_cycles": plan.cycles},
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    block: str
+    geometry: _Geometry
+    taps: list[list[Tap]]
+    compressed: CompressedWeights
+    cycles: float
+    """The cost model's estimate (cycles of one thread for the whole layer)."""
+
+
+def _layer_taps(layer: Conv, cw: CompressedWeights) -> list[list[Tap]]:
+    sh, sw = layer.strides
+    dh, dw = layer.dilations
+    return [[Tap(phase=((dy * dh) % sh) * sw + (dx * dw) % sw,
+                 row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
+            for pattern in cw.patterns]
+
+
+def _flat_fits(layer: Conv, ctx: LoweringContext) -> bool:
+    """Very narrow outputs (7x7 in 16 lanes) can be vectorised over the flattened
+    (row, col) positions, the whole image one tile of at most FLAT_ACCUMULATORS."""
+    _, _, ho, wo = ctx.out_shape(layer)
+    width = ctx.target.vector_width
+    max_col = ((layer.kernel_shape[1] - 1) * layer.dilations[1]) // layer.strides[1]
+    return 2 * wo <= width and -(-(ho * (wo + max_col)) // width) <= FLAT_ACCUMULATORS
+
+
+def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
+    """Geometry, taps and estimated cost of ``layer`` with register block ``block``."""
     n, c, h, w = ctx.in_shape(layer)
     _, o, ho, wo = ctx.out_shape(layer)
     sh, sw = layer.strides
-    dh, dw = layer.dilations
     pt, pl = layer.pads[0], layer.pads[1]
-    cw = layer.compressed if layer.compressed is not None else compress_conv(layer)
-    rows, nvec = ctx.target.direct_block
-    # A narrow output fills fewer vectors per row: spend the same accumulator registers
-    # on more rows instead (7-wide rows in 32-lane tiles would waste 78% of the lanes).
     width = ctx.target.vector_width
-    budget = rows * nvec
-    nvec = min(nvec, -(-wo // width))
-    rows = min(ho, budget // nvec)
-    tile = nvec * width
-    taps = [[Tap(phase=((dy * dh) % sh) * sw + (dx * dw) % sw,
-                 row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
-            for pattern in cw.patterns]
+    cw = layer.compressed if layer.compressed is not None else compress_conv(layer)
+    taps = _layer_taps(layer, cw)
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
     max_row, max_col = max(t.row for t in all_taps), max(t.col for t in all_taps)
-    # Very narrow outputs (7x7 in 16 lanes) are vectorised over the flattened (row, col)
-    # positions instead, with the padded row pitch: tap (row, col) becomes one offset
-    # row * pitch + col, the whole image is one tile, and the padding columns are
-    # dropped by compressing stores (77% of the lanes useful at 7x7 instead of 44%).
-    pitch = wo + max_col
-    flat_vectors = -(-(ho * pitch) // width)
-    flat = 2 * wo <= width and flat_vectors <= budget
+    flat = block == "flat"
     sets = 1
     if flat:
-        rows, nvec, tile = 1, flat_vectors, flat_vectors * width
+        if not _flat_fits(layer, ctx):
+            raise ValueError(f"block 'flat' does not fit a {ho}x{wo} output")
+        # Tap (row, col) becomes one offset row * pitch + col, the whole image is one
+        # tile, and compressing stores drop the padding columns (77% of the lanes
+        # useful at 7x7 in 16 lanes instead of 44%).
+        pitch = wo + max_col
+        nvec = -(-(ho * pitch) // width)
+        rows, tile = 1, nvec * width
         taps = [[Tap(t.phase, 0, t.row * pitch + t.col) for t in ts] for ts in taps]
         # Few accumulators: alternate taps between two sets to keep two FMA chains each.
-        sets = 2 if 2 * nvec <= budget else 1
+        sets = 2 if 2 * nvec <= FLAT_ACCUMULATORS else 1
         row_blocks = 1
         wq = pitch
         hq = -(-(tile + max_row * pitch + max_col) // pitch)
     else:
+        rows, nvec = _parse_block(block)
+        if rows > ho or nvec > -(-wo // width):
+            raise ValueError(f"block {block!r} is larger than a {ho}x{wo} output")
+        tile = nvec * width
         row_blocks = -(-ho // rows)
         hq = row_blocks * rows + max_row
         wq = -(-wo // tile) * tile + max_col
@@ -92,35 +179,50 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str) -> LayerCo
     group = 16
     while group > 1 and n * blocks * -(-o // group) < 32:
         group //= 2
-    blob = ctx.blob
-    offsets = {
-        "counts": blob.add(cw.counts), "channels": blob.add(cw.channels),
-        "weights": blob.add(cw.weights), "kstart": blob.add(cw.kernel_start),
-        "wstart": blob.add(cw.weight_start), "bias": blob.add(layer.bias),
-        "order": blob.add(cw.filter_order),
-    }
     geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
                          rows, nvec, row_blocks, group, fused, flat, sets)
-    loads, fmas = _loads_per_kernel(taps, rows, nvec)
-    unshared, _ = _loads_per_kernel(taps, rows, nvec, share=False)
+    return _Plan(block, geometry, taps, cw, _cycles(geometry, taps, cw))
 
-    def pad_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
-        _emit_pad(kb, ops, task, geometry)
 
-    def conv_body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
-        _emit_conv(kb, ops, task, geometry, taps, offsets, layer)
+def _parse_block(block: str) -> tuple[int, int]:
+    rows, _, rest = block.partition("r")
+    if not rest.endswith("v") or not rows.isdigit() or not rest[:-1].isdigit():
+        raise ValueError(f"bad direct-conv block {block!r}; expected e.g. '4r2v' or 'flat'")
+    return int(rows), int(rest[:-1])
 
-    tasks = geometry.tasks
-    conv_phase = Phase(kernel, tasks, conv_body)
-    return LayerCode(
-        layer, [conv_phase] if fused else [Phase("pad", n * c, pad_body), conv_phase],
-        kernel=kernel, scratch_bytes=n * c * chan * 4,
-        notes={"block": (f"{nvec}v flat x {group}f" if flat
-                         else f"{rows}r x {nvec}v x {group}f"), "tasks": tasks,
-               "loads_per_fma": loads / fmas if fmas else 0.0,
-               "loads_per_fma_without_lre": unshared / fmas if fmas else 0.0,
-               "kernels": len(cw.channels), "compressed_bytes": cw.nbytes},
-    )
+
+LOOP_OVERHEAD_CYCLES = 2.0
+"""Per kept kernel and tile: the channel load, address arithmetic and branch."""
+
+
+def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights) -> float:
+    """Estimated cycles of the convolution on one core (the cost model).
+
+    Per kept kernel and output tile the inner loop runs at two FMAs and two loads a
+    cycle (AVX-512 and NEON cores alike issue two of each), no faster than the FMA
+    latency (4 cycles) lets each accumulator chain advance, plus the loop's own
+    overhead; every tile adds its epilogue. Partial tiles (the last rows and columns)
+    cost what their vectors cost, so a block that wastes lanes is charged for them.
+    """
+    kernels = cw.counts.sum(axis=0, dtype=np.int64)  # kept kernels per pattern, all filters
+    if g.flat:
+        shapes = [(1, g.nvec, 1)]
+    else:
+        full_cols, tail_cols = divmod(g.wo, g.tile)
+        col_tiles = [(g.nvec, full_cols)] + ([(-(-tail_cols // (g.tile // g.nvec)), 1)]
+                                              if tail_cols else [])
+        tail_rows = g.ho - (g.row_blocks - 1) * g.rows
+        row_tiles = [(g.rows, g.row_blocks - 1), (tail_rows, 1)]
+        shapes = [(r, v, rc * vc) for r, rc in row_tiles for v, vc in col_tiles if rc * vc]
+    total = 0.0
+    for rows, nvec, count in shapes:
+        for ptaps, k in zip(taps, kernels, strict=True):
+            loads = len(_shared_loads(ptaps, rows)) * nvec + len(ptaps) + 1
+            fmas = len(ptaps) * rows * nvec
+            step = max(fmas / 2, loads / 2, 4 * len(ptaps) / g.sets) + LOOP_OVERHEAD_CYCLES
+            total += float(k) * count * step
+        total += g.o * count * 3 * rows * nvec  # bias, epilogue, stores
+    return total * g.n
 
 
 def _shared_loads(ptaps: list[Tap], rows: int) -> dict[tuple[int, int, int], list[tuple[int, int]]]:

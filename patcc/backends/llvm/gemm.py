@@ -178,7 +178,15 @@ B too and every broadcast is at a constant offset from one pointer; CNN images a
 
 def choose_tiling(m: int, n: int, k: int, taps: int, columns: Columns,
                   block: tuple[int, int], width: int, min_tasks: int = 16) -> GemmTiling:
-    """The tile and orientation with the fewest estimated cycles, and its task blocks.
+    """The tile and orientation with the fewest estimated cycles, and its task blocks
+    (the first of ``tiling_candidates``)."""
+    return tiling_candidates(m, n, k, taps, columns, block, width, min_tasks)[0]
+
+
+def tiling_candidates(m: int, n: int, k: int, taps: int, columns: Columns,
+                      block: tuple[int, int], width: int, min_tasks: int = 16
+                      ) -> list[GemmTiling]:
+    """Every tile and orientation that fits, the fewest estimated cycles first.
 
     ``block`` is the target's (MR, NR) with vectors along N; its MR * NR accumulators
     also bound the ``ROW_TILES`` tried with vectors along M (which need A packed by
@@ -187,19 +195,18 @@ def choose_tiling(m: int, n: int, k: int, taps: int, columns: Columns,
     """
     mr, nr = block
     span = columns.span(n)
-    best = gemm_tiling(m, span, mr, nr, width, min_tasks)
-    best_cycles = _cycles(k, _edges(m, mr), _edges(span, nr * width, width),
-                          per_accumulator=2 if columns.dense else 6)
+    ranked = [(_cycles(k, _edges(m, mr), _edges(span, nr * width, width),
+                       per_accumulator=2 if columns.dense else 6),
+               gemm_tiling(m, span, mr, nr, width, min_tasks))]
     for cols, vectors in ROW_TILES:
         if cols > width or cols * vectors > mr * nr or (
                 not columns.dense and columns.width % cols):
             continue
         cycles = _cycles(k, _edges(m, vectors * width, width), _edges(n, cols),
                          vector_rows=True)
-        if cycles < best_cycles:
-            best = _rows_tiling(m, n, k // taps, taps, cols, vectors, width, min_tasks)
-            best_cycles = cycles
-    return best
+        ranked.append((cycles, _rows_tiling(m, n, k // taps, taps, cols, vectors, width,
+                                            min_tasks)))
+    return [tiling for _, tiling in sorted(ranked, key=lambda pair: pair[0])]
 
 
 def _edges(size: int, step: int, width: int = 1) -> list[tuple[int, int]]:

@@ -10,7 +10,7 @@ shared object as one read-only symbol.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,13 +84,36 @@ class LayerCode:
     notes: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one layer is computed: its kernel and the kernel's block, in the kernel's
+    own notation (``pattern:4r2v``, ``gemm:6x4v``). Layers with a choice list theirs
+    (e.g. ``conv_schedules``), the cost model's pick first; the tuner times them."""
+
+    kernel: str
+    block: str
+
+    def __str__(self) -> str:
+        return f"{self.kernel}:{self.block}"
+
+    @classmethod
+    def parse(cls, text: str) -> Schedule:
+        kernel, sep, block = text.partition(":")
+        if not sep or not kernel or not block:
+            raise ValueError(f"bad schedule {text!r}; expected '<kernel>:<block>', e.g. "
+                             "'pattern:4r2v'")
+        return cls(kernel, block)
+
+
 @dataclass
 class LoweringContext:
-    """What lowering functions get besides the layer: shapes, target, the blob."""
+    """What lowering functions get besides the layer: shapes, target, the blob, and
+    the schedules chosen for some layers (by name; the others take their default)."""
 
     shapes: dict[str, Shape]
     target: Target
     blob: WeightBlob
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
 
     def in_shape(self, layer: Layer, i: int = 0) -> Shape:
         return self.shapes[layer.inputs[i]]

@@ -1,0 +1,247 @@
+"""Per-layer schedules and the tuner.
+
+Every schedule a conv offers the tuner must compute the same function: each one of
+random pattern-pruned, depthwise and dense convs is compiled and checked against the
+interpreter. The tuner itself is checked with a stand-in clock (which candidate wins,
+what the cache keeps, when it is consulted) and once with the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from compiled_helpers import assert_close, run_with_threads
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx_gen import ModelBuilder, activation, conv
+
+import patcc
+from patcc import tuning
+from patcc.backends.llvm.conv import conv_schedules
+from patcc.backends.llvm.direct import direct_blocks
+from patcc.backends.llvm.lowering import LoweringContext, Schedule, WeightBlob
+from patcc.backends.target import get_target
+from patcc.compiler import build
+from patcc.errors import PatccError
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Graph
+from patcc.passes import BACKEND_PIPELINE, run_pipeline
+from patcc.runtime import run
+
+
+def _graph(case: object) -> Graph:
+    return run_pipeline(import_onnx(case.model), BACKEND_PIPELINE)  # type: ignore[attr-defined]
+
+
+def _context(graph: Graph, target: str = "x86_64") -> LoweringContext:
+    return LoweringContext(dict(graph.shapes), get_target(target), WeightBlob())
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn, pattern: bool | None = None) -> object:
+    """One conv (pattern-pruned, depthwise, grouped or dense) on an image sized to
+    cross register blocks, the flat layout (7x7) or several vector tiles per row."""
+    b = ModelBuilder(13, draw(st.integers(0, 2**32 - 1)))
+    h, w = draw(st.sampled_from(((7, 7), (5, 6), (14, 14), (9, 23), (12, 40))))
+    x = b.input((draw(st.sampled_from((1, 1, 2))), draw(st.integers(1, 12)), h, w))
+    y = conv(draw, b, x, pattern=pattern)
+    if draw(st.booleans()):
+        y = activation(draw, b, y)
+    return b.build([y])
+
+
+def _check_every_schedule(case: object) -> int:
+    graph = _graph(case)
+    expected = run(graph, case.feeds)  # type: ignore[attr-defined]
+    ctx = _context(graph)
+    checked = 0
+    for layer in graph.convs():
+        for schedule in conv_schedules(layer, ctx):
+            compiled = build(graph, ctx.target, {layer.name: schedule})
+            (code,) = [c for c in compiled.plan.codes if c.layer.name == layer.name]
+            assert code.notes["schedule"] == str(schedule)
+            got = run_with_threads(compiled.load(num_threads=1),
+                                   case.feeds)  # type: ignore[attr-defined]
+            for name, value in expected.items():
+                assert_close(got[name], value, f"{name} under {schedule}\n{graph}")
+            checked += 1
+    return checked
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(pattern=True))
+def test_every_schedule_of_a_pattern_conv_matches_the_interpreter(case: object) -> None:
+    assert _check_every_schedule(case) >= 1
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases(pattern=False))
+def test_every_schedule_of_other_convs_matches_the_interpreter(case: object) -> None:
+    assert _check_every_schedule(case) >= 1
+
+
+def _pattern_graph(seed: int = 0, hw: tuple[int, int] = (14, 14), removed: float = 0.5,
+                   scale: float = 1.0) -> Graph:
+    """A 3x3 pattern conv, 16 -> 24 channels, kernels removed at random, after the
+    backend passes; ``scale`` multiplies the weights (the sparsity stays)."""
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder(13, seed)
+    x = b.input((1, 16, *hw))
+    masks = b.pattern_library()[rng.integers(len(b.pattern_library()), size=(24, 16))]
+    masks &= (rng.random((24, 16)) >= removed)[..., None, None]
+    weight = np.where(masks, scale * rng.standard_normal((24, 16, 3, 3)), 0).astype(np.float32)
+    (y,) = b.node("Conv", [x, b.const(weight, "w")], [(1, 24, *hw)], pads=[1, 1, 1, 1])
+    return run_pipeline(import_onnx(b.build([y]).model), BACKEND_PIPELINE)
+
+
+def test_cost_model_order_of_direct_blocks() -> None:
+    # Wide rows fill two vectors per row; a 14-wide row fills one (more rows instead);
+    # a 7x7 image is one flat tile of the whole image.
+    expected = {(56, 56): "4r2v", (14, 14): "8r1v", (7, 7): "flat"}
+    for hw, first in expected.items():
+        graph = _pattern_graph(hw=hw)
+        (layer,) = graph.convs()
+        blocks = direct_blocks(layer, _context(graph))
+        assert blocks[0] == first, (hw, blocks)
+        assert len(set(blocks)) == len(blocks) > 1
+
+
+def test_pattern_convs_offer_the_dense_kernel_last() -> None:
+    graph = _pattern_graph()
+    (layer,) = graph.convs()
+    options = conv_schedules(layer, _context(graph))
+    assert [s.kernel for s in options[:-1]] == ["pattern"] * (len(options) - 1)
+    assert options[-1].kernel == "gemm"
+
+
+def test_a_schedule_that_does_not_apply_is_a_clear_error() -> None:
+    graph = _pattern_graph()
+    (layer,) = graph.convs()
+    with pytest.raises(PatccError, match="schedule 'pattern:9r9v' does not apply; this layer "
+                                         "can use pattern:"):
+        build(graph, get_target("x86_64"), {layer.name: Schedule("pattern", "9r9v")})
+    with pytest.raises(ValueError, match="expected '<kernel>:<block>'"):
+        Schedule.parse("pattern")
+
+
+class _FakeClock:
+    """Stands in for ``time_schedules``: the last candidate of each layer is fastest."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, work, graph, target, threads, progress=False):  # type: ignore[no-untyped-def]
+        self.calls.append([f"{layer.name}={s}" for layer, schedules in work for s in schedules])
+        return {layer.name: {str(s): 1.0 / (i + 1) for i, s in enumerate(schedules)}
+                for layer, schedules in work}
+
+
+def test_tuning_picks_the_fastest_and_caches_it_by_signature(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCC_CACHE_DIR", str(tmp_path))
+    clock = _FakeClock()
+    monkeypatch.setattr(tuning, "time_schedules", clock)
+    graph = _pattern_graph()
+    (layer,) = graph.convs()
+    options = conv_schedules(layer, _context(graph))
+    compiled = patcc.compile(graph, tune=True)
+    (code,) = compiled.plan.codes
+    assert code.notes["schedule"] == str(options[-1])
+    assert code.notes["tuned_ms"] == pytest.approx(1.0 / len(options))
+    assert len(clock.calls) == 1 and len(clock.calls[0]) == len(options)
+    stored = json.loads((tmp_path / "tuning.json").read_text())
+    assert stored["format"] == tuning.CACHE_FORMAT and len(stored["entries"]) == 1
+
+    # Same sparsity, other weight values: the cache answers.
+    again = patcc.compile(_pattern_graph(scale=2.0), tune=True)
+    assert len(clock.calls) == 1
+    assert again.plan.codes[0].notes["schedule"] == str(options[-1])
+
+    # Other kernels removed: a new signature, timed again.
+    patcc.compile(_pattern_graph(seed=1), tune=True)
+    assert len(clock.calls) == 2
+    assert len(json.loads((tmp_path / "tuning.json").read_text())["entries"]) == 2
+
+
+def test_only_the_host_is_tuned_and_patcc_tune_0_turns_it_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCC_CACHE_DIR", str(tmp_path))
+    clock = _FakeClock()
+    monkeypatch.setattr(tuning, "time_schedules", clock)
+    graph = _pattern_graph()
+    portable = patcc.compile(graph, target="x86_64-avx2")  # may deploy to another CPU
+    assert clock.calls == [] and "tuned_ms" not in portable.plan.codes[0].notes
+    foreign = dataclasses.replace(get_target("x86_64-generic"), tag="arm-test",
+                                  triple="aarch64-unknown-linux-gnu")
+    with pytest.raises(PatccError, match="cannot tune for arm-test"):
+        patcc.compile(graph, target=foreign, tune=True)
+    patcc.compile(graph, target="x86_64-avx2", tune=True)  # asked for, and it runs here
+    assert len(clock.calls) == 1
+    clock.calls.clear()
+    monkeypatch.setenv("PATCC_TUNE", "0")
+    patcc.compile(graph)
+    assert clock.calls == []
+    monkeypatch.setenv("PATCC_TUNE", "1")
+    patcc.compile(graph)
+    assert len(clock.calls) == 1
+
+
+def test_cli_no_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnx import save
+
+    from patcc.cli import main
+
+    monkeypatch.setenv("PATCC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATCC_TUNE", "1")
+    clock = _FakeClock()
+    monkeypatch.setattr(tuning, "time_schedules", clock)
+    b = ModelBuilder(13, 0)
+    x = b.input((1, 4, 8, 8))
+    (y,) = b.node("Conv", [x, b.const(np.ones((8, 4, 3, 3), np.float32), "w")], [(1, 8, 8, 8)],
+                  pads=[1, 1, 1, 1])
+    save(b.build([y]).model, tmp_path / "m.onnx")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"),
+                 "--no-tune", "-q"]) == 0
+    assert clock.calls == []
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.so"), "-q"]) == 0
+    assert len(clock.calls) == 1
+
+
+def test_an_unreadable_cache_is_set_aside_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "tuning.json"
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="tuning cache unreadable"):
+        cache = tuning.TuningCache(path)
+    assert cache.entries == {}
+    cache.put("k", {"pattern:4r2v": 0.5})
+    cache.save()
+    assert json.loads(path.read_text())["entries"] == {"k": {"pattern:4r2v": 0.5}}
+    path.write_text(json.dumps({"format": tuning.CACHE_FORMAT + 1, "entries": {"x": {}}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tuning.TuningCache(path).entries == {}  # another format: ignored quietly
+
+
+def test_real_timing_measures_every_candidate(tmp_path: Path) -> None:
+    graph = _pattern_graph(hw=(7, 7))
+    (layer,) = graph.convs()
+    options = conv_schedules(layer, _context(graph))[:2]
+    times = tuning.time_schedules([(layer, options)], graph, get_target("x86_64"), threads=2,
+                                  runs=3)
+    assert set(times[layer.name]) == {str(s) for s in options}
+    assert all(0 < t < 1000 for t in times[layer.name].values())
+    cache = tuning.TuningCache(tmp_path / "tuning.json")
+    result = tuning.tune_graph(graph, get_target("x86_64"), threads=2, cache=cache)
+    assert str(result[layer.name].schedule) == min(result[layer.name].times_ms,
+                                                   key=result[layer.name].times_ms.get)
+    assert not result[layer.name].cached
+    assert tuning.tune_graph(graph, get_target("x86_64"), threads=2,
+                             cache=tuning.TuningCache(tmp_path / "tuning.json"))[
+        layer.name].cached
