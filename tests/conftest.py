@@ -8,6 +8,7 @@ every backend and reference.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # checked for correctness there. The cache never lands in the user's home.
 os.environ.setdefault("PATCC_TUNE", "0")
 os.environ["PATCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="patcc-test-cache-")
+atexit.register(shutil.rmtree, os.environ["PATCC_CACHE_DIR"], ignore_errors=True)
 
 
 def require_tool(name: str, hint: str) -> str:
