@@ -192,11 +192,8 @@ def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
                              f"_{phase.name}")
             fn.linkage = "internal"
             fn.attributes.add("nounwind")
-            # Never inlined into the pool's dispatcher: there, every phase's stack
-            # buffers would get their own slots in one frame (650 KiB for MobileNetV2's
-            # sparse 1x1 chunk buffers), so none stays L1-hot across tasks and layers;
-            # measured 2x slower. A call per task costs nothing by comparison.
-            fn.attributes.add("noinline")
+            if not phase.inline:
+                fn.attributes.add("noinline")
             kb = KernelBuilder(ir.IRBuilder(fn.append_basic_block("entry")), target)
             ops = load_operands(kb, fn.args[0], len(code.layer.inputs),
                                 len(code.layer.outputs), blob)

@@ -71,6 +71,10 @@ class Phase:
     name: str
     tasks: int
     body: PhaseBody
+    inline: bool = True
+    """False keeps the body out of line: a body with large stack buffers, inlined into
+    the pool's dispatcher, would get its own slots in one frame shared by every
+    layer's phases, and its buffer would not stay in L1 from task to task."""
 
 
 @dataclass
