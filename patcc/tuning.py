@@ -9,8 +9,9 @@ Only the host target is tuned; other targets take the cost model's choice.
 Results are cached in ``tuning.json`` in the user cache directory
 (``$PATCC_CACHE_DIR``, else ``$XDG_CACHE_HOME/patcc``, else ``~/.cache/patcc``), one
 entry per layer signature: the target CPU and features, the thread count, the
-layer's geometry, its fused operations and the position of every non-zero weight
-(two models pruned alike share entries, whatever their weight values). The entry
+layer's geometry, its fused operations, the position of every non-zero weight (two
+models pruned alike share entries, whatever their weight values) and a hash of the
+code generator's sources (a changed kernel is timed again). The entry
 keeps each candidate's time, so a new candidate is timed alone. A cache that cannot
 be read is set aside with a warning and rebuilt; one that cannot be written costs
 the next compile its tuning time, nothing else.
@@ -28,6 +29,7 @@ import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +124,25 @@ class TuningCache:
         self._dirty.clear()
 
 
+@lru_cache(maxsize=1)
+def code_generator_fingerprint() -> str:
+    """A hash of the code generator's sources: a kernel changed since a time was taken
+    (a new release, or a developer's edit) makes that time stale."""
+    root = Path(__file__).parent / "backends"
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def layer_signature(layer: Conv, graph: Graph, target: Target, threads: int) -> str:
     """A stable key for everything that decides how fast each schedule of ``layer`` is."""
     shapes = graph.shapes
     h = hashlib.sha256()
     h.update(json.dumps({
         "patcc": patcc.__version__, "format": CACHE_FORMAT,
+        "code": code_generator_fingerprint(),
         "target": [target.triple, target.cpu, target.features, target.vector_bits],
         "threads": threads, "inputs": [list(shapes[t]) for t in layer.inputs],
         "output": list(shapes[layer.outputs[0]]), "kernel": list(layer.kernel_shape),

@@ -245,3 +245,15 @@ def test_real_timing_measures_every_candidate(tmp_path: Path) -> None:
     assert tuning.tune_graph(graph, get_target("x86_64"), threads=2,
                              cache=tuning.TuningCache(tmp_path / "tuning.json"))[
         layer.name].cached
+
+
+def test_a_changed_code_generator_invalidates_the_signature(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = _pattern_graph()
+    (layer,) = graph.convs()
+    target = get_target("x86_64")
+    before = tuning.layer_signature(layer, graph, target, 2)
+    assert tuning.layer_signature(layer, graph, target, 2) == before
+    assert tuning.layer_signature(layer, graph, target, 1) != before
+    monkeypatch.setattr(tuning, "code_generator_fingerprint", lambda: "edited")
+    assert tuning.layer_signature(layer, graph, target, 2) != before
