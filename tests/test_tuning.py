@@ -143,11 +143,17 @@ class _FakeClock:
                 for layer, schedules in work}
 
 
-def test_tuning_picks_the_fastest_and_caches_it_by_signature(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _FakeClock:
+    """The stand-in clock, with the cache in ``tmp_path``."""
     monkeypatch.setenv("PATCC_CACHE_DIR", str(tmp_path))
-    clock = _FakeClock()
-    monkeypatch.setattr(tuning, "time_schedules", clock)
+    fake = _FakeClock()
+    monkeypatch.setattr(tuning, "time_schedules", fake)
+    return fake
+
+
+def test_tuning_picks_the_fastest_and_caches_it_by_signature(
+        tmp_path: Path, clock: _FakeClock) -> None:
     graph = _pattern_graph()
     (layer,) = graph.convs()
     options = conv_schedules(layer, _context(graph))
@@ -171,10 +177,7 @@ def test_tuning_picks_the_fastest_and_caches_it_by_signature(
 
 
 def test_only_the_host_is_tuned_and_patcc_tune_0_turns_it_off(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATCC_CACHE_DIR", str(tmp_path))
-    clock = _FakeClock()
-    monkeypatch.setattr(tuning, "time_schedules", clock)
+        clock: _FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     graph = _pattern_graph()
     portable = patcc.compile(graph, target="x86_64-avx2")  # may deploy to another CPU
     assert clock.calls == [] and "tuned_ms" not in portable.plan.codes[0].notes
@@ -193,15 +196,13 @@ def test_only_the_host_is_tuned_and_patcc_tune_0_turns_it_off(
     assert len(clock.calls) == 1
 
 
-def test_cli_no_tune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_no_tune(tmp_path: Path, clock: _FakeClock,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
     from onnx import save
 
     from patcc.cli import main
 
-    monkeypatch.setenv("PATCC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("PATCC_TUNE", "1")
-    clock = _FakeClock()
-    monkeypatch.setattr(tuning, "time_schedules", clock)
     b = ModelBuilder(13, 0)
     x = b.input((1, 4, 8, 8))
     (y,) = b.node("Conv", [x, b.const(np.ones((8, 4, 3, 3), np.float32), "w")], [(1, 8, 8, 8)],
