@@ -20,9 +20,8 @@ class Target:
     """Everything code generation and linking need to know about a CPU target.
 
     ``vector_bits`` is the SIMD width used for fp32 vectors; ``gemm_block`` is the
-    register block (rows of A, vectors of B) of the matrix-product microkernel;
-    ``direct_block`` the register block (output rows, vectors per row) of the direct
-    sparse convolution;
+    register block (rows of A, vectors of B) of the matrix-product microkernel (the
+    direct sparse convolution's blocks are candidates its cost model ranks);
     ``nprocessors_onln`` is ``_SC_NPROCESSORS_ONLN`` in the target's C library, used
     by ``patcc_set_num_threads(0)``.
     """
@@ -34,7 +33,6 @@ class Target:
     vector_bits: int
     gemm_block: tuple[int, int]
     elf_arch: str
-    direct_block: tuple[int, int] = (4, 2)
     nprocessors_onln: int = 84  # glibc and bionic agree on Linux
     tags: frozenset[str] = field(default_factory=frozenset)
 

@@ -63,14 +63,14 @@ def direct_blocks(layer: Conv, ctx: LoweringContext) -> list[str]:
 
 
 def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
-                      block: str | None = None) -> LayerCode:
+                      block: str) -> LayerCode:
     """Two phases: pad + stride-split each input channel, then the sparse convolution.
 
     The convolution's tasks are (image, block of ``R`` output rows, group of filters),
     rows outermost so that threads working at the same time read the same input rows.
-    ``block`` is one of ``direct_blocks``; by default the cost model's choice.
+    ``block`` is one of ``direct_blocks``.
     """
-    plan = _plan(layer, ctx, block or direct_blocks(layer, ctx)[0])
+    plan = _plan(layer, ctx, block)
     geometry, taps, cw = plan.geometry, plan.taps, plan.compressed
     n, c = geometry.n, geometry.c
     rows, nvec, group = geometry.rows, geometry.nvec, geometry.group
@@ -98,17 +98,14 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
         kernel=kernel, scratch_bytes=n * c * geometry.chan * 4,
         notes={"block": (f"{nvec}v flat x {group}f" if geometry.flat
                          else f"{rows}r x {nvec}v x {group}f"), "tasks": tasks,
-               "schedule_block": plan.block,
                "loads_per_fma": loads / fmas if fmas else 0.0,
                "loads_per_fma_without_lre": unshared / fmas if fmas else 0.0,
-               "kernels": len(cw.channels), "compressed_bytes": cw.nbytes,
-               "estimated_cycles": plan.cycles},
+               "kernels": len(cw.channels), "compressed_bytes": cw.nbytes},
     )
 
 
 @dataclass(frozen=True)
 class _Plan:
-    block: str
     geometry: _Geometry
     taps: list[list[Tap]]
     compressed: CompressedWeights
@@ -181,7 +178,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
         group //= 2
     geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
                          rows, nvec, row_blocks, group, fused, flat, sets)
-    return _Plan(block, geometry, taps, cw, _cycles(geometry, taps, cw))
+    return _Plan(geometry, taps, cw, _cycles(geometry, taps, cw))
 
 
 def _parse_block(block: str) -> tuple[int, int]:
