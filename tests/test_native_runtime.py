@@ -7,6 +7,7 @@ The oracle for the model's numbers is the reference interpreter; binutils
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -488,6 +489,62 @@ def test_load_with_thread_count(so_path: Path) -> None:
     assert one.num_threads == 1
     with pytest.raises(patcc.PatccError, match="65"):
         patcc.load(so_path, num_threads=65)
+
+
+THREAD_AFFINITIES = """
+import json, os, sys
+import numpy as np
+import patcc
+before = set(os.listdir("/proc/self/task"))
+caller = sorted(os.sched_getaffinity(0))
+model = patcc.load(sys.argv[1], num_threads=int(sys.argv[2]))
+feeds = {n: np.zeros(t.shape, np.float32) for n, t in model.inputs.items()}
+for _ in range(3):
+    model.run(feeds)
+new = sorted(set(os.listdir("/proc/self/task")) - before)
+pool = [sorted(os.sched_getaffinity(int(t))) for t in new]
+result = {"caller_before": caller, "caller_after": sorted(os.sched_getaffinity(0)),
+          "pool": pool}
+if len(pool[0]) == 1:  # the caller moves onto the first worker's CPU: it must move away
+    os.sched_setaffinity(0, pool[0])
+    model.run(feeds)
+    result["moved_to"] = pool[0][0]
+    result["pool_after_move"] = [sorted(os.sched_getaffinity(int(t))) for t in new]
+print(json.dumps(result))
+"""
+
+
+def pool_affinities(so_path: Path, threads: int, **env: str) -> dict[str, list]:
+    """The allowed CPUs of the caller (before and after) and of each thread the
+    model started, in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", THREAD_AFFINITIES, str(so_path), str(threads)],
+                            capture_output=True, text=True, check=True, timeout=120,
+                            env={**os.environ, **env})
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_workers_are_pinned_away_from_the_caller(so_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    threads = min(len(cpus), 4)
+    got = pool_affinities(so_path, threads)
+    assert got["caller_after"] == got["caller_before"] == cpus  # never touched
+    workers = got["pool"]
+    assert len(workers) == threads - 1
+    assert all(len(w) == 1 for w in workers), workers
+    assert len({w[0] for w in workers}) == len(workers), f"two workers share a CPU: {workers}"
+    moved = got["pool_after_move"]
+    assert all(len(w) == 1 and w[0] != got["moved_to"] for w in moved), moved
+    assert len({w[0] for w in moved}) == len(moved), f"two workers share a CPU: {moved}"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_workers_stay_unpinned_when_asked_or_crowded(so_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    asked = pool_affinities(so_path, 2, PATCC_THREAD_AFFINITY="0")
+    assert asked["pool"] == [cpus]
+    crowded = pool_affinities(so_path, len(cpus) + 1)
+    assert crowded["pool"] == [cpus] * len(cpus)
 
 
 def test_concurrent_calls_from_python_threads(native: NativeModel, reference: Reference) -> None:

@@ -23,7 +23,9 @@ class Target:
     register block (rows of A, vectors of B) of the matrix-product microkernel (the
     direct sparse convolution's blocks are candidates its cost model ranks);
     ``nprocessors_onln`` is ``_SC_NPROCESSORS_ONLN`` in the target's C library, used
-    by ``patcc_set_num_threads(0)``.
+    by ``patcc_set_num_threads(0)``; ``pin_threads`` pins the thread pool's workers
+    one per CPU (``patcc/backends/llvm/threads.py``), right where the OS scheduler
+    treats cores alike and wrong on big.LITTLE phones.
     """
 
     tag: str
@@ -34,6 +36,7 @@ class Target:
     gemm_block: tuple[int, int]
     elf_arch: str
     nprocessors_onln: int = 84  # glibc and bionic agree on Linux
+    pin_threads: bool = True
     tags: frozenset[str] = field(default_factory=frozenset)
 
     @property

@@ -180,7 +180,8 @@ def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
     blob.linkage = "external"
     blob.global_constant = True
     blob.visibility = "hidden"
-    pool = ThreadPool(module, target.nprocessors_onln, target.triple.split("-")[0])
+    pool = ThreadPool(module, target.nprocessors_onln, target.triple.split("-")[0],
+                      pin=target.pin_threads)
     pool.emit_get_threads()
 
     phase_fns: list[list[tuple[int, int]]] = []

@@ -20,6 +20,18 @@ A job names its phase by number and ``pool_dispatch`` switches to the phase func
 with a direct call (llvmlite cannot emit indirect calls through opaque pointers,
 and direct calls let LLVM see every callee).
 
+With ``pin=True`` each worker is pinned to one CPU of the process's allowed set other
+than the one the caller runs on: at the start of a run the caller reads its CPU, and
+when it has changed, each worker re-pins itself at its next job (worker ``k`` to the
+``k``-th allowed CPU that is not the caller's). The caller's own affinity is the
+application's business and is never touched. Unpinned, a worker woken for a job was
+often placed on the caller's CPU while the other sat idle, and the scheduler did not
+move it before it slept again: with idle time between runs (a camera loop, the
+tuner's alternating candidates) half the runs of ResNet-18 took the one-thread time.
+Pinning is skipped when the pool has more threads than allowed CPUs, when
+``PATCC_THREAD_AFFINITY=0``, and on targets whose scheduler should place threads itself
+(Android's big.LITTLE cores).
+
 pthread objects are kept in opaque 64-byte slots (large enough for glibc and bionic
 on every supported ABI) and initialised with ``pthread_*_init`` before first use.
 """
@@ -47,6 +59,11 @@ has more runnable threads than cores, the thread being waited for may be queued
 behind the spinner on its core; without the yield every wait lasted the whole spin
 (MobileNetV2 took 210 ms instead of 3 while another process used a core). On an idle
 machine the yield returns at once."""
+AFFINITY_ENV = "PATCC_THREAD_AFFINITY"
+"""Set to ``0`` to leave the workers unpinned."""
+CPU_MASK_WORDS = 16
+"""The affinity mask is 16 x 64 bits: machines with up to 1024 CPUs are pinned (with
+more, ``sched_getaffinity`` fails and the workers stay unpinned)."""
 _SLOT = ir.ArrayType(ir.IntType(8), 64)
 _LINE = ir.ArrayType(I64, 8)  # one 64-byte cache line per worker word
 _SEQ = "seq_cst"
@@ -64,7 +81,8 @@ def _global(module: ir.Module, name: str, typ: ir.Type, init: ir.Constant | None
 class ThreadPool:
     """Emits the pool's globals and functions into ``module``; see the module docstring."""
 
-    def __init__(self, module: ir.Module, nprocessors_onln: int, arch: str = "") -> None:
+    def __init__(self, module: ir.Module, nprocessors_onln: int, arch: str = "",
+                 pin: bool = False) -> None:
         self.module = module
         self.arch = arch
         m = module
@@ -84,6 +102,12 @@ class ThreadPool:
         self.in_run = _global(m, "pool_in_run", _LINE, align=64)
         self.started = _global(m, "pool_started", I64)
         self.nthreads = _global(m, "pool_nthreads", I64, ir.Constant(I64, 1))
+        self.requested = _global(m, "pool_requested", I64, ir.Constant(I64, 1))
+        self.caller_cpu = _global(m, "pool_caller_cpu", I64, ir.Constant(I64, -1))
+        self.placement = _global(m, "pool_placement", I64)  # bumped when the caller moves
+        # The CPUs the caller of patcc_set_num_threads may run on: the workers' choice.
+        self.cpus = _global(m, "pool_cpus", ir.ArrayType(I64, CPU_MASK_WORDS), align=64)
+        self.cpus_known = _global(m, "pool_cpus_known", I64)
         self.threads = _global(m, "pool_threads", ir.ArrayType(I64, MAX_THREADS))
         # Each worker's job word, and its value when the worker was started (a job
         # may be published before the new thread first reads its word).
@@ -96,6 +120,7 @@ class ThreadPool:
         self.spin = self._emit_spin()
         self.init_fn = self._emit_init()
         self.run_tasks = self._emit_run_tasks()
+        self.pin = self._emit_pin() if pin else None
         self.worker = self._emit_worker()
         self.parallel_for = self._emit_parallel_for()
         self.set_threads = self._emit_set_threads(nprocessors_onln)
@@ -111,6 +136,10 @@ class ThreadPool:
         self.p_create = declare(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
         self.sysconf = declare(m, "sysconf", I64, [I32])
         self.sched_yield = declare(m, "sched_yield", I32, [])
+        self.getaffinity = declare(m, "sched_getaffinity", I32, [I32, I64, PTR])
+        self.setaffinity = declare(m, "sched_setaffinity", I32, [I32, I64, PTR])
+        self.getenv = declare(m, "getenv", PTR, [PTR])
+        self.getcpu = declare(m, "sched_getcpu", I32, [])
 
     def _function(self, name: str, ret: ir.Type, args: list[ir.Type]
                   ) -> tuple[ir.Function, ir.IRBuilder]:
@@ -207,9 +236,78 @@ class ThreadPool:
         b.ret_void()
         return fn
 
+    def _emit_pin(self) -> ir.Function:
+        """``pool_pin(i64 worker)``: pin the calling thread to the ``worker``-th
+        allowed CPU other than the caller's (modulo their number); see the module
+        docstring."""
+        fn, b = self._function("pool_pin", VOID, [I64])
+        index = fn.args[0]
+        i8 = ir.IntType(8)
+        name = bytearray(AFFINITY_ENV.encode()) + b"\0"
+        env_name = _global(self.module, "pool_affinity_env", ir.ArrayType(i8, len(name)),
+                           ir.Constant(ir.ArrayType(i8, len(name)), name), align=1)
+        env_name.global_constant = True
+        value = b.call(self.getenv, [env_name])
+        is_set = b.icmp_unsigned("!=", value, ir.Constant(PTR, None))
+        with b.if_then(is_set):
+            with b.if_then(b.icmp_signed("==", b.load(value, typ=i8), ir.Constant(i8, ord("0")))):
+                b.ret_void()
+        words = ir.ArrayType(I64, CPU_MASK_WORDS)
+        mask = b.alloca(words, name="mask")
+        size = i64(CPU_MASK_WORDS * 8)
+        with b.if_then(b.icmp_signed("==", b.load(self.cpus_known, typ=I64), i64(0))):
+            b.ret_void()
+        word_at = [b.gep(mask, [i64(0), i64(w)]) for w in range(CPU_MASK_WORDS)]
+        for w, ptr in enumerate(word_at):
+            b.store(b.load(b.gep(self.cpus, [i64(0), i64(w)]), typ=I64), ptr)
+        caller = b.load(self.caller_cpu, typ=I64)
+        known = b.icmp_unsigned("<", caller, i64(CPU_MASK_WORDS * 64))
+        with b.if_then(known):  # take the caller's CPU out of the choice
+            ptr = b.gep(mask, [i64(0), b.lshr(caller, i64(6))])
+            bit = b.shl(i64(1), b.and_(caller, i64(63)))
+            b.store(b.and_(b.load(ptr, typ=I64), b.xor(bit, i64(-1))), ptr)
+        ctpop = declare(self.module, "llvm.ctpop.i64", I64, [I64])
+        allowed = i64(0)
+        for ptr in word_at:
+            allowed = b.add(allowed, b.call(ctpop, [b.load(ptr, typ=I64)]))
+        workers = b.sub(b.load(self.requested, typ=I64), i64(1))
+        crowded = b.icmp_signed(">", workers, allowed)
+        with b.if_then(b.or_(crowded, b.icmp_signed("==", allowed, i64(0)))):
+            # Too many threads for the CPUs: free to run anywhere again.
+            b.call(self.setaffinity, [i32(0), size, self.cpus])
+            b.ret_void()
+        # The wanted-th set bit of the mask, scanning CPU numbers upwards.
+        wanted = b.urem(index, allowed)
+        pre = b.block
+        head, step, found = (fn.append_basic_block(n) for n in ("scan", "scan.next", "found"))
+        b.branch(head)
+        b.position_at_end(head)
+        cpu = b.phi(I64, "cpu")
+        seen = b.phi(I64, "seen")
+        cpu.add_incoming(i64(0), pre)
+        seen.add_incoming(i64(0), pre)
+        word = b.load(b.gep(mask, [i64(0), b.lshr(cpu, i64(6))]), typ=I64)
+        bit = b.and_(b.lshr(word, b.and_(cpu, i64(63))), i64(1))
+        hit = b.icmp_signed("!=", bit, i64(0))
+        b.cbranch(b.and_(hit, b.icmp_signed("==", seen, wanted)), found, step)
+        b.position_at_end(step)
+        cpu.add_incoming(b.add(cpu, i64(1)), step)
+        seen.add_incoming(b.add(seen, b.zext(hit, I64)), step)
+        b.branch(head)  # ends: the wanted-th bit exists, as wanted < allowed
+        b.position_at_end(found)
+        for ptr in word_at:
+            b.store(i64(0), ptr)
+        slot = b.gep(mask, [i64(0), b.lshr(cpu, i64(6))])
+        b.store(b.shl(i64(1), b.and_(cpu, i64(63))), slot)
+        b.call(self.setaffinity, [i32(0), size, mask])  # best effort: failure leaves it free
+        b.ret_void()
+        return fn
+
     def _emit_worker(self) -> ir.Function:
         fn, b = self._function("pool_worker", PTR, [PTR])
         index = b.ptrtoint(fn.args[0], I64)
+        placed = b.alloca(I64, name="placed")  # the placement this worker is pinned for
+        b.store(i64(-1), placed)
         word = self._worker_word(b, index)
         seen0 = b.load(b.gep(self.start_gen, [i64(0), index]), typ=I64)
         wait, sleep, work = (fn.append_basic_block(n) for n in ("wait", "sleep", "work"))
@@ -236,6 +334,11 @@ class ThreadPool:
         b.branch(wait)
 
         b.position_at_end(work)
+        if self.pin is not None:
+            placement = b.load(self.placement, typ=I64)
+            with b.if_then(b.icmp_signed("!=", placement, b.load(placed, typ=I64))):
+                b.call(self.pin, [index])
+                b.store(placement, placed)
         task = b.load(self.task_fn, typ=I64)
         ctx = b.load(self.task_ctx, typ=PTR)
         n = b.load(self.ntasks, typ=I64)
@@ -323,6 +426,10 @@ class ThreadPool:
         # Take the run lock: the thread count never changes under a running model.
         b.call(self.p_lock, [self.run_mutex])
         b.call(self.p_lock, [self.mutex])
+        b.store(n, self.requested)
+        if self.pin is not None:
+            got = b.call(self.getaffinity, [i32(0), i64(CPU_MASK_WORDS * 8), self.cpus])
+            b.store(b.zext(b.icmp_signed("==", got, i32(0)), I64), self.cpus_known)
         start = b.load(self.started, typ=I64)
         pre = b.block
         head = fn.append_basic_block("spawn")
@@ -378,6 +485,11 @@ class ThreadPool:
         workers are woken now, so that their wake-up overlaps the first layer rather
         than delaying the first parallel one."""
         self._store(b, i64(1), self.in_run)
+        if self.pin is not None:  # published to the workers with the next job
+            cpu = b.sext(b.call(self.getcpu, []), I64)
+            with b.if_then(b.icmp_signed("!=", cpu, b.load(self.caller_cpu, typ=I64))):
+                b.store(cpu, self.caller_cpu)
+                b.store(b.add(b.load(self.placement, typ=I64), i64(1)), self.placement)
         with b.if_then(b.icmp_signed("!=", self._load(b, self.sleepers), i64(0))):
             self._broadcast(b, self.work_cv)
 
