@@ -102,15 +102,33 @@ def _pattern_graph(seed: int = 0, hw: tuple[int, int] = (14, 14), removed: float
 
 
 def test_cost_model_order_of_direct_blocks() -> None:
-    # Wide rows fill two vectors per row; a 14-wide row fills one (more rows instead);
-    # a 7x7 image is one flat tile of the whole image.
-    expected = {(56, 56): "4r2v", (14, 14): "8r1v", (7, 7): "flat"}
+    # Tall blocks share the most loads between rows; a 7x7 image is one flat tile of
+    # the whole image; aligned loads with shuffles beat loads across cache lines.
+    expected = {(56, 56): "8r1va", (14, 14): "8r1va", (7, 7): "flata"}
     for hw, first in expected.items():
         graph = _pattern_graph(hw=hw)
         (layer,) = graph.convs()
         blocks = direct_blocks(layer, _context(graph))
         assert blocks[0] == first, (hw, blocks)
         assert len(set(blocks)) == len(blocks) > 1
+
+
+@pytest.mark.parametrize("hw", [(12, 40), (14, 14), (7, 7), (5, 6)])
+def test_every_direct_block_matches_the_interpreter(hw: tuple[int, int]) -> None:
+    # The tuner is offered the cost model's first few: here every block, with the
+    # aligned loads and without, including those the tuner never sees.
+    graph = _pattern_graph(hw=hw, seed=sum(hw))
+    (layer,) = graph.convs()
+    feeds = {name: np.random.default_rng(1).standard_normal(t.shape).astype(np.float32)
+             for name, t in graph.inputs.items()}
+    expected = run(graph, feeds)
+    blocks = direct_blocks(layer, _context(graph))
+    assert any(b.endswith("a") for b in blocks) and any(not b.endswith("a") for b in blocks)
+    for block in blocks:
+        compiled = build(graph, get_target("x86_64"), {layer.name: Schedule("pattern", block)})
+        got = run_with_threads(compiled.load(num_threads=2), feeds)
+        for name, value in expected.items():
+            assert_close(got[name], value, f"{name} under {block} at {hw}")
 
 
 def test_pattern_convs_offer_the_dense_kernel_last() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -58,6 +59,13 @@ from patcc.ir.layers import Conv, Dense
 GEMM_CANDIDATES = 3
 """How many of the GEMM's tilings, best estimated first, a dense conv offers the tuner."""
 
+DIRECT_CANDIDATES = 6
+"""How many of the direct kernel's blocks, cheapest estimated first, a pattern or
+depthwise conv offers the tuner: of 20-odd, the rest never won on ResNet-18 6x."""
+
+LISTED_SCHEDULES = 12
+"""How many valid schedules an error about an invalid one lists."""
+
 SPARSE_CANDIDATES = 3
 """How many of the sparse pointwise kernel's blocks, best guess first, it offers."""
 
@@ -68,8 +76,9 @@ fraction of non-zero weights, the GEMM above. On Zen 5 the sparse kernel reaches
 near 57%; at 50% the sparse kernel was faster on every MobileNetV2 1x1 layer."""
 
 
-def conv_schedules(layer: Conv, ctx: LoweringContext) -> list[Schedule]:
-    """Every schedule this conv can run with, the cost model's choice first.
+def conv_schedules(layer: Conv, ctx: LoweringContext, every: bool = False) -> list[Schedule]:
+    """The schedules the tuner tries for this conv, the cost model's choice first;
+    with ``every``, all those the conv can run with (the first few are the same).
 
     Pattern-style convs run the direct sparse kernel with one of its register blocks,
     or the dense GEMM where sparsity does not pay (few kernels removed, small
@@ -77,14 +86,19 @@ def conv_schedules(layer: Conv, ctx: LoweringContext) -> list[Schedule]:
     sparse pointwise kernel (SpMM) or the GEMM, by density; other convs the GEMM with
     one of its tilings.
     """
-    gemm = [Schedule("gemm", t.block) for t in _gemm_tilings(layer, ctx)[:GEMM_CANDIDATES]]
+    def first(items: list[Any], count: int) -> list[Any]:
+        return items if every else items[:count]
+
+    gemm = [Schedule("gemm", t.block) for t in first(_gemm_tilings(layer, ctx), GEMM_CANDIDATES)]
     if layer.pattern is not None:
-        return [Schedule("pattern", b) for b in direct_blocks(layer, ctx)] + gemm[:1]
+        return [Schedule("pattern", b)
+                for b in first(direct_blocks(layer, ctx), DIRECT_CANDIDATES)] + first(gemm, 1)
     if layer.is_depthwise:
-        return [Schedule("depthwise", b) for b in direct_blocks(layer, ctx)]
+        return [Schedule("depthwise", b)
+                for b in first(direct_blocks(layer, ctx), DIRECT_CANDIDATES)]
     if supports_sparse_pointwise(layer):
         sparse = [Schedule("sparse", block_name(b))
-                  for b in sparse_pointwise_blocks(layer, ctx)[:SPARSE_CANDIDATES]]
+                  for b in first(sparse_pointwise_blocks(layer, ctx), SPARSE_CANDIDATES)]
         density = np.count_nonzero(layer.weight) / layer.weight.size
         return sparse + gemm if density <= SPARSE_DENSITY_CUTOFF else gemm + sparse
     return gemm
@@ -93,11 +107,14 @@ def conv_schedules(layer: Conv, ctx: LoweringContext) -> list[Schedule]:
 def lower_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
     """Lower one convolution with its schedule from ``ctx.schedules`` or, without
     one, the cost model's choice."""
-    options = conv_schedules(layer, ctx)
+    options = conv_schedules(layer, ctx, every=True)
     chosen = ctx.schedules.get(layer.name, options[0])
     if chosen not in options:
+        shown = ", ".join(map(str, options[:LISTED_SCHEDULES]))
+        more = f" and {len(options) - LISTED_SCHEDULES} more" \
+            if len(options) > LISTED_SCHEDULES else ""
         raise PatccError(f"Conv {layer.name!r}: schedule {str(chosen)!r} does not apply; "
-                         f"this layer can use {', '.join(map(str, options))}")
+                         f"this layer can use {shown}{more}")
     if chosen.kernel in ("pattern", "depthwise"):
         code = lower_direct_conv(layer, ctx, chosen.kernel, chosen.block)
     elif chosen.kernel == "sparse":
@@ -105,7 +122,7 @@ def lower_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
     else:
         code = _lower_gemm_conv(layer, ctx, chosen.block)
     code.notes["schedule"] = str(chosen)
-    code.notes["candidates"] = len(options)
+    code.notes["candidates"] = len(conv_schedules(layer, ctx))
     return code
 
 

@@ -150,6 +150,13 @@ class KernelBuilder:
         zeros = ir.Constant(ir.VectorType(I32, self.width), [i32(0)] * self.width)
         return self.b.shuffle_vector(one, undef, zeros)
 
+    def lane_shift(self, low: ir.Value, high: ir.Value, shift: int) -> ir.Value:
+        """Lanes ``shift`` .. ``shift + width - 1`` of ``low`` followed by ``high``: the
+        vector between two neighbouring loads (``valignd`` on AVX-512, ``ext`` on NEON)."""
+        lanes = ir.Constant(ir.VectorType(I32, self.width),
+                            [ir.Constant(I32, shift + i) for i in range(self.width)])
+        return self.b.shuffle_vector(low, high, lanes)
+
     def fma(self, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
         """a * b + c, fused."""
         return self.intrinsic("llvm.fma", a.type, [a, b, c])
