@@ -27,6 +27,10 @@ What is measured, for each model of ``patcc.models.BENCHMARK_VARIANTS`` (or ``--
   onnxruntime about twice that, and a peak below what an engine reaches is no peak.
 - thread scaling (``--scaling``, default resnet18 6x): patcc at 1 thread against
   ``--threads`` threads, again alternately.
+- time by kernel: a profiling build of the same schedules times each layer
+  (``patcc.report.layer_rows``, ``--runs`` runs at ``--threads`` threads); per kernel
+  (pattern, depthwise, sparse, gemm, ...) the layers' summed time, share of the
+  model and non-zero GFLOP/s, e.g. how close the pattern 3x3 convs come to the peak.
 
 Prints the main table, then the spread of the runs and the compile times, and writes
 ``bench.json`` and ``bench.png`` (``chart.make_chart``) to ``--out-dir`` (default
@@ -219,6 +223,7 @@ def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
     }
     if scaling and threads > 1:
         row["thread_scaling"] = thread_scaling(model, x, runs, threads)
+    row["kernels"] = kernel_times(compiled, runs, threads)
     model.num_threads = threads
     return row
 
@@ -232,6 +237,19 @@ def thread_scaling(model: Any, x: Any, runs: int, threads: int) -> dict[str, Any
     latency = {n: summarize(t) for n, t in time_alternately(engines, runs, prepare).items()}
     return {"latency_ms": latency,
             "speedup": latency["1"]["median"] / latency[str(threads)]["median"]}
+
+
+def kernel_times(compiled: Any, runs: int, threads: int) -> dict[str, dict[str, float]]:
+    """Per kernel: layers, profiled milliseconds and non-zero MACs of its layers."""
+    from patcc.report import layer_rows
+
+    kernels: dict[str, dict[str, float]] = {}
+    for r in layer_rows(compiled, runs=runs, threads=threads):
+        k = kernels.setdefault(r["kernel"], {"layers": 0, "ms": 0.0, "nonzero_macs": 0})
+        k["layers"] += 1
+        k["ms"] += r.get("ms", 0.0)
+        k["nonzero_macs"] += r.get("nonzero_macs", 0)
+    return kernels
 
 
 # --- the run -----------------------------------------------------------------------
@@ -278,6 +296,23 @@ def add_efficiency(row: dict[str, Any], peak: float) -> None:
         e = efficiency(row["nonzero_gmacs"], row["latency_ms"][engine]["median"], peak)
         for key, value in e.items():
             row[key][engine] = value
+
+
+def format_kernels(rows: list[dict[str, Any]], peak: float) -> str:
+    """Time by kernel, from the profiling build: share of the model, nz GFLOP/s."""
+    lines = [f"{'model':<32}{'kernel':<14}{'layers':>7}{'ms':>8}{'share':>8}"
+             f"{'nz GF/s':>9}{'% peak':>8}"]
+    for r in rows:
+        total = sum(k["ms"] for k in r["kernels"].values()) or 1.0
+        for name, k in sorted(r["kernels"].items(), key=lambda kv: -kv[1]["ms"]):
+            rate = 2 * k["nonzero_macs"] / (k["ms"] / 1e3) / 1e9 if k["ms"] else 0.0
+            lines.append(f"{label(r):<32}{name:<14}{k['layers']:>7}{k['ms']:>8.3f}"
+                         f"{100 * k['ms'] / total:>7.1f}%"
+                         + (f"{rate:>9.1f}{100 * rate / peak:>7.1f}%" if k["nonzero_macs"]
+                            else ""))
+    lines.append("(per-layer times of a profiling build; they sum a little above the "
+                 "model's median)")
+    return "\n".join(lines)
 
 
 def label(row: dict[str, Any]) -> str:
@@ -387,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         add_efficiency(row, peak)
 
-    for table in (format_table(rows), format_spread(rows), format_compile(rows)):
+    for table in (format_table(rows), format_spread(rows), format_kernels(rows, peak),
+                  format_compile(rows)):
         print()
         print(table)
     write_results(args, rows, {"start": peak_start, "end": peak_end, "peak": peak,

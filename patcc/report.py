@@ -19,8 +19,9 @@ from patcc.backends.llvm.lowering import Schedule
 from patcc.ir.layers import Conv, Dense
 
 
-def layer_rows(compiled: Any, runs: int = 10) -> list[dict[str, Any]]:
-    """One row per lowered layer of a ``CompiledModel``; timed when it can run here."""
+def layer_rows(compiled: Any, runs: int = 10, threads: int = 0) -> list[dict[str, Any]]:
+    """One row per lowered layer of a ``CompiledModel``; timed when it can run here, at
+    ``threads`` threads (0: one per core)."""
     from patcc.compiler import build
 
     shapes = compiled.graph.shapes
@@ -50,7 +51,7 @@ def layer_rows(compiled: Any, runs: int = 10) -> list[dict[str, Any]]:
         schedules = {code.layer.name: Schedule.parse(str(code.notes["schedule"]))
                      for code in compiled.plan.codes if "schedule" in code.notes}
         profiled = build(compiled.graph, compiled.target, schedules, profile=True)
-        model = profiled.load()
+        model = profiled.load(num_threads=threads)
         rng = np.random.default_rng(0)
         inputs = [rng.uniform(-1, 1, t.shape).astype(np.float32) for t in model.inputs.values()]
         model.run(inputs)

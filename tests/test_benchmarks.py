@@ -86,6 +86,17 @@ def test_thread_scaling_is_recorded(bench: tuple[dict, Path, str]) -> None:
     assert scaling["speedup"] == pytest.approx(one / two)
 
 
+def test_time_by_kernel_covers_every_layer(bench: tuple[dict, Path, str]) -> None:
+    data, _, stdout = bench
+    (row,) = data["results"]
+    kernels = row["kernels"]
+    assert "pattern" in kernels  # senet_tiny 6x has pattern-pruned 3x3 convs
+    assert all(k["layers"] >= 1 and k["ms"] > 0 for k in kernels.values())
+    conv_macs = sum(k["nonzero_macs"] for k in kernels.values())
+    assert conv_macs == pytest.approx(row["nonzero_gmacs"] * 1e9, rel=0.01)
+    assert "pattern" in stdout.split("per-layer times of a profiling build")[0]
+
+
 def test_table_is_printed_and_chart_is_a_png(bench: tuple[dict, Path, str]) -> None:
     data, out, stdout = bench
     assert "ort/patcc" in stdout and "senet_tiny 6x" in stdout
