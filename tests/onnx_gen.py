@@ -912,7 +912,8 @@ def single_layer_models(draw: Draw, ops: Sequence[str] = SINGLE_OPS) -> OnnxCase
         if kind == "split":
             return b.build(split(draw, b, x), dynamic_batch)
         return b.build([fn(draw, b, x)], dynamic_batch)
-    x = b.input(_nchw(draw))
+    # Pools vectorise their interior 16 outputs at a time: wide enough rows for that.
+    x = b.input(_nchw(draw, hw_max=40 if kind == "pool" else 12))
     if kind == "conv":
         y = conv(draw, b, x, pattern=False)
     elif kind == "pattern_conv":

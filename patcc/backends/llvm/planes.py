@@ -59,8 +59,25 @@ def zero_fill(kb: KernelBuilder, base: ir.Value, start: ir.Value, count: int) ->
         kb.vstore(zero, base, kb.b.add(start, i64(full)), count % w)
 
 
+def strided_load(kb: KernelBuilder, src: ir.Value, s: ir.Value, lanes: int,
+                 stride: int) -> ir.Value:
+    """The vector ``src[s + v*stride]`` for v < ``lanes`` (lanes past that are
+    unspecified), stride 1 or 2: every other lane of two loads, neither of which
+    reads past the last element used."""
+    b, w = kb.b, kb.width
+    if stride == 1:
+        return kb.vload(src, s, lanes)
+    if stride != 2:
+        raise ValueError(f"vector loads of stride {stride}")
+    first = kb.vload(src, s, min(w, 2 * lanes - 1))
+    second = kb.vload(src, b.add(s, i64(w)), 2 * lanes - 1 - w) \
+        if 2 * lanes - 1 > w else kb.const(kb.vec, 0.0)
+    return b.shuffle_vector(first, second, ir.Constant(ir.VectorType(ir.IntType(32), w),
+                                                       [i32(2 * i) for i in range(w)]))
+
+
 def strided_copy(kb: KernelBuilder, src: ir.Value, s: ir.Value, dst: ir.Value, d: ir.Value,
-          count: int, stride: int) -> None:
+                 count: int, stride: int) -> None:
     """dst[d + v] = src[s + v*stride] for v < ``count``: vectors for strides 1 and 2
     (every other lane of two loads), scalars otherwise."""
     b, w = kb.b, kb.width
@@ -70,15 +87,8 @@ def strided_copy(kb: KernelBuilder, src: ir.Value, s: ir.Value, dst: ir.Value, d
         return
 
     def vector(v: ir.Value, lanes: int) -> None:
-        if stride == 1:
-            kb.vstore(kb.vload(src, b.add(s, v), lanes), dst, b.add(d, v), lanes)
-            return
-        first = kb.vload(src, b.add(s, b.mul(v, i64(2))), min(w, 2 * lanes - 1))
-        second = kb.vload(src, b.add(s, b.add(b.mul(v, i64(2)), i64(w))), 2 * lanes - 1 - w) \
-            if 2 * lanes - 1 > w else kb.const(kb.vec, 0.0)
-        even = b.shuffle_vector(first, second, ir.Constant(ir.VectorType(ir.IntType(32), w),
-                                                           [i32(2 * i) for i in range(w)]))
-        kb.vstore(even, dst, b.add(d, v), lanes)
+        value = strided_load(kb, src, b.add(s, b.mul(v, i64(stride))), lanes, stride)
+        kb.vstore(value, dst, b.add(d, v), lanes)
 
     full = count // w * w
     if full:

@@ -1,8 +1,12 @@
-"""Pooling, global pooling and softmax: one task per plane or row, scalar windows.
+"""Pooling, global pooling and softmax: one task per plane or row.
 
-These layers are a small share of a CNN's time; the window loops are unrolled (the
-kernel size is static) and bounds are checked per tap with selects, so the code has
-no data-dependent branches for LLVM to trip over.
+The window loops are unrolled (the kernel size is static). Pooling splits each plane
+into its interior, where every tap of every output is inside the image, and the
+border: the interior is vectorised along output columns for strides 1 and 2 (stride
+2 takes every other lane of two loads) with no bounds checks at all; the border, and
+other strides, run scalar code that checks each tap with selects, so there are no
+data-dependent branches for LLVM to trip over. (ResNet-18's 3x3/2 max pool took
+0.147 ms scalar on Zen 5, 4% of the whole pruned model.)
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from patcc.backends.llvm.lowering import (
     Phase,
     PhaseBody,
 )
+from patcc.backends.llvm.planes import inside, strided_load
 from patcc.ir.layers import GlobalPool, Pool, Softmax
 
 
@@ -27,42 +32,93 @@ def _in_range(kb: KernelBuilder, v: ir.Value, lo: int, hi: int) -> ir.Value:
     return b.and_(b.icmp_signed(">=", v, i64(lo)), b.icmp_signed("<", v, i64(hi)))
 
 
+def _interior(size: int, out: int, kernel: int, stride: int, dilation: int, pad: int
+              ) -> tuple[int, int]:
+    """Outputs [lo, hi) whose every tap lies inside an axis of ``size``."""
+    lo, hi = inside(size, stride, -pad, out)
+    last_lo, last_hi = inside(size, stride, (kernel - 1) * dilation - pad, out)
+    lo, hi = max(lo, last_lo), min(hi, last_hi)
+    return (lo, hi) if lo < hi else (0, 0)
+
+
 def lower_pool(layer: Pool, ctx: LoweringContext) -> LayerCode:
     n, c, h, w = ctx.in_shape(layer)
     _, _, ho, wo = ctx.out_shape(layer)
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
     pt, pl, pb, pr = layer.pads
     is_max = layer.kind == "max"
+    rows = _interior(h, ho, kh, sh, dh, pt)
+    cols = _interior(w, wo, kw, sw, dw, pl) if sw <= 2 else (0, 0)
+
+    def point(kb: KernelBuilder, src: ir.Value, dst: ir.Value, oh: ir.Value,
+              ow: ir.Value) -> None:
+        """One output, each tap checked against the image."""
+        b = kb.b
+        y0 = b.sub(b.mul(oh, i64(sh)), i64(pt))
+        x0 = b.sub(b.mul(ow, i64(sw)), i64(pl))
+        acc: ir.Value = f32(float("-inf")) if is_max else f32(0.0)
+        count: ir.Value = f32(0.0)
+        for i in range(kh):
+            y = b.add(y0, i64(i * dh))
+            y_in = _in_range(kb, y, 0, h)
+            y_pad = _in_range(kb, y, -pt, h + pb)
+            for j in range(kw):
+                x = b.add(x0, i64(j * dw))
+                ok = b.and_(y_in, _in_range(kb, x, 0, w))
+                index = b.add(b.mul(b.select(ok, y, i64(0)), i64(w)),
+                              b.select(ok, x, i64(0)))
+                v = kb.load(src, index)
+                if is_max:
+                    acc = b.select(ok, kb.intrinsic("llvm.maximum", F32, [acc, v]), acc)
+                else:
+                    acc = b.fadd(acc, b.select(ok, v, f32(0.0)))
+                    counted = ok if not layer.count_include_pad else b.and_(
+                        y_pad, _in_range(kb, x, -pl, w + pr))
+                    count = b.fadd(count, b.uitofp(counted, F32))
+        result = acc if is_max else b.fdiv(acc, count)
+        kb.store(result, dst, b.add(b.mul(oh, i64(wo)), ow))
+
+    def vector(kb: KernelBuilder, src: ir.Value, dst: ir.Value, oh: ir.Value,
+               ow: ir.Value, lanes: int) -> None:
+        """Outputs ow .. ow+lanes-1 of an interior row, all taps inside the image."""
+        b = kb.b
+        acc: ir.Value | None = None
+        for i in range(kh):
+            row = b.mul(b.add(b.mul(oh, i64(sh)), i64(i * dh - pt)), i64(w))
+            for j in range(kw):
+                x = b.add(b.mul(ow, i64(sw)), i64(j * dw - pl))
+                v = strided_load(kb, src, b.add(row, x), lanes, sw)
+                acc = v if acc is None else (
+                    kb.intrinsic("llvm.maximum", kb.vec, [acc, v]) if is_max else b.fadd(acc, v))
+        assert acc is not None
+        if not is_max:  # every tap inside: the window's full count, padding or not
+            acc = b.fmul(acc, kb.splat(f32(1.0 / (kh * kw))))
+        kb.vstore(acc, dst, b.add(b.mul(oh, i64(wo)), ow), lanes)
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         b = kb.b
         src = kb.at(ops.inputs[0], b.mul(task, i64(h * w)))
         dst = kb.at(ops.outputs[0], b.mul(task, i64(ho * wo)))
-        init = f32(float("-inf")) if is_max else f32(0.0)
-        with kb.loop(0, ho, 1, "oh") as oh, kb.loop(0, wo, 1, "ow") as ow:
-            y0 = b.sub(b.mul(oh, i64(sh)), i64(pt))
-            x0 = b.sub(b.mul(ow, i64(sw)), i64(pl))
-            acc: ir.Value = init
-            count: ir.Value = f32(0.0)
-            for i in range(kh):
-                y = b.add(y0, i64(i * dh))
-                y_in = _in_range(kb, y, 0, h)
-                y_pad = _in_range(kb, y, -pt, h + pb)
-                for j in range(kw):
-                    x = b.add(x0, i64(j * dw))
-                    ok = b.and_(y_in, _in_range(kb, x, 0, w))
-                    index = b.add(b.mul(b.select(ok, y, i64(0)), i64(w)),
-                                  b.select(ok, x, i64(0)))
-                    v = kb.load(src, index)
-                    if is_max:
-                        acc = b.select(ok, kb.intrinsic("llvm.maximum", F32, [acc, v]), acc)
-                    else:
-                        acc = b.fadd(acc, b.select(ok, v, f32(0.0)))
-                        counted = ok if not layer.count_include_pad else b.and_(
-                            y_pad, _in_range(kb, x, -pl, w + pr))
-                        count = b.fadd(count, b.uitofp(counted, F32))
-            result = acc if is_max else b.fdiv(acc, count)
-            kb.store(result, dst, b.add(b.mul(oh, i64(wo)), ow))
+
+        def scalar_rows(lo: int, hi: int) -> None:
+            if lo < hi:
+                with kb.loop(lo, hi, 1, "oh") as oh, kb.loop(0, wo, 1, "ow") as ow:
+                    point(kb, src, dst, oh, ow)
+
+        scalar_rows(0, rows[0])
+        lo, hi = cols
+        full = (hi - lo) // kb.width * kb.width
+        with kb.loop(rows[0], rows[1], 1, "oh") as oh:
+            for a, z in ((0, lo), (hi, wo)):
+                if a < z:
+                    with kb.loop(a, z, 1, "ow") as ow:
+                        point(kb, src, dst, oh, ow)
+            if full:
+                with kb.loop(lo, lo + full, kb.width, "ow") as ow:
+                    vector(kb, src, dst, oh, ow, kb.width)
+            if hi - lo - full:
+                vector(kb, src, dst, oh, i64(lo + full), hi - lo - full)
+        scalar_rows(rows[1], ho)
 
     return LayerCode(layer, [Phase("pool", n * c, body)], kernel="pool")
 
