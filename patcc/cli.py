@@ -79,7 +79,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     model = compile_model(args.model, args.target, _input_shapes(args.input_shape),
-                          tune=args.tune, progress=not args.quiet and sys.stderr.isatty())
+                          tune=args.tune, progress=not args.quiet and sys.stderr.isatty(),
+                          cpu=args.cpu, features=args.features)
     model.save(args.output, args.emit)
     elapsed = time.perf_counter() - start
     if not args.quiet:
@@ -133,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--target", default="x86_64", metavar="TAG",
-                   help=f"target tag: {', '.join(target_tags())} (default: x86_64, this CPU)")
+                   help=f"target tag: {', '.join(target_tags())}, or aarch64-androidNN for "
+                        "Android API level NN (default: x86_64, this CPU)")
+    p.add_argument("--cpu", metavar="NAME",
+                   help="CPU to generate code for instead of the tag's, e.g. cortex-a55")
+    p.add_argument("--features", metavar="LIST",
+                   help="CPU features instead of the tag's, e.g. +neon,+dotprod")
     p.add_argument("--emit", default="so", choices=EMIT_KINDS,
                    help="what to write (default: so)")
     p.add_argument("--report", action="store_true",

@@ -19,7 +19,7 @@ import onnx
 from patcc.backends.abi import render_header
 from patcc.backends.llvm import codegen, toolchain
 from patcc.backends.llvm.lowering import Schedule
-from patcc.backends.target import Target, get_target
+from patcc.backends.target import Target, get_target, with_overrides
 from patcc.errors import PatccError
 from patcc.fileio import atomic_write
 from patcc.ir.graph import Graph
@@ -108,8 +108,13 @@ def compile(
     profile: bool = False,
     tune: bool | None = None,
     progress: bool = False,
+    cpu: str | None = None,
+    features: str | None = None,
 ) -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) or a patcc Graph for ``target``.
+
+    ``cpu`` and ``features`` (e.g. ``"cortex-a55"``, ``"+neon,+dotprod"``) override
+    the target tag's, checked against LLVM (``patcc.backends.target.with_overrides``).
 
     ``profile`` builds a library that also times every layer (see
     ``NativeModel.layer_times``); leave it off for deployment.
@@ -132,7 +137,7 @@ def compile(
         from patcc.frontends.onnx import import_onnx
 
         graph = import_onnx(model, input_shapes)
-    tgt = get_target(target)
+    tgt = with_overrides(get_target(target), cpu, features)
     graph = run_pipeline(graph, BACKEND_PIPELINE)
     timings["import"] = time.perf_counter() - start
     tuning: dict[str, Any] = {}

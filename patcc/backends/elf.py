@@ -238,3 +238,80 @@ def blob_object(symbol: str, data: bytes, arch: ElfArch, alignment: int = 64) ->
     )
     # One join, so a blob of hundreds of MB is copied once.
     return b"".join(parts)
+
+
+# --- reading -----------------------------------------------------------------------
+
+_SHT_DYNAMIC, _SHT_DYNSYM = 6, 11
+_DT_NEEDED, _DT_SONAME = 1, 14
+_SHN_UNDEF = 0
+_STB_WEAK = 2
+
+
+@dataclass(frozen=True)
+class ElfSymbols:
+    """What an ELF file needs and provides: its machine, its ``DT_NEEDED`` libraries
+    and soname (shared objects), and the global symbols it defines with default or
+    protected visibility (``defined``) or leaves undefined (``undefined``), read from
+    ``.dynsym`` when there is one (shared objects) and ``.symtab`` otherwise."""
+
+    machine: int
+    needed: tuple[str, ...]
+    soname: str | None
+    defined: frozenset[str]
+    undefined: frozenset[str]
+
+
+def read_symbols(data: bytes) -> ElfSymbols:
+    """Read an ELF object or shared object (32- or 64-bit, either byte order);
+    raises ``ValueError`` for anything else."""
+    if data[:4] != b"\x7fELF" or len(data) < 52:
+        raise ValueError("not an ELF file")
+    is64, order = data[4] == _ELFCLASS64, "<" if data[5] == _ELFDATA2LSB else ">"
+    word = "Q" if is64 else "I"
+    (machine,) = struct.unpack_from(order + "H", data, 18)
+    shoff, = struct.unpack_from(order + word, data, 40 if is64 else 32)
+    shentsize, shnum = struct.unpack_from(order + "HH", data, 58 if is64 else 46)
+    header = order + (f"II{word}{word}{word}{word}II{word}{word}")
+    sections = []
+    for i in range(shnum):
+        name, typ, _, _, offset, size, link, info, _, entsize = struct.unpack_from(
+            header, data, shoff + i * shentsize)
+        sections.append(_Section(name, typ, 0, offset, size, link, info, 0, entsize))
+
+    def string(table: _Section, at: int) -> str:
+        start = table.offset + at
+        return data[start:data.index(b"\0", start)].decode()
+
+    needed: list[str] = []
+    soname = None
+    for sec in sections:
+        if sec.type == _SHT_DYNAMIC:
+            entry = order + ("qQ" if is64 else "iI")
+            for at in range(sec.offset, sec.offset + sec.size, struct.calcsize(entry)):
+                tag, value = struct.unpack_from(entry, data, at)
+                if tag == _DT_NEEDED:
+                    needed.append(string(sections[sec.link], value))
+                elif tag == _DT_SONAME:
+                    soname = string(sections[sec.link], value)
+    tables = [s for s in sections if s.type == _SHT_DYNSYM] or \
+        [s for s in sections if s.type == _SHT_SYMTAB]
+    defined: set[str] = set()
+    undefined: set[str] = set()
+    for table in tables:
+        entry = order + ("IBBHQQ" if is64 else "IIIBBH")
+        for at in range(table.offset + table.entsize, table.offset + table.size, table.entsize):
+            fields = struct.unpack_from(entry, data, at)
+            if is64:
+                name, info, other, shndx = fields[:4]
+            else:
+                name, info, other, shndx = fields[0], fields[3], fields[4], fields[5]
+            if info >> 4 not in (_STB_GLOBAL, _STB_WEAK) or not name:
+                continue
+            symbol = string(sections[table.link], name)
+            if shndx == _SHN_UNDEF:
+                undefined.add(symbol)
+            elif other & 3 != _STV_HIDDEN:
+                defined.add(symbol)
+    return ElfSymbols(machine, tuple(needed), soname, frozenset(defined),
+                      frozenset(undefined))

@@ -1,14 +1,19 @@
 """Targets are data: triple, CPU, features, vector width, and how to link for them.
 
-A tag names a ``Target`` (``x86_64``, ``x86_64-avx2``, ...). The host tag ``x86_64``
-takes the CPU and features of the machine compiling, like ``-march=native``; the
-others are portable. Nothing outside ``patcc/backends`` knows a vector width: kernels
-read it, and their register blocking, from the target.
+A tag names a ``Target`` (``x86_64``, ``x86_64-avx2``, ``aarch64-android``, ...). The
+host tag ``x86_64`` takes the CPU and features of the machine compiling, like
+``-march=native``; the others are portable. ``aarch64-android`` is a Snapdragon 855
+class phone (Cortex-A76: NEON, dot product, fp16 arithmetic) at Android API level
+``DEFAULT_ANDROID_API``; ``aarch64-android29`` picks the level. ``--cpu`` and
+``--features`` override a tag's CPU and features (``with_overrides``), checked by
+LLVM itself. Nothing outside ``patcc/backends`` knows a vector width: kernels read
+it, and their register blocking, from the target.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -25,7 +30,9 @@ class Target:
     ``nprocessors_onln`` is ``_SC_NPROCESSORS_ONLN`` in the target's C library, used
     by ``patcc_set_num_threads(0)``; ``pin_threads`` pins the thread pool's workers
     one per CPU (``patcc/backends/llvm/threads.py``), right where the OS scheduler
-    treats cores alike and wrong on big.LITTLE phones.
+    treats cores alike and wrong on big.LITTLE phones. ``libraries`` are the shared
+    libraries (sonames) a cross-linked model may need: the C library and libm of
+    the target's C library (bionic's or glibc's names).
     """
 
     tag: str
@@ -37,6 +44,7 @@ class Target:
     elf_arch: str
     nprocessors_onln: int = 84  # glibc and bionic agree on Linux
     pin_threads: bool = True
+    libraries: tuple[str, ...] = ("libc.so.6", "libm.so.6")
     tags: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -88,9 +96,27 @@ _PORTABLE: dict[str, Target] = {
 }
 
 
+DEFAULT_ANDROID_API = 24
+"""Android 7.0: the oldest level current app stores still accept, and bionic has
+every function a model calls."""
+MIN_ANDROID_API = 21  # the first 64-bit Android
+
+_ARM: dict[str, Target] = {
+    "aarch64-linux": Target(
+        tag="aarch64-linux", triple="aarch64-unknown-linux-gnu", cpu="generic",
+        features="+neon,+fp-armv8", vector_bits=128, gemm_block=(6, 4), elf_arch="aarch64"),
+    "aarch64-android": Target(
+        tag="aarch64-android", triple=f"aarch64-unknown-linux-android{DEFAULT_ANDROID_API}",
+        cpu="cortex-a76", features="+neon,+fp-armv8,+dotprod,+fullfp16", vector_bits=128,
+        gemm_block=(6, 4), elf_arch="aarch64", pin_threads=False,
+        libraries=("libc.so", "libm.so", "libdl.so")),
+}
+_ANDROID_API_TAG = re.compile(r"aarch64-android(\d+)")
+
+
 def target_tags() -> list[str]:
-    """Every tag ``get_target`` accepts."""
-    return ["x86_64", *_PORTABLE]
+    """Every tag ``get_target`` accepts (and ``aarch64-androidNN`` for API level NN)."""
+    return ["x86_64", *_PORTABLE, *_ARM]
 
 
 def get_target(tag: str | Target) -> Target:
@@ -104,5 +130,55 @@ def get_target(tag: str | Target) -> Target:
         return host if tag == "x86_64" else replace(host, tag=tag)
     if tag in _PORTABLE:
         return _PORTABLE[tag]
+    if tag in _ARM:
+        return _ARM[tag]
+    api = _ANDROID_API_TAG.fullmatch(tag)
+    if api:
+        level = int(api.group(1))
+        if level < MIN_ANDROID_API:
+            raise PatccError(f"target {tag!r}: Android API level {level} has no 64-bit ARM; "
+                             f"use {MIN_ANDROID_API} or later (e.g. --target aarch64-android29)")
+        return replace(_ARM["aarch64-android"], tag=tag,
+                       triple=f"aarch64-unknown-linux-android{level}")
     raise PatccError(f"unknown target {tag!r}; expected one of {', '.join(target_tags())} "
-                     "(e.g. --target x86_64)")
+                     "(e.g. --target x86_64, or aarch64-android29 for an API level)")
+
+
+_FEATURE = re.compile(r"[+-][A-Za-z0-9][A-Za-z0-9.\-_]*")
+
+
+def with_overrides(target: Target, cpu: str | None = None, features: str | None = None
+                   ) -> Target:
+    """``target`` with its CPU and/or features replaced (``--cpu``, ``--features``).
+
+    Features are a comma-separated list of ``+name`` / ``-name``; both are checked
+    against what LLVM knows for the target's architecture, and an unknown one is a
+    ``PatccError`` quoting it with a valid example.
+    """
+    if cpu is None and features is None:
+        return target
+    example = "cortex-a76" if target.elf_arch == "aarch64" else "znver4"
+    if cpu is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-_]*", cpu):
+        raise PatccError(f"--cpu {cpu!r} is not a CPU name (e.g. --cpu {example})")
+    if features is not None:
+        bad = [f for f in features.split(",") if not _FEATURE.fullmatch(f)]
+        if bad:
+            raise PatccError(f"--features {features!r}: {bad[0]!r} is not +name or -name "
+                             "(e.g. --features +neon,+dotprod)")
+    if features is None and cpu is not None and "host" in target.tags:
+        features = ""  # the named CPU's own features, not this machine's
+    new = replace(target, cpu=cpu if cpu is not None else target.cpu,
+                  features=features if features is not None else target.features,
+                  tags=target.tags - {"host"})
+    if new.elf_arch == "x86_64" and new.features:  # LLVM splits wider vectors if need be
+        new = replace(new, vector_bits=_vector_bits(new.features))
+    from patcc.backends.llvm.toolchain import unknown_cpu_or_features
+
+    unknown = unknown_cpu_or_features(new)
+    if unknown:
+        kind, name = unknown
+        hint = f"--cpu {example}" if kind == "CPU" else "--features +neon,+dotprod" \
+            if target.elf_arch == "aarch64" else "--features +avx2,+fma"
+        raise PatccError(f"{kind} {name!r} is not known to LLVM for {target.triple} "
+                         f"(e.g. {hint})")
+    return new

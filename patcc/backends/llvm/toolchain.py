@@ -3,13 +3,24 @@
 Optimisation uses LLVM's new pass builder at O3 with the target machine's CPU and
 features; objects are position independent. The host target links with the system
 C compiler (``cc -shared``), exporting only the C ABI through a version script.
+
+Other targets link with ``ld.lld`` (Debian's ``lld``, or the one in the ``ziglang``
+wheel) and no sysroot: the symbols the code object leaves undefined are sorted into
+the target's C library and libm, a stub shared object with those symbols and the
+real library's soname is linked for each (``-z defs``: nothing else may be missing),
+and the model records them as ``DT_NEEDED``. So the shared object asks for exactly
+``libc.so`` and, if it calls any, ``libm.so`` (bionic's names) or ``libc.so.6`` /
+``libm.so.6`` (glibc's), and both loaders resolve it on the device.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +28,7 @@ from pathlib import Path
 import llvmlite.binding as llvm
 from llvmlite import ir
 
-from patcc.backends.elf import ELF_ARCHES, blob_object
+from patcc.backends.elf import ELF_ARCHES, blob_object, read_symbols
 from patcc.backends.llvm.lowering import BLOB_ALIGN, BLOB_SYMBOL
 from patcc.backends.target import Target
 from patcc.errors import PatccError
@@ -43,6 +54,35 @@ def target_machine(target: Target) -> llvm.TargetMachine:
         raise PatccError(f"LLVM cannot generate code for {target.triple!r}: {e}") from e
     return llvm_target.create_target_machine(
         cpu=target.cpu, features=target.features, opt=3, reloc="pic", codemodel="default")
+
+
+_UNKNOWN = re.compile(r"'([^']*)' is not a recognized (processor|feature) for this target")
+
+
+def unknown_cpu_or_features(target: Target) -> tuple[str, str] | None:
+    """("CPU" or "feature", name) of the first part of ``target.cpu`` /
+    ``target.features`` LLVM does not know, or None.
+
+    LLVM only warns on stderr and carries on; the warning is caught by pointing file
+    descriptor 2 at a temporary file while a target machine emits an empty module.
+    """
+    _init_llvm()
+    module = llvm.parse_assembly("")
+    module.triple = target.triple
+    with tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(caught.fileno(), 2)
+            target_machine(target).emit_object(module)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        found = _UNKNOWN.search(caught.read().decode(errors="replace"))
+    if found is None:
+        return None
+    return ("CPU" if found.group(2) == "processor" else "feature", found.group(1))
 
 
 def optimize(module: ir.Module, target: Target) -> llvm.ModuleRef:
@@ -82,14 +122,77 @@ def _host_cc() -> str:
     return cc
 
 
+LIBM_FUNCTIONS = frozenset(
+    name + suffix
+    for name in ("acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil",
+                 "copysign", "cos", "cosh", "erf", "erfc", "exp", "exp2", "expm1", "fabs",
+                 "floor", "fma", "fmax", "fmin", "fmod", "frexp", "hypot", "ldexp", "lgamma",
+                 "log", "log10", "log1p", "log2", "lrint", "lround", "modf", "nearbyint",
+                 "nextafter", "pow", "remainder", "rint", "round", "sin", "sinh", "sqrt",
+                 "tan", "tanh", "tgamma", "trunc")
+    for suffix in ("", "f", "l"))
+"""C math functions: a cross-linked model finds these in libm, everything else in libc."""
+
+
+def find_lld() -> list[str]:
+    """The command that runs ``ld.lld``: Debian's (any version), else the ziglang
+    wheel's; a ``PatccError`` saying how to get one when there is neither."""
+    for name in ("ld.lld", *(f"ld.lld-{v}" for v in range(30, 10, -1))):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    if importlib.util.find_spec("ziglang") is not None:
+        return [sys.executable, "-m", "ziglang", "ld.lld"]
+    raise PatccError("cross-linking needs ld.lld, which is not installed: apt-get install "
+                     "lld (Debian/Ubuntu), or pip install ziglang")
+
+
+def _run_linker(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise PatccError(f"linking failed: {detail[0] if detail else proc.returncode}")
+
+
+def _stub_library(target: Target, soname: str, symbols: list[str], path: Path) -> None:
+    """A shared object named ``soname`` that defines ``symbols``, to link against."""
+    module = ir.Module(name=soname)
+    module.triple = target.triple
+    for name in symbols:
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), []), name)
+        ir.IRBuilder(fn.append_basic_block()).ret_void()
+    obj = path.with_suffix(".o")
+    obj.write_bytes(emit_object(optimize(module, target), target))
+    _run_linker([*find_lld(), "-shared", f"-soname={soname}", "-o", str(path), str(obj)])
+
+
+def _cross_link(paths: list[str], objects: list[bytes], target: Target, out: Path,
+                script: Path) -> None:
+    """Link a shared object for a foreign target with ld.lld against stub libraries."""
+    symbols = [read_symbols(data) for data in objects]
+    defined = set().union(*(s.defined for s in symbols))
+    missing = sorted(set().union(*(s.undefined for s in symbols)) - defined)
+    libc, libm = target.libraries[0], target.libraries[1]
+    wanted = {libc: [m for m in missing if m not in LIBM_FUNCTIONS],
+              libm: [m for m in missing if m in LIBM_FUNCTIONS]}
+    stubs = []
+    for soname, names in wanted.items():
+        if names:
+            stub = out.parent / "stubs" / soname
+            stub.parent.mkdir(exist_ok=True)
+            _stub_library(target, soname, names, stub)
+            stubs.append(str(stub))
+    _run_linker([*find_lld(), "-shared", "-o", str(out), *paths, *stubs,
+                 f"--version-script={script}", "-z", "noexecstack", "-z", "defs",
+                 "-z", "now", "--build-id=none", "--hash-style=both"])
+
+
 def link(objects: list[bytes], target: Target, relocatable: bool = False,
          exports: tuple[str, ...] = EXPORTS) -> bytes:
     """Link object files into a shared object (or one relocatable object) for ``target``.
 
     Only ``exports`` are visible from the shared object.
     """
-    if not target.is_host:
-        raise PatccError(f"linking for {target.tag!r} is not available on this machine")
     with tempfile.TemporaryDirectory(prefix="patcc-link-") as tmp:
         d = Path(tmp)
         paths = []
@@ -98,17 +201,18 @@ def link(objects: list[bytes], target: Target, relocatable: bool = False,
             p.write_bytes(data)
             paths.append(str(p))
         out = d / ("model.o" if relocatable else "model.so")
-        if relocatable:
-            cmd = [_host_cc(), "-r", "-nostdlib", "-o", str(out), *paths]
+        script = d / "exports.map"
+        script.write_text("{ global: " + " ".join(f"{s};" for s in exports)
+                          + " local: *; };\n")
+        if not target.is_host:
+            if relocatable:
+                _run_linker([*find_lld(), "-r", "-o", str(out), *paths])
+            else:
+                _cross_link(paths, objects, target, out, script)
+        elif relocatable:
+            _run_linker([_host_cc(), "-r", "-nostdlib", "-o", str(out), *paths])
         else:
-            script = d / "exports.map"
-            script.write_text("{ global: " + " ".join(f"{s};" for s in exports)
-                              + " local: *; };\n")
-            cmd = [_host_cc(), "-shared", "-o", str(out), *paths,
-                   f"-Wl,--version-script={script}", "-Wl,-z,noexecstack",
-                   "-Wl,--build-id=none", "-lpthread", "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise PatccError(f"linking failed: {detail[0] if detail else proc.returncode}")
+            _run_linker([_host_cc(), "-shared", "-o", str(out), *paths,
+                         f"-Wl,--version-script={script}", "-Wl,-z,noexecstack",
+                         "-Wl,--build-id=none", "-lpthread", "-lm"])
         return out.read_bytes()
