@@ -199,10 +199,17 @@ class NativeModel:
         return f"<patcc model {self.path} ({ins}) on {self.info['target']['tag']}>"
 
 
-def load(path: str | os.PathLike[str], num_threads: int | None = None) -> NativeModel:
+def load(path: str | os.PathLike[str], num_threads: int | None = None) -> Any:
     """Load a compiled model; ``num_threads`` defaults to the number of cores.
 
-    Raises ``PatccError`` for a missing file, a file that is not a patcc model, or a
-    model built for another architecture.
+    A model built for another architecture that this machine can emulate (aarch64,
+    under qemu) is returned as a ``patcc.runtime.emulated.EmulatedModel``, called the
+    same way. Raises ``PatccError`` for a missing file, a file that is not a patcc
+    model, or a foreign model that cannot run here (naming what to install).
     """
+    arch = elf_machine(path)
+    if arch != host_machine():
+        from patcc.runtime.emulated import EmulatedModel
+
+        return EmulatedModel(path, arch, num_threads)
     return NativeModel(path, num_threads)

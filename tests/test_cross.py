@@ -1,0 +1,170 @@
+"""Cross-compiling for ARM: target tags, --cpu/--features, and the linked ELF.
+
+The shared objects are read back with ``patcc.backends.elf.read_symbols``: the
+machine, the libraries they need (the target C library's names, nothing else) and the
+symbols they export (the C ABI, nothing else).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from compiled_helpers import assert_close
+
+import patcc
+from conftest import PRUNED_VARIANT, require_tool
+from patcc.backends.elf import EM_AARCH64, read_symbols
+from patcc.backends.llvm import toolchain
+from patcc.backends.llvm.toolchain import LIBM_FUNCTIONS
+from patcc.backends.target import get_target, with_overrides
+from patcc.cli import main
+from patcc.errors import PatccError
+from patcc.runtime.emulated import EmulatedModel
+
+ABI = {"patcc_run", "patcc_workspace_size", "patcc_model_info", "patcc_set_num_threads",
+       "patcc_get_num_threads", "patcc_abi_version"}
+ARM_TAGS = ("aarch64-linux", "aarch64-android")
+
+
+def test_arm_tags() -> None:
+    android = get_target("aarch64-android")
+    assert android.triple == "aarch64-unknown-linux-android24"
+    assert android.cpu == "cortex-a76" and "+dotprod" in android.features.split(",")
+    assert "+fullfp16" in android.features.split(",")
+    assert android.vector_width == 4 and not android.pin_threads and not android.is_host
+    assert android.libraries[:2] == ("libc.so", "libm.so")
+    assert get_target("aarch64-linux").libraries[:2] == ("libc.so.6", "libm.so.6")
+    assert get_target("aarch64-android29").triple == "aarch64-unknown-linux-android29"
+    with pytest.raises(PatccError, match="API level 19 .* aarch64-android29"):
+        get_target("aarch64-android19")
+
+
+@pytest.mark.parametrize(("cpu", "features", "quoted", "example"), [
+    ("cortex-a99", None, "CPU 'cortex-a99' is not known to LLVM", "--cpu cortex-a76"),
+    (None, "+neon,+warp", "feature '+warp' is not known to LLVM", "--features +neon,+dotprod"),
+    (None, "neon", "'neon' is not +name or -name", "--features +neon,+dotprod"),
+    ("a76; rm", None, "--cpu 'a76; rm' is not a CPU name", "--cpu cortex-a76"),
+])
+def test_bad_cpu_or_features_quote_the_string(cpu: str | None, features: str | None,
+                                              quoted: str, example: str) -> None:
+    with pytest.raises(PatccError) as error:
+        with_overrides(get_target("aarch64-android"), cpu, features)
+    assert quoted in str(error.value) and f"(e.g. {example}" in str(error.value)
+
+
+def test_overrides_replace_the_tags() -> None:
+    little = with_overrides(get_target("aarch64-android"), cpu="cortex-a55",
+                            features="+neon,+dotprod")
+    assert (little.cpu, little.features) == ("cortex-a55", "+neon,+dotprod")
+    assert little.triple == get_target("aarch64-android").triple
+
+
+@pytest.fixture(scope="module")
+def tiny(exported_model) -> Path:  # type: ignore[no-untyped-def]
+    return exported_model("senet_tiny", "6x")[1]
+
+
+@pytest.mark.parametrize("tag", ARM_TAGS)
+def test_cross_compiled_elf(tag: str, tiny: Path) -> None:
+    require_tool("ld.lld", "apt-get install lld")
+    target = get_target(tag)
+    compiled = patcc.compile(tiny, target=tag)
+    assert "llvm.x86" not in str(compiled.llvm_module)  # nothing x86-specific in ARM code
+    elf = read_symbols(compiled.shared_object())
+    assert elf.machine == EM_AARCH64
+    assert elf.defined == ABI
+    libc, libm = target.libraries[:2]
+    assert libc in elf.needed and set(elf.needed) <= {libc, libm}, elf.needed
+    assert (libm in elf.needed) == any(s in LIBM_FUNCTIONS for s in elf.undefined)
+    assert any(s.startswith("pthread_") for s in elf.undefined)
+    code = read_symbols(compiled.code_object)  # the pattern kernel ran for this target
+    assert code.machine == EM_AARCH64
+    assert any(c.kernel == "pattern" for c in compiled.plan.codes)
+
+
+def test_cross_emit_obj_is_relocatable(tiny: Path, tmp_path: Path) -> None:
+    require_tool("ld.lld", "apt-get install lld")
+    out = tmp_path / "model.o"
+    assert main(["compile", str(tiny), "--target", "aarch64-android", "--emit", "obj",
+                 "-o", str(out), "-q"]) == 0
+    data = out.read_bytes()
+    assert data[16] == 1 and read_symbols(data).machine == EM_AARCH64  # ET_REL
+
+
+def test_missing_linker_says_how_to_get_one(tiny: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)
+    monkeypatch.setattr(toolchain.importlib.util, "find_spec", lambda name: None)
+    compiled = patcc.compile(tiny, target="aarch64-linux")
+    with pytest.raises(PatccError, match="apt-get install lld.*pip install ziglang"):
+        compiled.shared_object()
+
+
+def test_cli_bad_cpu_exits_2_and_writes_nothing(tiny: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model.so"
+    status = main(["compile", str(tiny), "--target", "aarch64-android", "--cpu", "cortex-a99",
+                   "-o", str(out)])
+    assert status == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'cortex-a99'" in err[0] and "--cpu cortex-a76" in err[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Running under qemu
+# ---------------------------------------------------------------------------------------
+
+QEMU_PACKAGES = "apt-get install qemu-user gcc-aarch64-linux-gnu libc6-arm64-cross " \
+                "libc6-dev-arm64-cross"
+
+
+def require_emulation() -> None:
+    require_tool("ld.lld", "apt-get install lld")
+    require_tool("qemu-aarch64", QEMU_PACKAGES)
+    require_tool("aarch64-linux-gnu-gcc", QEMU_PACKAGES)
+
+
+@pytest.mark.parametrize("tag", ARM_TAGS)
+@pytest.mark.parametrize("name", ["senet_tiny", "resnet18"])
+def test_arm_model_matches_onnxruntime_under_qemu(name: str, tag: str, exported_model,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    require_emulation()
+    path = exported_model(name, PRUNED_VARIANT.get(name, "6x"))[1]
+    so = tmp_path / "model.so"
+    patcc.compile(path, target=tag).save(so)
+    model = patcc.load(so, num_threads=2)
+    assert isinstance(model, EmulatedModel) and model.info["target"]["tag"] == tag
+    x = np.random.default_rng(3).uniform(-1, 1, model.inputs["input"].shape).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    got = model(x)
+    assert_close(got, expected, f"{name} for {tag} under qemu")
+    model.num_threads = 1
+    np.testing.assert_array_equal(model(x), got)  # threads split work, not results
+
+
+def test_cli_runs_an_arm_model(tiny: Path, tmp_path: Path) -> None:
+    require_emulation()
+    so, x_path, out = tmp_path / "m.so", tmp_path / "x.npy", tmp_path / "out.npz"
+    assert main(["compile", str(tiny), "--target", "aarch64-android29", "-o", str(so),
+                 "-q"]) == 0
+    native = patcc.compile(tiny)
+    x = np.random.default_rng(4).standard_normal(native.load().inputs["input"].shape)
+    np.save(x_path, x.astype(np.float32))
+    assert main(["run", str(so), "-i", str(x_path), "-o", str(out)]) == 0
+    (got,) = np.load(out).values()
+    assert_close(got, native(x.astype(np.float32)), "aarch64-android29 vs x86_64")
+
+
+def test_missing_emulator_names_the_packages(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from patcc.runtime import emulated
+
+    monkeypatch.setattr(emulated.shutil, "which", lambda name: None)
+    fake = tmp_path / "arm.so"
+    fake.write_bytes(b"\x7fELF")
+    with pytest.raises(PatccError, match="qemu-aarch64.*apt-get install qemu-user"):
+        EmulatedModel(fake, "aarch64")
