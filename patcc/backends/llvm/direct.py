@@ -235,8 +235,14 @@ def _aligned_loads(ptaps: list[Tap], rows: int, nvec: int, width: int
 
 LOOP_OVERHEAD_CYCLES = 2.0
 """Per kept kernel and tile: the channel load, address arithmetic and branch."""
-SPLIT_LOAD_COST = 2.0
-"""Load slots of a vector load that crosses a cache line (all unaligned 16-lane ones)."""
+CACHE_LINE_BYTES = 64
+
+
+def _unaligned_load_cost(width: int) -> float:
+    """Load slots an unaligned vector load of ``width`` floats costs on average: two
+    when it crosses a cache line, which one at a random float offset does with odds
+    (vector bytes - 4) / 64: nearly always with 16 lanes, one time in five with 4."""
+    return 1.0 + max(0, 4 * width - 4) / CACHE_LINE_BYTES
 SHUFFLES_PER_CYCLE = 1.0
 """Lane shuffles (``valignd``) a core issues per cycle."""
 
@@ -261,7 +267,7 @@ def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights) -> float
         row_tiles = [(g.rows, g.row_blocks - 1), (tail_rows, 1)]
         shapes = [(r, v, rc * vc) for r, rc in row_tiles for v, vc in col_tiles if rc * vc]
     total = 0.0
-    split = 1.0 if g.aligned or g.tile // g.nvec == 1 else SPLIT_LOAD_COST
+    split = 1.0 if g.aligned else _unaligned_load_cost(g.tile // g.nvec)
     for rows, nvec, count in shapes:
         for ptaps, k in zip(taps, kernels, strict=True):
             shuffles = 0
