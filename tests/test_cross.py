@@ -7,12 +7,17 @@ symbols they export (the C ABI, nothing else).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from compiled_helpers import assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx_gen import OnnxCase, pattern_conv_models, small_graph_models
 
 import patcc
 from conftest import PRUNED_VARIANT, require_tool
@@ -22,7 +27,10 @@ from patcc.backends.llvm.toolchain import LIBM_FUNCTIONS
 from patcc.backends.target import get_target, with_overrides
 from patcc.cli import main
 from patcc.errors import PatccError
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import verify
 from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.runtime import run
 from patcc.runtime.emulated import EmulatedModel
 
 ABI = {"patcc_run", "patcc_workspace_size", "patcc_model_info", "patcc_set_num_threads",
@@ -186,3 +194,25 @@ def test_missing_emulator_names_the_packages(tmp_path: Path,
     fake.write_bytes(b"\x7fELF")
     with pytest.raises(PatccError, match="qemu-aarch64.*apt-get install qemu-user"):
         EmulatedModel(fake, "aarch64")
+
+
+ARM_EXAMPLES = max(2, int(os.environ.get("PATCC_FUZZ_EXAMPLES", "25")) // 2)
+"""Random graphs per run: each costs a cross compile and a start of qemu (~0.5 s)."""
+
+
+@settings(max_examples=ARM_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.filter_too_much])
+@given(st.one_of(small_graph_models(), pattern_conv_models()))
+def test_random_graphs_on_aarch64_match_the_interpreter(case: OnnxCase) -> None:
+    require_emulation()
+    graph = verify(import_onnx(case.model, case.input_shapes))
+    expected = run(graph, case.feeds)
+    compiled = patcc.compile(case.model, target="aarch64-android",
+                             input_shapes=case.input_shapes)
+    with tempfile.TemporaryDirectory(prefix="patcc-arm-") as tmp:
+        so = Path(tmp) / "model.so"
+        compiled.save(so)
+        got = patcc.load(so, num_threads=2).run(case.feeds)
+    for name in case.output_names:
+        assert_close(got[name], expected[name], f"{name} on aarch64 vs interpreter")
