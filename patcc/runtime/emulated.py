@@ -170,7 +170,7 @@ class EmulatedModel:
                        for t in self.info["inputs"]}
         self.outputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
                         for t in self.info["outputs"]}
-        self.num_threads = num_threads or 1
+        self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
 
     def _harness(self, *args: str) -> str:
         env = {**os.environ, "LD_LIBRARY_PATH": self._links.name}
