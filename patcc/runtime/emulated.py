@@ -23,14 +23,13 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from patcc.backends.abi import ABI_VERSION
 from patcc.errors import PatccError
-from patcc.ir.graph import TensorType
 from patcc.runtime.interpreter import bind_inputs
+from patcc.runtime.native import CompiledModelRunner
 
 
 class Emulator:
@@ -148,7 +147,7 @@ def harness(emulator: Emulator) -> Path:
     return path
 
 
-class EmulatedModel:
+class EmulatedModel(CompiledModelRunner):
     """A compiled model for another architecture, run under qemu; called like a
     ``NativeModel`` (numpy arrays in, numpy arrays out)."""
 
@@ -165,11 +164,9 @@ class EmulatedModel:
         lib = Path(self.emulator.sysroot) / "lib"
         for bionic, glibc in BIONIC_NAMES.items():
             (Path(self._links.name) / bionic).symlink_to(lib / glibc)
-        self.info: dict[str, Any] = json.loads(self._harness("info"))
-        self.inputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
-                       for t in self.info["inputs"]}
-        self.outputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
-                        for t in self.info["outputs"]}
+        self.where = f", under {self.emulator.qemu}"
+        self.info = json.loads(self._harness("info"))
+        self._read_signature()
         self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
 
     def _harness(self, *args: str) -> str:
@@ -199,14 +196,3 @@ class EmulatedModel:
             self._harness("run", *args)
             return {name: np.fromfile(Path(tmp) / f"out{i}", np.float32).reshape(t.shape)
                     for i, (name, t) in enumerate(self.outputs.items())}
-
-    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
-        if args and kwargs:
-            raise PatccError("give the inputs either by position or by name, not both")
-        outs = self.run(kwargs if kwargs else list(args))
-        return next(iter(outs.values())) if len(outs) == 1 else outs
-
-    def __repr__(self) -> str:
-        ins = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())
-        return (f"<patcc model {self.path} ({ins}) on {self.info['target']['tag']}, "
-                f"under {self.emulator.qemu}>")

@@ -99,7 +99,39 @@ def _dlopen_fresh(path: str) -> ctypes.CDLL:
             raise PatccError(f"cannot load: {e}", where=path) from e
 
 
-class NativeModel:
+class CompiledModelRunner:
+    """What every way of running a compiled ``.so`` shares: the signature read from
+    its model info, calling with arrays by position or by name, and the repr.
+    Subclasses set ``path`` and ``info`` (then ``_read_signature``) and define ``run``."""
+
+    path: str
+    info: dict[str, Any]
+    inputs: dict[str, TensorType]
+    outputs: dict[str, TensorType]
+    where = ""
+    """How it runs, for the repr (e.g. ", under qemu-aarch64")."""
+
+    def _read_signature(self) -> None:
+        self.inputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
+                       for t in self.info["inputs"]}
+        self.outputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
+                        for t in self.info["outputs"]}
+
+    def run(self, inputs: Mapping[str, np.ndarray] | list[np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
+        if args and kwargs:
+            raise PatccError("give the inputs either by position or by name, not both")
+        outs = self.run(kwargs if kwargs else list(args))
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())
+        return f"<patcc model {self.path} ({ins}) on {self.info['target']['tag']}{self.where}>"
+
+
+class NativeModel(CompiledModelRunner):
     """A compiled model loaded into this process; call it with numpy arrays.
 
     ``model(x)`` or ``model(input=x)`` returns one array for a single-output model,
@@ -136,10 +168,7 @@ class NativeModel:
         get_threads.restype = ctypes.c_int32
         self._get_threads = get_threads
         self._lib = lib
-        self.inputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
-                       for t in self.info["inputs"]}
-        self.outputs = {t["name"]: TensorType(tuple(t["shape"]), t["dtype"])
-                        for t in self.info["outputs"]}
+        self._read_signature()
         self.workspace_size = int(self.info["workspace_size"])
         self._local = threading.local()
         self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
@@ -187,16 +216,6 @@ class NativeModel:
         fn.restype = ctypes.c_int32
         fn(out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int32(len(out)))
         return out / 1e9
-
-    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
-        if args and kwargs:
-            raise PatccError("give the inputs either by position or by name, not both")
-        outs = self.run(kwargs if kwargs else list(args))
-        return next(iter(outs.values())) if len(outs) == 1 else outs
-
-    def __repr__(self) -> str:
-        ins = ", ".join(f"{n}: {t}" for n, t in self.inputs.items())
-        return f"<patcc model {self.path} ({ins}) on {self.info['target']['tag']}>"
 
 
 def load(path: str | os.PathLike[str], num_threads: int | None = None) -> Any:
