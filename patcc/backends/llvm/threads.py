@@ -43,6 +43,9 @@ on every supported ABI) and initialised with ``pthread_*_init`` before first use
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from llvmlite import ir
 
 from patcc.backends.abi import ERR_THREADS, OK
@@ -72,6 +75,25 @@ more, ``sched_getaffinity`` fails and the workers stay unpinned)."""
 _SLOT = ir.ArrayType(ir.IntType(8), 64)
 _LINE = ir.ArrayType(I64, 8)  # one 64-byte cache line per worker word
 _SEQ = "seq_cst"
+
+
+@contextmanager
+def _counting(b: ir.IRBuilder, count: ir.Value, name: str) -> Iterator[ir.Value]:
+    """``for (k = 0; k < count; k++) { body }`` with a straight-line body; yields k
+    and leaves the builder after the loop."""
+    fn, pre = b.function, b.block
+    head, body, done = (fn.append_basic_block(s) for s in (name, f"{name}.body",
+                                                            f"{name}.done"))
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.phi(I64, name)
+    k.add_incoming(i64(0), pre)
+    b.cbranch(b.icmp_signed("<", k, count), body, done)
+    b.position_at_end(body)
+    yield k
+    k.add_incoming(b.add(k, i64(1)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
 
 
 def _global(module: ir.Module, name: str, typ: ir.Type, init: ir.Constant | None = None,
@@ -261,20 +283,9 @@ class ThreadPool:
 
     def _set_shares(self, b: ir.IRBuilder, parts: ir.Value, n: ir.Value) -> None:
         """Split tasks [0, n) into ``parts`` contiguous shares (before publishing)."""
-        fn = b.function
-        pre = b.block
-        head, body, done = (fn.append_basic_block(s) for s in ("split", "split.body", "split.done"))
-        b.branch(head)
-        b.position_at_end(head)
-        u = b.phi(I64, "u")
-        u.add_incoming(i64(0), pre)
-        b.cbranch(b.icmp_signed("<", u, parts), body, done)
-        b.position_at_end(body)
-        b.store(b.udiv(b.mul(u, n), parts), self._share(b, u, 0))
-        b.store(b.udiv(b.mul(b.add(u, i64(1)), n), parts), self._share(b, u, 1))
-        u.add_incoming(b.add(u, i64(1)), body)
-        b.branch(head)
-        b.position_at_end(done)
+        with _counting(b, parts, "split") as u:
+            b.store(b.udiv(b.mul(u, n), parts), self._share(b, u, 0))
+            b.store(b.udiv(b.mul(b.add(u, i64(1)), n), parts), self._share(b, u, 1))
         b.store(parts, self.nshares)
 
     def _emit_pin(self) -> ir.Function:
@@ -415,18 +426,8 @@ class ThreadPool:
         self._store(b, workers, self.pending)
         gen = b.add(b.load(self.generation, typ=I64), i64(1))
         b.store(gen, self.generation)
-        pre, head, body, published = (b.block, *(fn.append_basic_block(s) for s in (
-            "publish", "publish.body", "published")))
-        b.branch(head)
-        b.position_at_end(head)
-        k = b.phi(I64, "k")
-        k.add_incoming(i64(0), pre)
-        b.cbranch(b.icmp_signed("<", k, workers), body, published)
-        b.position_at_end(body)
-        b.store_atomic(gen, self._worker_word(b, k), _SEQ, 8)
-        k.add_incoming(b.add(k, i64(1)), body)
-        b.branch(head)
-        b.position_at_end(published)
+        with _counting(b, workers, "publish") as k:
+            b.store_atomic(gen, self._worker_word(b, k), _SEQ, 8)
         with b.if_then(b.icmp_signed("!=", self._load(b, self.sleepers), i64(0))):
             self._broadcast(b, self.work_cv)
         b.call(self.run_tasks, [task, ctx, i64(0)])
