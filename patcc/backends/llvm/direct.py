@@ -236,6 +236,8 @@ def _aligned_loads(ptaps: list[Tap], rows: int, nvec: int, width: int
 LOOP_OVERHEAD_CYCLES = 2.0
 """Per kept kernel and tile: the channel load, address arithmetic and branch."""
 CACHE_LINE_BYTES = 64
+SHUFFLES_PER_CYCLE = 1.0
+"""Lane shuffles (``valignd``) a core issues per cycle."""
 
 
 def _unaligned_load_cost(width: int) -> float:
@@ -243,8 +245,6 @@ def _unaligned_load_cost(width: int) -> float:
     when it crosses a cache line, which one at a random float offset does with odds
     (vector bytes - 4) / 64: nearly always with 16 lanes, one time in five with 4."""
     return 1.0 + max(0, 4 * width - 4) / CACHE_LINE_BYTES
-SHUFFLES_PER_CYCLE = 1.0
-"""Lane shuffles (``valignd``) a core issues per cycle."""
 
 
 def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights) -> float:
