@@ -88,9 +88,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
               f"{len(model.plan.codes)} layers, workspace {model.workspace_size / 2**20:.2f} MiB,"
               f" compiled in {elapsed:.1f} s")
     if args.report:
-        from patcc.report import format_rows, layer_rows
+        from patcc.report import report
 
-        print(format_rows(layer_rows(model)))
+        print(report(model))
     return 0
 
 

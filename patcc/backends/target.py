@@ -113,6 +113,19 @@ _ARM: dict[str, Target] = {
 }
 _ANDROID_API_TAG = re.compile(r"aarch64-android(\d+)")
 
+_SCHEDULING_MODELS = {
+    # LLVM gives the Cortex-A76 the Cortex-A57's scheduling model: one 128-bit FMA per
+    # cycle. The Neoverse N1 is the A76's server sibling, the same core with the same
+    # two 128-bit FMA pipes, and has its own model since LLVM 17.
+    "cortex-a76": "neoverse-n1",
+    "cortex-a76ae": "neoverse-n1",
+}
+
+
+def scheduling_model_cpu(cpu: str) -> str:
+    """The CPU whose LLVM scheduling model best describes ``cpu`` (for llvm-mca)."""
+    return _SCHEDULING_MODELS.get(cpu, cpu)
+
 
 def target_tags() -> list[str]:
     """Every tag ``get_target`` accepts (and ``aarch64-androidNN`` for API level NN)."""

@@ -200,6 +200,8 @@ def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
                                 len(code.layer.outputs), blob)
             phase.body(kb, ops, fn.args[1])
             kb.b.ret_void()
+            for block in fn.blocks:  # the layer's loops stay findable after inlining
+                block.name = f"L{li}.{block.name}"  # (patcc/backends/llvm/mca.py)
             fns.append((len(all_phases), phase.tasks))
             all_phases.append(fn)
         phase_fns.append(fns)

@@ -106,7 +106,10 @@ def emit_object(mod: llvm.ModuleRef, target: Target) -> bytes:
 
 
 def emit_assembly(mod: llvm.ModuleRef, target: Target) -> str:
-    return str(target_machine(target).emit_assembly(mod))
+    """Verbose assembly: every block with its IR name and place in the loop nest."""
+    tm = target_machine(target)
+    tm.set_asm_verbosity(True)
+    return str(tm.emit_assembly(mod))
 
 
 def weights_object(blob: bytes, target: Target) -> bytes:
