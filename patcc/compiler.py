@@ -41,7 +41,7 @@ class CompiledModel:
     weights_object: bytes
     timings: dict[str, float] = field(default_factory=dict)
     profile: bool = False
-    _shared_object: bytes | None = None
+    _shared_object: tuple[str | None, bytes] | None = None  # (soname, library)
     _loaded: Any = None
     _tmpdir: Any = None
 
@@ -54,15 +54,18 @@ class CompiledModel:
     def workspace_size(self) -> int:
         return self.plan.workspace
 
-    def shared_object(self) -> bytes:
-        """The linked ``.so`` for the target (linked once, on first use)."""
-        if self._shared_object is None:
+    def shared_object(self, soname: str | None = None) -> bytes:
+        """The linked ``.so`` for the target, with ``soname`` as its ``DT_SONAME``
+        when given (``save`` gives the file's name where ``Target.soname``); the last
+        one linked is kept."""
+        if self._shared_object is None or self._shared_object[0] != soname:
             start = time.perf_counter()
             exports = toolchain.EXPORTS + (("patcc_profile_ns",) if self.profile else ())
-            self._shared_object = toolchain.link([self.code_object, self.weights_object],
-                                                 self.target, exports=exports)
+            library = toolchain.link([self.code_object, self.weights_object], self.target,
+                                     exports=exports, soname=soname)
+            self._shared_object = (soname, library)
             self.timings["link"] = time.perf_counter() - start
-        return self._shared_object
+        return self._shared_object[1]
 
     def emit(self, kind: str = "so") -> bytes:
         """The artifact of ``kind`` (one of EMIT_KINDS) as bytes."""
@@ -80,8 +83,10 @@ class CompiledModel:
         raise PatccError(f"unknown --emit {kind!r}; expected one of {', '.join(EMIT_KINDS)}")
 
     def save(self, path: str | os.PathLike[str], kind: str = "so") -> None:
-        """Write the artifact of ``kind`` to ``path`` atomically."""
-        data = self.emit(kind)
+        """Write the artifact of ``kind`` to ``path`` atomically (a ``.so`` for a
+        target that wants a soname, Android, is named after the file)."""
+        soname = Path(path).name if self.target.soname else None
+        data = self.shared_object(soname) if kind == "so" else self.emit(kind)
         atomic_write(path, lambda f: f.write(data))
 
     def load(self, num_threads: int | None = None) -> Any:

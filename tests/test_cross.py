@@ -21,7 +21,7 @@ from onnx_gen import OnnxCase, pattern_conv_models, small_graph_models
 
 import patcc
 from conftest import PRUNED_VARIANT, require_tool
-from patcc.backends.elf import EM_AARCH64, read_symbols
+from patcc.backends.elf import EM_AARCH64, read_load_segments, read_symbols
 from patcc.backends.llvm import toolchain
 from patcc.backends.llvm.toolchain import LIBM_FUNCTIONS
 from patcc.backends.target import get_target, with_overrides
@@ -77,12 +77,20 @@ def tiny(exported_model) -> Path:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("tag", ARM_TAGS)
-def test_cross_compiled_elf(tag: str, tiny: Path) -> None:
+def test_cross_compiled_elf(tag: str, tiny: Path, tmp_path: Path) -> None:
     require_tool("ld.lld", "apt-get install lld")
     target = get_target(tag)
     compiled = patcc.compile(tiny, target=tag)
     assert "llvm.x86" not in str(compiled.llvm_module)  # nothing x86-specific in ARM code
-    elf = read_symbols(compiled.shared_object())
+    path = tmp_path / "libsenet.so"
+    compiled.save(path)
+    data = path.read_bytes()
+    elf = read_symbols(data)
+    # Android's loader knows a library by its soname; glibc's finds one by path.
+    assert elf.soname == ("libsenet.so" if target.soname else None)
+    for segment in read_load_segments(data):  # loadable with 4, 16 and 64 KiB pages
+        assert segment.align >= 65536 and segment.align % 16384 == 0
+        assert (segment.offset - segment.vaddr) % segment.align == 0
     assert elf.machine == EM_AARCH64
     assert elf.defined == ABI
     libc, libm = target.libraries[:2]

@@ -315,3 +315,31 @@ def read_symbols(data: bytes) -> ElfSymbols:
                 defined.add(symbol)
     return ElfSymbols(machine, tuple(needed), soname, frozenset(defined),
                       frozenset(undefined))
+
+
+_PT_LOAD = 1
+
+
+@dataclass(frozen=True)
+class LoadSegment:
+    """A ``PT_LOAD`` program header: where it is in the file and in memory."""
+
+    offset: int
+    vaddr: int
+    align: int
+
+
+def read_load_segments(data: bytes) -> list[LoadSegment]:
+    """The loadable segments of a 64-bit little-endian ELF file (what a loader maps);
+    raises ``ValueError`` for anything else."""
+    if data[:4] != b"\x7fELF" or data[4] != _ELFCLASS64 or data[5] != _ELFDATA2LSB:
+        raise ValueError("not a 64-bit little-endian ELF file")
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    segments = []
+    for i in range(phnum):
+        typ, _, offset, vaddr, _, _, _, align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize)
+        if typ == _PT_LOAD:
+            segments.append(LoadSegment(offset, vaddr, align))
+    return segments

@@ -32,7 +32,10 @@ class Target:
     one per CPU (``patcc/backends/llvm/threads.py``), right where the OS scheduler
     treats cores alike and wrong on big.LITTLE phones. ``libraries`` are the shared
     libraries (sonames) a cross-linked model may need: the C library and libm of
-    the target's C library (bionic's or glibc's names).
+    the target's C library (bionic's or glibc's names). ``soname``: a saved ``.so``
+    names itself after its file (``DT_SONAME``), as Android's loader requires from API
+    level 23; elsewhere it has none, so a program linked against it by path finds it
+    by that path.
     """
 
     tag: str
@@ -45,6 +48,7 @@ class Target:
     nprocessors_onln: int = 84  # glibc and bionic agree on Linux
     pin_threads: bool = True
     libraries: tuple[str, ...] = ("libc.so.6", "libm.so.6")
+    soname: bool = False
     tags: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -109,7 +113,7 @@ _ARM: dict[str, Target] = {
         tag="aarch64-android", triple=f"aarch64-unknown-linux-android{DEFAULT_ANDROID_API}",
         cpu="cortex-a76", features="+neon,+fp-armv8,+dotprod,+fullfp16", vector_bits=128,
         gemm_block=(6, 4), elf_arch="aarch64", pin_threads=False,
-        libraries=("libc.so", "libm.so", "libdl.so")),
+        libraries=("libc.so", "libm.so", "libdl.so"), soname=True),
 }
 _ANDROID_API_TAG = re.compile(r"aarch64-android(\d+)")
 

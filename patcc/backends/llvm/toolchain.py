@@ -170,7 +170,7 @@ def _stub_library(target: Target, soname: str, symbols: list[str], path: Path) -
 
 
 def _cross_link(paths: list[str], objects: list[bytes], target: Target, out: Path,
-                script: Path) -> None:
+                script: Path, soname: str | None) -> None:
     """Link a shared object for a foreign target with ld.lld against stub libraries."""
     symbols = [read_symbols(data) for data in objects]
     defined = set().union(*(s.defined for s in symbols))
@@ -179,22 +179,26 @@ def _cross_link(paths: list[str], objects: list[bytes], target: Target, out: Pat
     wanted = {libc: [m for m in missing if m not in LIBM_FUNCTIONS],
               libm: [m for m in missing if m in LIBM_FUNCTIONS]}
     stubs = []
-    for soname, names in wanted.items():
+    for library, names in wanted.items():
         if names:
-            stub = out.parent / "stubs" / soname
+            stub = out.parent / "stubs" / library
             stub.parent.mkdir(exist_ok=True)
-            _stub_library(target, soname, names, stub)
+            _stub_library(target, library, names, stub)
             stubs.append(str(stub))
+    # Segments aligned for 64 KiB pages also load where pages are 4 or 16 KiB
+    # (Android 15 devices may use 16).
     _run_linker([*find_lld(), "-shared", "-o", str(out), *paths, *stubs,
                  f"--version-script={script}", "-z", "noexecstack", "-z", "defs",
-                 "-z", "now", "--build-id=none", "--hash-style=both"])
+                 "-z", "now", "-z", "max-page-size=65536", "--build-id=none",
+                 "--hash-style=both", *([f"-soname={soname}"] if soname else [])])
 
 
 def link(objects: list[bytes], target: Target, relocatable: bool = False,
-         exports: tuple[str, ...] = EXPORTS) -> bytes:
+         exports: tuple[str, ...] = EXPORTS, soname: str | None = None) -> bytes:
     """Link object files into a shared object (or one relocatable object) for ``target``.
 
-    Only ``exports`` are visible from the shared object.
+    Only ``exports`` are visible from the shared object; ``soname`` is its
+    ``DT_SONAME``.
     """
     with tempfile.TemporaryDirectory(prefix="patcc-link-") as tmp:
         d = Path(tmp)
@@ -211,11 +215,12 @@ def link(objects: list[bytes], target: Target, relocatable: bool = False,
             if relocatable:
                 _run_linker([*find_lld(), "-r", "-o", str(out), *paths])
             else:
-                _cross_link(paths, objects, target, out, script)
+                _cross_link(paths, objects, target, out, script, soname)
         elif relocatable:
             _run_linker([_host_cc(), "-r", "-nostdlib", "-o", str(out), *paths])
         else:
             _run_linker([_host_cc(), "-shared", "-o", str(out), *paths,
                          f"-Wl,--version-script={script}", "-Wl,-z,noexecstack",
-                         "-Wl,--build-id=none", "-lpthread", "-lm"])
+                         "-Wl,--build-id=none", "-lpthread", "-lm",
+                         *(["-Xlinker", f"-soname={soname}"] if soname else [])])
         return out.read_bytes()
