@@ -22,8 +22,10 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m patcc.demo
 
+# One pytest worker per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: install
 	$(PY) benchmarks/run.py
