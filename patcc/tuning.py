@@ -162,7 +162,7 @@ def tune_graph(graph: Graph, target: Target, threads: int | None = None,
     """The fastest schedule of every conv of ``graph`` (after the backend passes) that
     has a choice, timed on this machine at ``threads`` threads (default: one per
     core, as the library runs by default)."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or len(os.sched_getaffinity(0))  # as patcc_set_num_threads(0)
     cache = cache if cache is not None else TuningCache()
     ctx = LoweringContext(dict(graph.shapes), target, WeightBlob())
     work = []

@@ -180,6 +180,25 @@ def test_arm_model_matches_onnxruntime_under_qemu(name: str, variant: str, tag: 
         np.testing.assert_array_equal(model(x), got)  # threads split work, not results
 
 
+@pytest.mark.parametrize("tag", ARM_TAGS)
+def test_arm_default_threads_follow_the_affinity_mask(tag: str, tiny: Path,
+                                                      tmp_path: Path) -> None:
+    require_tool("qemu-aarch64", "apt-get install qemu-user")
+    so = tmp_path / "libmodel.so"
+    patcc.compile(tiny, target=tag).save(so)
+    model = patcc.load(so)
+    assert isinstance(model, EmulatedModel)
+    cpus = os.sched_getaffinity(0)
+    assert int(model._harness("threads", "0")) == len(cpus)
+    # Android's C library numbers its sysconf names unlike glibc's; the count comes
+    # from the affinity mask (which qemu passes through), so it is right on both.
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        assert int(model._harness("threads", "0")) == 1
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def test_cli_runs_an_arm_model(tiny: Path, tmp_path: Path) -> None:
     require_emulation()
     so, x_path, out = tmp_path / "m.so", tmp_path / "x.npy", tmp_path / "out.npz"

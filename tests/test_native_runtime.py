@@ -491,6 +491,23 @@ def test_load_with_thread_count(so_path: Path) -> None:
         patcc.load(so_path, num_threads=65)
 
 
+DEFAULT_THREADS = """
+import os, sys
+import patcc
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # as under taskset -c
+print(patcc.load(sys.argv[1]).num_threads, patcc.load(sys.argv[1], num_threads=0).num_threads)
+"""
+
+
+def test_default_threads_follow_the_affinity_mask(so_path: Path) -> None:
+    # One thread per CPU the process may use (a container's, taskset's share), not
+    # per CPU online: oversubscribed spinning threads would wait on each other.
+    assert patcc.load(so_path).num_threads == len(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", DEFAULT_THREADS, str(so_path)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.split() == ["1", "1"]
+
+
 THREAD_AFFINITIES = """
 import json, os, sys
 import numpy as np

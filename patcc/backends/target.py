@@ -26,16 +26,17 @@ class Target:
 
     ``vector_bits`` is the SIMD width used for fp32 vectors; ``gemm_block`` is the
     register block (rows of A, vectors of B) of the matrix-product microkernel (the
-    direct sparse convolution's blocks are candidates its cost model ranks);
-    ``nprocessors_onln`` is ``_SC_NPROCESSORS_ONLN`` in the target's C library, used
-    by ``patcc_set_num_threads(0)``; ``pin_threads`` pins the thread pool's workers
-    one per CPU (``patcc/backends/llvm/threads.py``), right where the OS scheduler
-    treats cores alike and wrong on big.LITTLE phones. ``libraries`` are the shared
-    libraries (sonames) a cross-linked model may need: the C library and libm of
-    the target's C library (bionic's or glibc's names). ``soname``: a saved ``.so``
-    names itself after its file (``DT_SONAME``), as Android's loader requires from API
-    level 23; elsewhere it has none, so a program linked against it by path finds it
-    by that path.
+    direct sparse convolution's blocks are candidates its cost model ranks).
+    ``nprocessors_onln`` is ``_SC_NPROCESSORS_ONLN`` in the target's C library, which
+    ``patcc_set_num_threads(0)`` asks when it cannot read the affinity mask.
+    ``pin_threads`` pins the thread pool's workers one per CPU
+    (``patcc/backends/llvm/threads.py``), right where the OS scheduler treats cores
+    alike and wrong on big.LITTLE phones. ``libraries`` are the shared libraries
+    (sonames) a cross-linked model may need: the C library and libm of the target's
+    C library (bionic's or glibc's names). ``soname``: a saved ``.so`` names itself
+    after its file (``DT_SONAME``), as Android's loader requires from API level 23;
+    elsewhere it has none, so a program linked against it by path finds it by that
+    path.
     """
 
     tag: str
@@ -45,7 +46,7 @@ class Target:
     vector_bits: int
     gemm_block: tuple[int, int]
     elf_arch: str
-    nprocessors_onln: int = 84  # glibc and bionic agree on Linux
+    nprocessors_onln: int = 84  # glibc's; bionic's is 0x61
     pin_threads: bool = True
     libraries: tuple[str, ...] = ("libc.so.6", "libm.so.6")
     soname: bool = False
@@ -113,7 +114,7 @@ _ARM: dict[str, Target] = {
         tag="aarch64-android", triple=f"aarch64-unknown-linux-android{DEFAULT_ANDROID_API}",
         cpu="cortex-a76", features="+neon,+fp-armv8,+dotprod,+fullfp16", vector_bits=128,
         gemm_block=(6, 4), elf_arch="aarch64", pin_threads=False,
-        libraries=("libc.so", "libm.so", "libdl.so"), soname=True),
+        libraries=("libc.so", "libm.so", "libdl.so"), soname=True, nprocessors_onln=0x61),
 }
 _ANDROID_API_TAG = re.compile(r"aarch64-android(\d+)")
 

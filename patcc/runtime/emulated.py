@@ -72,7 +72,7 @@ typedef int32_t (*run_fn)(const float *const *, float *const *, void *, size_t);
 typedef size_t (*size_fn)(void);
 typedef const char *(*info_fn)(void);
 typedef int32_t (*threads_fn)(int32_t);
-typedef int32_t (*abi_fn)(void);
+typedef int32_t (*int_fn)(void);
 
 static void *lib;
 
@@ -93,13 +93,18 @@ static void *file_io(const char *path, size_t bytes, void *buf) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: harness MODEL.so info|run ...\n"); return 2; }
+    if (argc < 3) { fprintf(stderr, "usage: harness MODEL.so info|threads|run ...\n"); return 2; }
     lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     if (!lib) { fprintf(stderr, "harness: %s\n", dlerror()); return 3; }
-    if (((abi_fn)need("patcc_abi_version"))() != PATCC_ABI) {
+    if (((int_fn)need("patcc_abi_version"))() != PATCC_ABI) {
         fprintf(stderr, "harness: ABI version mismatch\n"); return 3;
     }
     if (!strcmp(argv[2], "info")) { puts(((info_fn)need("patcc_model_info"))()); return 0; }
+    if (!strcmp(argv[2], "threads")) {  /* threads N: the count set_num_threads(N) gives */
+        if (argc < 4 || ((threads_fn)need("patcc_set_num_threads"))(atoi(argv[3]))) return 4;
+        printf("%d\n", ((int_fn)need("patcc_get_num_threads"))());
+        return 0;
+    }
     int a = 3, threads = atoi(argv[a++]);
     int nin = atoi(argv[a++]);
     const float **ins = calloc(nin + 1, sizeof *ins);
@@ -167,7 +172,10 @@ class EmulatedModel(CompiledModelRunner):
         self.where = f", under {self.emulator.qemu}"
         self.info = json.loads(self._harness("info"))
         self._read_signature()
-        self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
+        # One per CPU it may run on, as patcc_set_num_threads(0) decides (qemu-user
+        # passes the affinity mask through).
+        self.num_threads = num_threads if num_threads is not None else \
+            len(os.sched_getaffinity(0))
 
     def _harness(self, *args: str) -> str:
         env = {**os.environ, "LD_LIBRARY_PATH": self._links.name}

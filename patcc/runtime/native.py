@@ -171,7 +171,7 @@ class NativeModel(CompiledModelRunner):
         self._read_signature()
         self.workspace_size = int(self.info["workspace_size"])
         self._local = threading.local()
-        self.num_threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
+        self.num_threads = num_threads if num_threads is not None else 0  # one per CPU
 
     @property
     def num_threads(self) -> int:
@@ -219,7 +219,8 @@ class NativeModel(CompiledModelRunner):
 
 
 def load(path: str | os.PathLike[str], num_threads: int | None = None) -> Any:
-    """Load a compiled model; ``num_threads`` defaults to the number of cores.
+    """Load a compiled model; ``num_threads`` defaults to one per CPU the process may
+    run on.
 
     A model built for another architecture that this machine can emulate (aarch64,
     under qemu) is returned as a ``patcc.runtime.emulated.EmulatedModel``, called the

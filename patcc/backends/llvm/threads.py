@@ -451,7 +451,9 @@ class ThreadPool:
         return fn
 
     def _emit_set_threads(self, nprocessors_onln: int) -> ir.Function:
-        """``int32 patcc_set_num_threads(int32 n)``: 0 means one per online core."""
+        """``int32 patcc_set_num_threads(int32 n)``: 0 means one per CPU the process
+        may run on (its affinity mask: a container's or ``taskset``'s share, an
+        Android app's cpuset), or per online CPU if the mask cannot be read."""
         fn = ir.Function(self.module, ir.FunctionType(I32, [I32]), "patcc_set_num_threads")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         b.call(self.init_fn, [])
@@ -459,17 +461,23 @@ class ThreadPool:
         bad = b.or_(b.icmp_signed("<", n, i64(0)), b.icmp_signed(">", n, i64(MAX_THREADS)))
         with b.if_then(bad):
             b.ret(i32(ERR_THREADS))
-        cores = b.call(self.sysconf, [i32(nprocessors_onln)])
-        cores = b.select(b.icmp_signed("<", cores, i64(1)), i64(1), cores)
-        cores = b.select(b.icmp_signed(">", cores, i64(MAX_THREADS)), i64(MAX_THREADS), cores)
-        n = b.select(b.icmp_signed("==", n, i64(0)), cores, n)
         # Take the run lock: the thread count never changes under a running model.
         b.call(self.p_lock, [self.run_mutex])
         b.call(self.p_lock, [self.mutex])
+        got = b.call(self.getaffinity, [i32(0), i64(CPU_MASK_WORDS * 8), self.cpus])
+        known = b.icmp_signed("==", got, i32(0))
+        b.store(b.zext(known, I64), self.cpus_known)
+        ctpop = declare(self.module, "llvm.ctpop.i64", I64, [I64])
+        allowed = i64(0)
+        for w in range(CPU_MASK_WORDS):
+            word = b.load(b.gep(self.cpus, [i64(0), i64(w)]), typ=I64)
+            allowed = b.add(allowed, b.call(ctpop, [word]))
+        online = b.call(self.sysconf, [i32(nprocessors_onln)])
+        cores = b.select(b.and_(known, b.icmp_signed(">", allowed, i64(0))), allowed, online)
+        cores = b.select(b.icmp_signed("<", cores, i64(1)), i64(1), cores)
+        cores = b.select(b.icmp_signed(">", cores, i64(MAX_THREADS)), i64(MAX_THREADS), cores)
+        n = b.select(b.icmp_signed("==", n, i64(0)), cores, n)
         b.store(n, self.requested)
-        if self.pin is not None:
-            got = b.call(self.getaffinity, [i32(0), i64(CPU_MASK_WORDS * 8), self.cpus])
-            b.store(b.zext(b.icmp_signed("==", got, i32(0)), I64), self.cpus_known)
         start = b.load(self.started, typ=I64)
         pre = b.block
         head = fn.append_basic_block("spawn")
