@@ -86,6 +86,10 @@ class CompiledModel:
         """Write the artifact of ``kind`` to ``path`` atomically (a ``.so`` for a
         target that wants a soname, Android, is named after the file)."""
         soname = Path(path).name if self.target.soname else None
+        if kind == "so" and soname in self.target.libraries:
+            raise PatccError(f"{soname} is the name of a system library on "
+                             f"{self.target.tag}; the loader would take one for the "
+                             "other (name the model e.g. libmodel.so)", where=str(path))
         data = self.shared_object(soname) if kind == "so" else self.emit(kind)
         atomic_write(path, lambda f: f.write(data))
 

@@ -130,6 +130,15 @@ def test_cli_bad_cpu_exits_2_and_writes_nothing(tiny: Path, tmp_path: Path,
     assert len(err) == 1 and "'cortex-a99'" in err[0] and "--cpu cortex-a76" in err[0]
 
 
+def test_cli_android_model_named_like_libm_exits_2(tiny: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "libm.so"  # its soname would shadow the C library's libm
+    assert main(["compile", str(tiny), "--target", "aarch64-android", "-o", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "libm.so is the name of a system library" in err[0]
+
+
 # ---------------------------------------------------------------------------------------
 # Running under qemu
 # ---------------------------------------------------------------------------------------
