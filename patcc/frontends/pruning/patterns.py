@@ -191,6 +191,9 @@ class LayerPruning:
     total_kernels: int
     depthwise: bool
     pattern_ids: np.ndarray
+    error: float | None = None
+    """Relative reconstruction error of the layer's output after pruning, where the
+    method measures one (ADMM)."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: ndarray fields have no boolean equality
@@ -212,9 +215,10 @@ class PruneReport:
         return {layer.name: (layer.kept_kernels, layer.total_kernels) for layer in self.layers}
 
 
-def _select_convs(
+def select_convs(
     module: nn.Module, include_depthwise: bool, skip_first: bool, only_depthwise: bool
 ) -> list[tuple[str, nn.Conv2d]]:
+    """The (name, module) of each 3x3 ``nn.Conv2d`` pattern pruning would prune."""
     convs = [
         (name, m)
         for name, m in module.named_modules()
@@ -229,24 +233,35 @@ def _select_convs(
     return convs
 
 
-def _connectivity_prune(
-    weight: torch.Tensor, pattern_ids: np.ndarray, keep: float
-) -> tuple[torch.Tensor, np.ndarray, int]:
-    """Zero all but the ``ceil(keep * n)`` (at least 1) largest-norm of the n kernels."""
+def keep_largest_kernels(weight: torch.Tensor, keep: float
+                         ) -> tuple[torch.Tensor, np.ndarray]:
+    """Zero all but the ``ceil(keep * n)`` (at least 1) largest-norm of the n 3x3
+    kernels of ``weight`` ``(O, I, 3, 3)``; among equal norms the lower index stays.
+
+    Returns:
+        ``(pruned, kept)``: a new tensor, and the ``(O, I)`` bool mask of kept kernels.
+    """
     norms = weight.detach().reshape(-1, 9).to(torch.float64).square().sum(dim=1).cpu().numpy()
     total = len(norms)
     # round() first so that e.g. 0.375 * n landing a hair above an integer is not
     # rounded up to the next one.
     kept = max(1, math.ceil(round(keep * total, 9)))
-    # Stable sort of negated norms: among equal norms the lower kernel index is kept.
-    removed = np.argsort(-norms, kind="stable")[kept:]
+    removed = np.argsort(-norms, kind="stable")[kept:]  # stable: lower index kept
     keep_mask = np.ones(total, dtype=bool)
     keep_mask[removed] = False
     mask = torch.from_numpy(keep_mask).to(weight.device).reshape(*weight.shape[:2], 1, 1)
-    pruned = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype))
+    pruned = torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype))
+    return pruned, keep_mask.reshape(weight.shape[:2])
+
+
+def _connectivity_prune(
+    weight: torch.Tensor, pattern_ids: np.ndarray, keep: float
+) -> tuple[torch.Tensor, np.ndarray, int]:
+    """:func:`keep_largest_kernels`, marking removed kernels -1 in the pattern ids."""
+    pruned, kept = keep_largest_kernels(weight, keep)
     ids = pattern_ids.copy()
-    ids.reshape(-1)[removed] = -1
-    return pruned, ids, kept
+    ids[~kept] = -1
+    return pruned, ids, int(kept.sum())
 
 
 def pattern_prune(
@@ -285,7 +300,7 @@ def pattern_prune(
     keep = keep_fraction(rate)
     if only_depthwise and not include_depthwise:
         raise ValueError("pattern_prune: only_depthwise=True needs include_depthwise=True")
-    convs = _select_convs(module, include_depthwise, skip_first, only_depthwise)
+    convs = select_convs(module, include_depthwise, skip_first, only_depthwise)
     if not convs:
         raise ValueError(
             f"pattern_prune: no 3x3 nn.Conv2d selected in {type(module).__name__} "

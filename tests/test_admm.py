@@ -1,0 +1,199 @@
+"""Data-free ADMM pattern + connectivity pruning (``patcc/frontends/pruning/admm.py``)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from patcc.frontends.pruning import (
+    AdmmConfig,
+    admm_prune,
+    keep_fraction,
+    pattern_prune,
+    reconstruction_errors,
+    synthetic_batch,
+)
+
+SHAPE = (3, 12, 12)
+FAST = AdmmConfig(epochs=12, iterations=6, batch_size=4, rho_every=4, lr=1e-2)
+
+
+class Residual(nn.Module):
+    """A stem, a residual block (conv-bn-relu, conv-bn, add, relu), a depthwise conv
+    followed by a functional relu, and a strided conv with a bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.down = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn0(self.stem(x)))
+        y = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(x + self.bn2(self.conv2(y)))
+        x = torch.relu(self.dw(x))
+        return self.down(x)
+
+
+LAYERS = ["stem", "conv1", "conv2", "dw", "down"]
+
+
+def make_model(seed: int = 0) -> Residual:
+    torch.manual_seed(seed)
+    model = Residual()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # not the identity an untrained BN is
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pruned() -> tuple[Residual, Residual, object]:
+    original = make_model()
+    model = copy.deepcopy(original).train()
+    report = admm_prune(model, SHAPE, rate=6.0, num_patterns=4, config=FAST)
+    return original, model, report
+
+
+def test_admm_output_satisfies_the_constraints_exactly(pruned) -> None:  # type: ignore[no-untyped-def]
+    original, model, report = pruned
+    assert model.training  # left in the mode it came in
+    library = report.library
+    assert 1 <= len(library) <= 4
+    assert [layer.name for layer in report.layers] == LAYERS
+    for layer in report.layers:
+        conv = model.get_submodule(layer.name)
+        kernels = conv.weight.detach().numpy().reshape(-1, 3, 3)
+        ids = layer.pattern_ids.reshape(-1)
+        for kernel, pid in zip(kernels, ids, strict=True):
+            if pid < 0:
+                assert not kernel.any()  # removed by connectivity pruning
+            else:
+                assert not (kernel[~library[pid]]).any()  # nothing outside its pattern
+        n = len(ids)
+        if layer.depthwise:
+            assert layer.name == "dw" and (ids >= 0).all()
+        else:
+            assert layer.kept_kernels == (ids >= 0).sum() == max(
+                1, math.ceil(round(keep_fraction(6.0) * n, 9)))
+        assert layer.error is not None and 0 <= layer.error < 1.5
+    # The untouched parts stay as they were.
+    assert torch.equal(model.bn1.running_mean, original.bn1.running_mean)
+
+
+def test_admm_lowers_the_reconstruction_error_it_optimises(pruned) -> None:  # type: ignore[no-untyped-def]
+    original, model, _ = pruned
+    projected = copy.deepcopy(original)
+    pattern_prune(projected, rate=6.0, num_patterns=4)
+    admm = reconstruction_errors(model, original, SHAPE, LAYERS, seed=7)
+    proj = reconstruction_errors(projected, original, SHAPE, LAYERS, seed=7)
+    # Each unit sees its pruned model's own input, so ADMM also absorbs the error of
+    # the layers before; summed over the layers it must be lower.
+    assert sum(admm.values()) < 0.95 * sum(proj.values()), (admm, proj)
+    x = synthetic_batch(torch.Generator().manual_seed(11), (8, *SHAPE))
+    with torch.no_grad():
+        want = original(x)
+        err_admm = float((model.eval()(x) - want).square().sum() / want.square().sum())
+        err_proj = float((projected(x) - want).square().sum() / want.square().sum())
+    assert err_admm < err_proj
+
+
+def test_admm_is_deterministic() -> None:
+    a, b = make_model(), make_model()
+    config = AdmmConfig(epochs=2, iterations=2, batch_size=2)
+    admm_prune(a, SHAPE, config=config)
+    admm_prune(b, SHAPE, config=config)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_synthetic_pixels_are_normalised_integers() -> None:
+    g = torch.Generator().manual_seed(0)
+    raw = synthetic_batch(g, (2, 1, 64, 64))  # one channel: no normalisation
+    levels = raw * 255
+    assert torch.allclose(levels, levels.round()) and raw.min() >= 0 and raw.max() <= 1
+    imagenet = synthetic_batch(torch.Generator().manual_seed(0), (2, 3, 64, 64))
+    assert imagenet.min() < -1.5 and imagenet.max() > 2.0  # (0 - 0.485) / 0.229 = -2.1
+    custom = synthetic_batch(torch.Generator().manual_seed(0), (1, 3, 8, 8), [0.5] * 3, [0.5] * 3)
+    assert custom.min() >= -1 and custom.max() <= 1
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"momentum": 1.0}, "momentum must be in"),
+])
+def test_bad_config_names_the_knob(bad: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AdmmConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_bad_models_and_rates() -> None:
+    with pytest.raises(ValueError, match="no 3x3 nn.Conv2d"):
+        admm_prune(nn.Sequential(nn.Conv2d(3, 4, 1)), SHAPE)
+    with pytest.raises(ValueError, match="positive number"):
+        admm_prune(make_model(), SHAPE, rate=-2)
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) if x.sum() > 0 else x  # data-dependent: not traceable
+
+    with pytest.raises(ValueError, match="cannot be traced by torch.fx"):
+        admm_prune(Branchy(), SHAPE, config=AdmmConfig(epochs=1, iterations=1))
+
+
+def test_depthwise_only_gets_patterns() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU())
+    report = admm_prune(model, (4, 8, 8), rate=16.0, config=AdmmConfig(epochs=1, iterations=1))
+    (layer,) = report.layers
+    assert layer.depthwise and layer.kept_kernels == 4
+    assert np.count_nonzero(model[0].weight.detach().numpy()) <= 4 * 4
+
+
+def test_admm_and_masked_retraining_under_torchrun(tmp_path: Path) -> None:
+    script = Path(__file__).with_name("ddp_prune.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(script.parent), str(script.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(script), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    admm = [torch.load(tmp_path / f"admm{r}.pt") for r in (0, 1)]
+    final = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    single = make_model()
+    admm_prune(single, SHAPE, config=AdmmConfig(epochs=2, iterations=3, batch_size=2))
+    for name in LAYERS:
+        key = f"{name}.weight"
+        # The processes drew different batches but averaged their gradients, so they
+        # agree with each other and not with a one-process run.
+        assert torch.equal(admm[0][key], admm[1][key])
+        assert torch.equal(final[0][key], final[1][key])
+        zeros = admm[0][key] == 0
+        assert (final[0][key][zeros] == 0).all()  # retraining revived nothing
+        assert not torch.equal(final[0][key], admm[0][key])  # and it did train
+    assert any(not torch.equal(admm[0][f"{n}.weight"], single.get_parameter(f"{n}.weight"))
+               for n in LAYERS)
