@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 
+from patcc.frontends.pruning.fxgraph import module_of, sole_user, trace
 from patcc.frontends.pruning.patterns import (
     LayerPruning,
     PruneReport,
@@ -130,11 +131,6 @@ class _Unit:
         return self.tail[-1] if self.tail else self.conv_node
 
 
-def _sole_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
-
-
 def _is_activation(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
         return isinstance(gm.get_submodule(str(node.target)), _ACTIVATION_MODULES)
@@ -148,11 +144,10 @@ def _units(gm: fx.GraphModule, convs: dict[str, nn.Conv2d]) -> list[_Unit]:
         if node.op != "call_module" or str(node.target) not in convs:
             continue
         tail: list[fx.Node] = []
-        nxt = _sole_user(node)
-        if nxt is not None and nxt.op == "call_module" and isinstance(
-                gm.get_submodule(str(nxt.target)), nn.BatchNorm2d):
-            tail.append(nxt)
-            nxt = _sole_user(nxt)
+        nxt = sole_user(node)
+        if module_of(gm, nxt, nn.BatchNorm2d) is not None:
+            tail.append(nxt)  # type: ignore[arg-type]
+            nxt = sole_user(nxt)  # type: ignore[arg-type]
         if nxt is not None and _is_activation(nxt, gm):
             tail.append(nxt)
         units.append(_Unit(str(node.target), convs[str(node.target)], node, tuple(tail)))
@@ -212,11 +207,7 @@ def _unit_output(gm: fx.GraphModule, unit: _Unit, x: torch.Tensor, weight: torch
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as e:  # torch.fx raises many kinds for untraceable code
-        raise ValueError(f"admm_prune: {type(model).__name__} cannot be traced by "
-                         f"torch.fx ({type(e).__name__}: {e})") from e
+    return trace(model, "admm_prune")
 
 
 # -- projections ------------------------------------------------------------------------
