@@ -37,6 +37,7 @@ from patcc.frontends.pruning.patterns import (
     project_to_patterns,
     select_convs,
 )
+from patcc.frontends.pruning.removal import RemovalPlan, plan_filter_removal, prune_filters
 
 __all__ = [
     "CENTRE",
@@ -49,6 +50,7 @@ __all__ = [
     "MaskHandle",
     "PruneReport",
     "PruningMasks",
+    "RemovalPlan",
     "SoftFilterPruning",
     "admm_prune",
     "asfp_schedule",
@@ -65,8 +67,10 @@ __all__ = [
     "magnitude_prune",
     "masked_retrain",
     "pattern_prune",
+    "plan_filter_removal",
     "project_to_patterns",
     "prunable_convs",
+    "prune_filters",
     "reconstruction_errors",
     "select_convs",
     "select_filters",
