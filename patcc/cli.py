@@ -1,4 +1,4 @@
-"""The ``patcc`` command line: compile, run and inspect.
+"""The ``patcc`` command line: compile, run, inspect and prune.
 
 User errors print one line (``patcc: error: WHERE: WHAT``) and exit with status 2;
 ``--debug`` adds the traceback.
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ir", action="store_true", help="also print the imported IR")
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
     p.set_defaults(func=_cmd_inspect)
+
+    from patcc.frontends.pruning.command import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
 
     p = sub.add_parser("run", help="run a model on .npy inputs, write the outputs as .npz")
     p.add_argument("artifact", metavar="ARTIFACT",

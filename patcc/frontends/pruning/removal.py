@@ -208,7 +208,7 @@ class _Analysis:
                        for a in node.args[0]]  # type: ignore[union-attr]
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             return self._cat(node, tensors, dim)  # type: ignore[arg-type]
-        if fn is torch.flatten:
+        if fn in (torch.flatten, torch.reshape):
             return self._reshape(node, args[0])
         if fn is torch.split:
             return self._split(node, args[0])
@@ -216,6 +216,11 @@ class _Analysis:
             return self._mean(node, args[0])
         if fn in _ADD or fn in _MUL or fn in (operator.truediv, torch.div):
             return self._binary(node, fn, args)
+        if fn is torch.clamp:  # keeps zero when the range holds it
+            bounds = [*node.args[1:3], node.kwargs.get("min"), node.kwargs.get("max")]
+            lo, hi = (bounds[0], bounds[1]) if len(node.args) > 2 else (bounds[2], bounds[3])
+            keeps = bool((lo is None or lo <= 0) and (hi is None or hi >= 0))  # type: ignore[operator]
+            return self._elementwise(node, args, keeps, not keeps, "clamp")
         return self._elementwise(node, args, fn in _ZERO_KEEPING_FUNCTIONS,
                                  fn in _NONZERO_FUNCTIONS, str(getattr(fn, "__name__", fn)))
 

@@ -1,0 +1,321 @@
+"""ONNX models as trainable torch modules for the pruning algorithms, and back.
+
+The ONNX file is imported by patcc's own frontend *before* its optimisation passes,
+so every convolution still holds its initializer's weights verbatim, and the IR is
+rebuilt as a ``torch.fx.GraphModule``: convolutions and linear layers become
+``nn.Conv2d`` / ``nn.Linear`` modules (trainable), inference batch norms become
+``nn.BatchNorm2d`` (running mean 0, running variance plus eps 1), everything else
+the torch function of the same meaning. The batch dimension is left free.
+
+:func:`write_back` puts the pruned convolution weights into the original ONNX
+model's initializers (a convolution is found by its output tensor, which ONNX
+keeps unique), so the file keeps its structure, names and metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F  # noqa: N812
+from onnx import numpy_helper
+from torch import fx, nn
+
+from patcc.errors import PatccError
+from patcc.frontends.onnx.importer import Importer
+from patcc.frontends.onnx.loader import default_opset, load_model, resolve_input_shapes
+from patcc.ir import Graph
+from patcc.ir.layers import (
+    Activation,
+    Binary,
+    Concat,
+    Conv,
+    Dense,
+    GlobalPool,
+    Pad,
+    Pool,
+    Reshape,
+    ScaleShift,
+    Slice,
+    Softmax,
+    Split,
+    Transpose,
+    Unary,
+)
+
+
+@dataclass
+class TorchModel:
+    """An imported ONNX model as a torch module, and how to find its convolutions."""
+
+    module: fx.GraphModule
+    convs: dict[str, Conv]  # module name -> the IR conv (its output names the ONNX node)
+    input_shape: tuple[int, ...]
+
+
+def import_for_pruning(path: str) -> tuple[onnx.ModelProto, TorchModel]:
+    """Load ``path`` and build its torch module; a ``PatccError`` for anything patcc
+    cannot import, or a model with other than one image input."""
+    proto = load_model(path)
+    shapes = resolve_input_shapes(proto, None)
+    graph = Importer(proto=proto, opset=default_opset(proto), input_shapes=shapes).run()
+    if len(graph.inputs) != 1:
+        raise PatccError(f"pruning needs a model with one input, this one has "
+                         f"{len(graph.inputs)}", path)
+    (shape,) = [t.shape for t in graph.inputs.values()]
+    if len(shape) != 4:
+        raise PatccError(f"pruning needs an NCHW image input, got shape {shape}", path)
+    return proto, _build(graph, tuple(shape))
+
+
+def _ident(name: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", name).strip("_") or "layer"
+    base = base if not base[0].isdigit() else f"m_{base}"
+    ident, k = base, 1
+    while ident in taken:
+        k += 1
+        ident = f"{base}_{k}"
+    taken.add(ident)
+    return ident
+
+
+def _activation(g: fx.Graph, act: Activation | None, x: fx.Node) -> fx.Node:
+    if act is None:
+        return x
+    kind = act.kind
+    if kind == "relu":
+        return g.call_function(F.relu, (x,))
+    if kind == "clip" and (act.alpha, act.beta) == (0.0, 6.0):
+        return g.call_function(F.relu6, (x,))
+    if kind == "clip":
+        return g.call_function(torch.clamp, (x, act.alpha, act.beta))
+    if kind == "leaky_relu":
+        return g.call_function(F.leaky_relu, (x, act.alpha))
+    if kind == "sigmoid":
+        return g.call_function(torch.sigmoid, (x,))
+    if kind == "hard_sigmoid" and abs(act.alpha - 1 / 6) < 1e-6 and act.beta == 0.5:
+        return g.call_function(F.hardsigmoid, (x,))
+    if kind == "hard_sigmoid":
+        scaled = g.call_function(operator.add, (g.call_function(operator.mul, (x, act.alpha)),
+                                                act.beta))
+        return g.call_function(torch.clamp, (scaled, 0.0, 1.0))
+    if kind == "hard_swish":
+        return g.call_function(F.hardswish, (x,))
+    if kind == "tanh":
+        return g.call_function(torch.tanh, (x,))
+    if kind == "silu":
+        return g.call_function(F.silu, (x,))
+    raise AssertionError(kind)
+
+
+_BINARY: dict[str, Callable[..., Any]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul,
+    "div": operator.truediv, "max": torch.maximum, "min": torch.minimum}
+
+
+def _build(graph: Graph, input_shape: tuple[int, ...]) -> TorchModel:
+    root = nn.Module()
+    g = fx.Graph()
+    taken: set[str] = set()
+    env: dict[str, fx.Node] = {}
+    shapes = graph.shapes
+    for name in graph.inputs:
+        env[name] = g.placeholder(_ident(name, taken))
+    for name, value in graph.constants.items():
+        ident = _ident(f"const_{name}", taken)
+        root.register_buffer(ident, torch.from_numpy(np.array(value, np.float32)
+                                                     if value.dtype.kind == "f" else
+                                                     np.array(value)))
+        env[name] = g.get_attr(ident)
+    convs: dict[str, Conv] = {}
+
+    def module(layer_name: str, m: nn.Module) -> str:
+        ident = _ident(layer_name, taken)
+        root.add_module(ident, m)
+        return ident
+
+    for layer in graph.layers:
+        args = [env[t] for t in layer.inputs]
+        x = args[0] if args else None
+        out: fx.Node | list[fx.Node]
+        if isinstance(layer, Conv):
+            pt, pl, pb, pr = layer.pads
+            conv = nn.Conv2d(layer.weight.shape[1] * layer.groups, layer.weight.shape[0],
+                             layer.kernel_shape, layer.strides,
+                             (pt, pl) if (pt, pl) == (pb, pr) else 0,
+                             layer.dilations, layer.groups)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(np.array(layer.weight, np.float32)))
+                conv.bias.copy_(torch.from_numpy(np.array(layer.bias, np.float32)))  # type: ignore[union-attr]
+            ident = module(layer.name, conv)
+            convs[ident] = layer
+            if (pt, pl) != (pb, pr):
+                x = g.call_function(F.pad, (x, (pl, pr, pt, pb)))
+            y = g.call_module(ident, (x,))
+            if len(args) == 2:
+                y = g.call_function(operator.add, (y, args[1]))
+            out = _activation(g, layer.activation, y)
+        elif isinstance(layer, Dense):
+            linear = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.array(layer.weight, np.float32)))
+                linear.bias.copy_(torch.from_numpy(np.array(layer.bias, np.float32)))
+            out = _activation(g, layer.activation,
+                              g.call_module(module(layer.name, linear), (x,)))
+        elif isinstance(layer, ScaleShift) and len(shapes[layer.inputs[0]]) == 4:
+            bn = nn.BatchNorm2d(len(layer.scale)).eval()
+            with torch.no_grad():  # running variance + eps = 1: the scale applies as is
+                bn.running_var.fill_(1.0 - bn.eps)  # type: ignore[union-attr]
+                bn.weight.copy_(torch.from_numpy(np.array(layer.scale, np.float32)))
+                bn.bias.copy_(torch.from_numpy(np.array(layer.shift, np.float32)))
+            out = _activation(g, layer.activation, g.call_module(module(layer.name, bn), (x,)))
+        elif isinstance(layer, ScaleShift):
+            rank = len(shapes[layer.inputs[0]])
+            view = (1, -1) + (1,) * (rank - 2)
+            scale = module(layer.name + "_scale", _Constant(layer.scale.reshape(view)))
+            shift = module(layer.name + "_shift", _Constant(layer.shift.reshape(view)))
+            y = g.call_function(operator.mul, (x, g.call_module(scale, ())))
+            y = g.call_function(operator.add, (y, g.call_module(shift, ())))
+            out = _activation(g, layer.activation, y)
+        elif isinstance(layer, Pool):
+            out = _pool(g, layer, x)  # type: ignore[arg-type]
+        elif isinstance(layer, GlobalPool):
+            fn = torch.mean if layer.kind == "avg" else torch.amax
+            out = g.call_function(fn, (x, [2, 3]), {"keepdim": True})
+        elif isinstance(layer, Binary):
+            out = _activation(g, layer.activation,
+                              g.call_function(_BINARY[layer.binop], tuple(args)))
+        elif isinstance(layer, Unary):
+            out = _activation(g, layer.activation, x)  # type: ignore[arg-type]
+        elif isinstance(layer, Softmax):
+            out = g.call_function(torch.softmax, (x, layer.axis))
+        elif isinstance(layer, Concat):
+            out = g.call_function(torch.cat, (args, layer.axis))
+        elif isinstance(layer, Reshape):
+            before = shapes[layer.inputs[0]]
+            target = tuple(layer.shape)
+            if len(before) == 4 and len(target) == 2 and target[0] == before[0]:
+                out = g.call_function(torch.flatten, (x, 1))
+            elif before[1:2] == target[1:2] and math.prod(before[2:]) == math.prod(target[2:]) == 1:
+                # (N, C) <-> (N, C, 1, 1): the channel count stays free too, so that
+                # removing filters upstream leaves this valid
+                batch = g.call_function(operator.getitem, (
+                    g.call_function(getattr, (x, "shape")), 0))
+                out = g.call_function(torch.reshape, (x, (batch, -1, *target[2:])))
+            else:  # the batch dimension stays free
+                out = g.call_function(torch.reshape, (x, (-1, *target[1:])))
+        elif isinstance(layer, Transpose):
+            out = g.call_function(torch.permute, (x, tuple(layer.perm)))
+        elif isinstance(layer, Slice):
+            index = tuple(slice(s, e if e >= 0 else None, st) for s, e, st in
+                          zip(layer.starts, layer.ends, layer.steps, strict=True))
+            out = g.call_function(operator.getitem, (x, index))
+        elif isinstance(layer, Split):
+            parts = g.call_function(torch.split, (x, list(layer.sizes), layer.axis))
+            out = [g.call_function(operator.getitem, (parts, i))
+                   for i in range(len(layer.outputs))]
+        elif isinstance(layer, Pad):
+            out = _pad(g, layer, x)  # type: ignore[arg-type]
+        else:
+            raise PatccError(f"pruning cannot rebuild {layer.op} layers in torch", layer.name)
+        for name, node in zip(layer.outputs, out if isinstance(out, list) else [out],
+                              strict=True):
+            env[name] = node
+    outputs = [env[name] for name in graph.outputs]
+    g.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
+    return TorchModel(fx.GraphModule(root, g).eval(), convs, input_shape)
+
+
+class _Constant(nn.Module):
+    """A constant tensor as a module (not a parameter: it is not trained)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.from_numpy(np.array(value, np.float32)))
+
+    def forward(self) -> torch.Tensor:
+        value: torch.Tensor = self.get_buffer("value")
+        return value
+
+
+def _pool(g: fx.Graph, layer: Pool, x: fx.Node) -> fx.Node:
+    pt, pl, pb, pr = layer.pads
+    if (pt, pl) != (pb, pr) or 2 * pt > layer.kernel[0] or 2 * pl > layer.kernel[1]:
+        raise PatccError("pruning supports pools with symmetric padding up to half the "
+                         "window only", layer.name)
+    if layer.kind == "max":
+        return g.call_function(F.max_pool2d, (x, layer.kernel, layer.strides, (pt, pl),
+                                              layer.dilations, layer.ceil_mode))
+    if layer.dilations != (1, 1):
+        raise PatccError("pruning does not support dilated average pooling", layer.name)
+    return g.call_function(F.avg_pool2d, (x, layer.kernel, layer.strides, (pt, pl),
+                                          layer.ceil_mode, layer.count_include_pad))
+
+
+def _pad(g: fx.Graph, layer: Pad, x: fx.Node) -> fx.Node:
+    rank = len(layer.pads) // 2
+    pads: list[int] = []
+    for axis in reversed(range(rank)):
+        pads += [layer.pads[axis], layer.pads[axis + rank]]
+    while len(pads) > 2 and pads[-2:] == [0, 0]:
+        pads = pads[:-2]
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[layer.mode]
+    kwargs: dict[str, Any] = {"value": layer.value} if mode == "constant" else {}
+    return g.call_function(F.pad, (x, tuple(pads), mode), kwargs)
+
+
+def write_back(proto: onnx.ModelProto, model: TorchModel,
+               metadata: dict[str, str]) -> onnx.ModelProto:
+    """A copy of ``proto`` with every convolution's weight and bias replaced by the
+    torch module's, and ``metadata`` added to the model's metadata properties."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    initializers = {init.name: init for init in out.graph.initializer}
+    producer = {node.output[0]: node for node in out.graph.node if node.op_type == "Conv"}
+    used: dict[str, int] = {}
+    for node in out.graph.node:
+        for name in node.input:
+            used[name] = used.get(name, 0) + 1
+    for ident, layer in model.convs.items():
+        node = producer.get(layer.outputs[0])
+        conv = model.module.get_submodule(ident)
+        if node is None:
+            raise PatccError("no ONNX Conv produces this layer's output", layer.name)
+        weight = conv.weight.detach().numpy()  # type: ignore[operator]
+        _replace_initializer(initializers, node.input[1], weight, used, layer.name)
+        bias = conv.bias.detach().numpy()  # type: ignore[operator]
+        if len(node.input) > 2 and node.input[2]:
+            _replace_initializer(initializers, node.input[2], bias, used, layer.name)
+        elif bias.any():  # trained from zero: the node gains a bias input
+            name = f"{node.output[0]}_patcc_bias"
+            out.graph.initializer.append(numpy_helper.from_array(bias, name))
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input.append(name)
+    for key, value in metadata.items():
+        entry = next((p for p in out.metadata_props if p.key == key), None)
+        if entry is None:
+            entry = out.metadata_props.add()
+            entry.key = key
+        entry.value = value
+    return out
+
+
+def _replace_initializer(initializers: dict[str, onnx.TensorProto], name: str,
+                         value: np.ndarray, used: dict[str, int], where: str) -> None:
+    init = initializers.get(name)
+    if init is None:
+        raise PatccError(f"the convolution's weight {name!r} is not an initializer; "
+                         "pruning cannot write it back", where)
+    if used.get(name, 0) > 1:
+        raise PatccError(f"the initializer {name!r} is shared by several nodes; pruning "
+                         "cannot change it for one", where)
+    init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype),
+                                          name))
