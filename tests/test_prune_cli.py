@@ -134,3 +134,12 @@ def test_bad_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
                 (1, 3, 8, 8))
     assert main(["prune", str(flat), "-o", str(out), "--method", "project"]) == 2
     assert "no 3x3 convolution" in capsys.readouterr().err and not out.exists()
+
+
+def test_readme_pruning_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Pruning", 1)[1].split("\n### ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102
+    out = capsys.readouterr().out
+    assert "kernels" in out and "reconstruction error" in out and "Conv2d(" in out
