@@ -112,3 +112,19 @@ def test_bad_models_option_is_rejected() -> None:
     )
     assert proc.returncode != 0
     assert "'resnet18' is not name:variant" in proc.stderr
+
+
+def test_pruning_evidence_script_runs(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pruning.py"), "--quick",
+                           "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "pruning.json").read_text())
+    assert result["dense_accuracy"] > 80  # the digits are learnt even in a smoke run
+    methods = {(r["rate"], r["method"]) for r in result["pattern"]}
+    assert len(methods) == 12
+    for row in result["filters"]:  # the compact models compute the masked ones
+        assert row["compact_vs_masked"] < 1e-4 and 0 < row["macs_kept"] < 1
+    assert set(result["resnet18_6x_output_error"]) == {"project", "admm"}
+    assert "| rate | method |" in proc.stdout
