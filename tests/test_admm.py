@@ -142,6 +142,7 @@ def test_synthetic_pixels_are_normalised_integers() -> None:
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"lr": -1.0}, "lr must be a positive number"),
     ({"momentum": 1.0}, "momentum must be in"),
+    ({"refit_epochs": -1}, "refit_epochs must be 0 or more"),
 ])
 def test_bad_config_names_the_knob(bad: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -197,3 +198,19 @@ def test_admm_and_masked_retraining_under_torchrun(tmp_path: Path) -> None:
         assert not torch.equal(final[0][key], admm[0][key])  # and it did train
     assert any(not torch.equal(admm[0][f"{n}.weight"], single.get_parameter(f"{n}.weight"))
                for n in LAYERS)
+
+
+def test_masked_refit_keeps_the_constraints_and_lowers_the_error() -> None:
+    plain, refit = make_model(), make_model()
+    config = AdmmConfig(epochs=4, iterations=4, batch_size=4, lr=1e-2)
+    a = admm_prune(plain, SHAPE, rate=6.0, num_patterns=4, config=config)
+    b = admm_prune(refit, SHAPE, rate=6.0, num_patterns=4,
+                   config=AdmmConfig(epochs=4, iterations=4, batch_size=4, lr=1e-2,
+                                     refit_epochs=4))
+    for layer_b in b.layers:  # the refit moves only kept weights: still exact
+        conv = refit.get_submodule(layer_b.name)
+        library = b.library
+        for kernel, pid in zip(conv.weight.detach().numpy().reshape(-1, 3, 3),
+                               layer_b.pattern_ids.reshape(-1), strict=True):
+            assert not kernel.any() if pid < 0 else not kernel[~library[pid]].any()
+    assert sum(layer.error for layer in b.layers) < sum(layer.error for layer in a.layers)

@@ -76,11 +76,17 @@ class AdmmConfig:
     rho_growth: float = 10.0
     rho_every: int = 11  # epochs
     rho_max: float = 1e-1
+    refit_epochs: int = 0
+    """After the hard projection, this many epochs of masked SGD on the same data-free
+    objective (0: the published recipe, projection last)."""
     seed: int = 0
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
+        if self.refit_epochs < 0:
+            raise ValueError(f"AdmmConfig.refit_epochs must be 0 or more, got "
+                             f"{self.refit_epochs}")
         for name in ("epochs", "iterations", "batch_size", "rho_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AdmmConfig.{name} must be at least 1, got "
@@ -367,6 +373,10 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
                     u_conn += weight - z_conn
         with torch.no_grad():
             pruned, ids, kept = _project_both(weight.detach(), library, layer_keep)
+        if config.refit_epochs:
+            pruned = _refit(gm, gm_original, unit, target_unit, pruned, ids, library, bias,
+                            config, batch)
+        with torch.no_grad():
             unit.conv.weight.copy_(pruned)
             if bias is not None:
                 unit.conv.bias.copy_(bias.detach())  # type: ignore[union-attr]
@@ -380,6 +390,33 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
         bar.close()
     rate_achieved = total_weights / nonzero_weights if nonzero_weights else math.inf
     return PruneReport(library, tuple(layers), rate_achieved)
+
+
+def _refit(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit, target_unit: _Unit,
+           pruned: torch.Tensor, ids: np.ndarray, library: np.ndarray,
+           bias: torch.Tensor | None, config: AdmmConfig,
+           batch: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Masked SGD on the same objective after the hard projection: the kept weights
+    (each kernel's pattern, nothing of a removed kernel) adjust to what was cut."""
+    masks = torch.from_numpy(library.copy())[torch.from_numpy(ids.astype(np.int64)).clamp_min(0)]
+    mask = (masks & torch.from_numpy(ids >= 0)[..., None, None]).reshape(pruned.shape)
+    weight = pruned.clone().requires_grad_(True)
+    params = [p for p in (weight, bias) if p is not None]
+    optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    for _ in range(config.refit_epochs * config.iterations):
+        x = batch()
+        with torch.no_grad():
+            (inp,) = _values(gm, x, [unit.conv_node.args[0]])  # type: ignore[list-item]
+            (target,) = _values(gm_original, x, [target_unit.end])
+        loss = F.mse_loss(_unit_output(gm, unit, inp, weight, bias), target)
+        optimiser.zero_grad()
+        loss.backward()
+        weight.grad *= mask  # type: ignore[operator]
+        _average_gradients(params)
+        optimiser.step()
+        with torch.no_grad():
+            weight *= mask
+    return weight.detach()
 
 
 def _relative_error(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit,
