@@ -16,6 +16,12 @@ raises the ratio along ``a * exp(-k * epoch) + b`` (:func:`asfp_schedule`); hard
 pruning (one-shot or iterative) keeps the masks with :class:`PruningMasks`.
 :func:`gradual_magnitude_schedule` is the unstructured baseline's cubic sparsity
 ramp.
+
+These select per convolution and mask its filters only. To remove filters
+physically, select with ``removal.plan_filter_removal`` instead: it couples layers
+(residual adds, squeeze-excite) and its masks also zero each removed channel's batch
+norm, so training with them and then compacting is exact
+(``benchmarks/pruning.py`` does both).
 """
 
 from __future__ import annotations
