@@ -21,6 +21,7 @@ from patcc.frontends.pruning.filters import (
     select_filters,
     soft_filter_prune,
 )
+from patcc.frontends.pruning.lfpc import LfpcChoice, lfpc_search
 from patcc.frontends.pruning.masks import MaskHandle, PruningMasks, masked_retrain
 from patcc.frontends.pruning.patterns import (
     CENTRE,
@@ -47,6 +48,7 @@ __all__ = [
     "AsfpSchedule",
     "FilterSelection",
     "LayerPruning",
+    "LfpcChoice",
     "MaskHandle",
     "PruneReport",
     "PruningMasks",
@@ -63,6 +65,7 @@ __all__ = [
     "is_depthwise",
     "keep_fraction",
     "keep_largest_kernels",
+    "lfpc_search",
     "magnitude_masks",
     "magnitude_prune",
     "masked_retrain",
