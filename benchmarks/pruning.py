@@ -199,9 +199,8 @@ def filter_rows(dense: nn.Module, data: tuple[torch.Tensor, ...], args: argparse
             x = xte[:64]
             with torch.no_grad():
                 gap = float((compact(x) - model.eval()(x)).abs().max())
-            masked = model
             rows.append({"ratio": ratio, "method": method,
-                         "accuracy": round(accuracy(masked, xte, yte), 2),
+                         "accuracy": round(accuracy(model, xte, yte), 2),
                          "macs": conv_macs(compact),
                          "macs_kept": round(conv_macs(compact) / dense_macs, 3),
                          "compact_vs_masked": gap})

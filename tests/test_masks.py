@@ -54,7 +54,9 @@ def test_masks_from_zeros_and_from_a_report_agree() -> None:
     assert set(seen.masks) == set(exact.masks) == {"0.weight", "2.weight"}
     for name in exact.masks:
         assert torch.equal(seen.masks[name], exact.masks[name])
-    assert "0.weight" in repr(exact) or "2 parameters" in repr(exact)
+    kept = sum(int(m.sum()) for m in exact.masks.values())
+    total = sum(m.numel() for m in exact.masks.values())
+    assert repr(exact) == f"PruningMasks(2 parameters, {kept}/{total} weights kept)"
 
 
 def test_attach_masks_gradients_and_detaches() -> None:

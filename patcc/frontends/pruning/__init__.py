@@ -22,7 +22,7 @@ from patcc.frontends.pruning.filters import (
     soft_filter_prune,
 )
 from patcc.frontends.pruning.lfpc import LfpcChoice, lfpc_search
-from patcc.frontends.pruning.masks import MaskHandle, PruningMasks, masked_retrain
+from patcc.frontends.pruning.masks import MaskHandle, PruningMasks, filter_masks, masked_retrain
 from patcc.frontends.pruning.patterns import (
     CENTRE,
     PATTERN_ONLY_RATE,
@@ -30,9 +30,11 @@ from patcc.frontends.pruning.patterns import (
     PruneReport,
     build_pattern_library,
     candidate_patterns,
+    connectivity_prune,
     is_depthwise,
     keep_fraction,
     keep_largest_kernels,
+    kernel_masks,
     magnitude_prune,
     pattern_prune,
     project_to_patterns,
@@ -58,6 +60,8 @@ __all__ = [
     "asfp_schedule",
     "build_pattern_library",
     "candidate_patterns",
+    "connectivity_prune",
+    "filter_masks",
     "filter_scores",
     "filters_to_prune",
     "gradual_magnitude_schedule",
@@ -65,6 +69,7 @@ __all__ = [
     "is_depthwise",
     "keep_fraction",
     "keep_largest_kernels",
+    "kernel_masks",
     "lfpc_search",
     "magnitude_masks",
     "magnitude_prune",

@@ -42,9 +42,11 @@ from patcc.frontends.pruning.patterns import (
     LayerPruning,
     PruneReport,
     build_pattern_library,
+    connectivity_prune,
     is_depthwise,
     keep_fraction,
     keep_largest_kernels,
+    kernel_masks,
     project_to_patterns,
     select_convs,
 )
@@ -205,6 +207,16 @@ def _apply_tail(gm: fx.GraphModule, unit: _Unit, y: torch.Tensor) -> torch.Tenso
     return y
 
 
+def _sample(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit,
+            target_unit: _Unit, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch ``x``: the unit's input in the model being pruned, and what the
+    original model's unit outputs (the target)."""
+    with torch.no_grad():
+        (inp,) = _values(gm, x, [unit.conv_node.args[0]])  # type: ignore[list-item]
+        (target,) = _values(gm_original, x, [target_unit.end])
+    return inp, target
+
+
 def _unit_output(gm: fx.GraphModule, unit: _Unit, x: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     c = unit.conv
@@ -233,10 +245,7 @@ def _project_both(weight: torch.Tensor, library: np.ndarray, keep: float | None
     pruned, ids = project_to_patterns(weight, library)
     if keep is None:
         return pruned, ids, ids.size
-    pruned, kept_mask = keep_largest_kernels(pruned, keep)
-    ids = ids.copy()
-    ids[~kept_mask] = -1
-    return pruned, ids, int(kept_mask.sum())
+    return connectivity_prune(pruned, ids, keep)
 
 
 # -- ADMM ---------------------------------------------------------------------------------
@@ -350,10 +359,7 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
         for epoch in range(config.epochs):
             rho = config.rho_at(epoch)
             for _ in range(config.iterations):
-                x = batch()
-                with torch.no_grad():
-                    (inp,) = _values(gm, x, [unit.conv_node.args[0]])  # type: ignore[list-item]
-                    (target,) = _values(gm_original, x, [target_unit.end])
+                inp, target = _sample(gm, gm_original, unit, target_unit, batch())
                 out = _unit_output(gm, unit, inp, weight, bias)
                 loss = F.mse_loss(out, target)
                 loss = loss + rho / 2 * (weight - z_pattern + u_pattern).square().sum()
@@ -398,16 +404,12 @@ def _refit(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit, target_
            batch: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Masked SGD on the same objective after the hard projection: the kept weights
     (each kernel's pattern, nothing of a removed kernel) adjust to what was cut."""
-    masks = torch.from_numpy(library.copy())[torch.from_numpy(ids.astype(np.int64)).clamp_min(0)]
-    mask = (masks & torch.from_numpy(ids >= 0)[..., None, None]).reshape(pruned.shape)
+    mask = kernel_masks(library, ids).reshape(pruned.shape)
     weight = pruned.clone().requires_grad_(True)
     params = [p for p in (weight, bias) if p is not None]
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     for _ in range(config.refit_epochs * config.iterations):
-        x = batch()
-        with torch.no_grad():
-            (inp,) = _values(gm, x, [unit.conv_node.args[0]])  # type: ignore[list-item]
-            (target,) = _values(gm_original, x, [target_unit.end])
+        inp, target = _sample(gm, gm_original, unit, target_unit, batch())
         loss = F.mse_loss(_unit_output(gm, unit, inp, weight, bias), target)
         optimiser.zero_grad()
         loss.backward()

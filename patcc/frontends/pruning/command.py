@@ -123,16 +123,16 @@ def _filters(model: Any, options: PruneOptions) -> tuple[onnx.ModelProto, list[d
         before = module.get_submodule(ident).out_channels
         after = compact.get_submodule(ident).out_channels
         rows.append({"layer": conv.name, "filters": before, "kept": after,
-                     "compression": round(before / after, 2), "error": None})
+                     "compression": round(before / after, 2)})
     return result, rows
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """The summary table ``patcc prune`` prints."""
+    """The summary table ``patcc prune`` prints: the rows' keys as columns."""
     if not rows:
         return ""
     keys = list(rows[0])
-    table = [keys] + [[("" if r[k] is None else str(r[k])) for k in keys] for r in rows]
+    table = [keys] + [[str(r[k]) for k in keys] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(keys))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in table)

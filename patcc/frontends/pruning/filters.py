@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from patcc.frontends.pruning.fxgraph import following_batchnorms
-from patcc.frontends.pruning.masks import PruningMasks
+from patcc.frontends.pruning.masks import PruningMasks, filter_masks
 
 CRITERIA = ("l1", "l2", "fpgm", "bn")
 
@@ -94,12 +94,9 @@ class FilterSelection:
         params = dict(model.named_parameters())
         masks = {}
         for name, indices in self.pruned.items():
-            weight = params[f"{name}.weight"]
-            keep = torch.ones(weight.shape[0], dtype=torch.bool)
+            keep = torch.ones(params[f"{name}.weight"].shape[0], dtype=torch.bool)
             keep[torch.as_tensor(indices, dtype=torch.long)] = False
-            masks[f"{name}.weight"] = keep.view(-1, *[1] * (weight.dim() - 1)).expand_as(weight)
-            if f"{name}.bias" in params:
-                masks[f"{name}.bias"] = keep
+            masks.update(filter_masks(params, name, keep))
         return PruningMasks(masks)
 
 
@@ -227,8 +224,9 @@ def hard_filter_prune(model: nn.Module, ratio: float, criterion: str = "l2",
     One-shot: call once. Iterative: call with growing ratios between training
     rounds, passing the previous round's selection as ``already``."""
     selection = select_filters(model, ratio, criterion, layers, already)
-    selection.masks(model).apply(model)
-    return selection, selection.masks(model)
+    masks = selection.masks(model)
+    masks.apply(model)
+    return selection, masks
 
 
 def gradual_magnitude_schedule(final: float, steps: int, initial: float = 0.0,

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from patcc.frontends.pruning.patterns import PruneReport
+from patcc.frontends.pruning.patterns import PruneReport, kernel_masks
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -81,14 +81,9 @@ class PruningMasks:
         each kept kernel's library pattern, nothing of a removed kernel -- including
         kept positions whose weight happens to be zero."""
         model = _unwrap(model)
-        library = torch.from_numpy(report.library.copy())  # the report keeps its own
-        masks = {}
-        for layer in report.layers:
-            weight = model.get_parameter(f"{layer.name}.weight")
-            ids = torch.from_numpy(layer.pattern_ids.astype("int64"))
-            mask = library[ids.clamp_min(0)] & (ids >= 0)[..., None, None]
-            masks[f"{layer.name}.weight"] = mask.reshape(weight.shape)
-        return cls(masks)
+        return cls({f"{layer.name}.weight": kernel_masks(report.library, layer.pattern_ids)
+                    .reshape(model.get_parameter(f"{layer.name}.weight").shape)
+                    for layer in report.layers})
 
     def _parameters(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         params = dict(_unwrap(model).named_parameters())
@@ -130,6 +125,18 @@ class PruningMasks:
     def kept(self, model: nn.Module) -> bool:
         """Whether every pruned weight of ``model`` is exactly zero."""
         return all(not bool(param[~mask].any()) for param, mask in self._parameters(model))
+
+
+def filter_masks(params: Mapping[str, torch.Tensor], name: str, keep: torch.Tensor
+                 ) -> dict[str, torch.Tensor]:
+    """Masks keeping the output rows ``keep`` (bool, one per filter) of the layer
+    ``name``: its weight and, if it has one, its bias (``params``: named parameters)."""
+    masks = {}
+    for suffix in ("weight", "bias"):
+        param = params.get(f"{name}.{suffix}")
+        if param is not None:
+            masks[f"{name}.{suffix}"] = keep.view(-1, *[1] * (param.dim() - 1)).expand_as(param)
+    return masks
 
 
 def masked_retrain(

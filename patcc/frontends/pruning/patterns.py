@@ -254,14 +254,23 @@ def keep_largest_kernels(weight: torch.Tensor, keep: float
     return pruned, keep_mask.reshape(weight.shape[:2])
 
 
-def _connectivity_prune(
+def connectivity_prune(
     weight: torch.Tensor, pattern_ids: np.ndarray, keep: float
 ) -> tuple[torch.Tensor, np.ndarray, int]:
-    """:func:`keep_largest_kernels`, marking removed kernels -1 in the pattern ids."""
+    """:func:`keep_largest_kernels` of a pattern-projected weight, marking removed
+    kernels -1 in the pattern ids: ``(pruned, ids, kernels kept)``."""
     pruned, kept = keep_largest_kernels(weight, keep)
     ids = pattern_ids.copy()
     ids[~kept] = -1
     return pruned, ids, int(kept.sum())
+
+
+def kernel_masks(library: np.ndarray, pattern_ids: np.ndarray) -> torch.Tensor:
+    """The ``(O, I, 3, 3)`` bool mask of a pattern pruning: each kept kernel's library
+    pattern, nothing of a removed (-1) kernel."""
+    ids = torch.from_numpy(pattern_ids.astype(np.int64))
+    masks = torch.from_numpy(np.array(library, dtype=bool))[ids.clamp_min(0)]
+    return masks & (ids >= 0)[..., None, None]
 
 
 def pattern_prune(
@@ -316,7 +325,7 @@ def pattern_prune(
             depthwise = is_depthwise(conv)
             kept = ids.size
             if not depthwise:
-                pruned, ids, kept = _connectivity_prune(pruned, ids, keep)
+                pruned, ids, kept = connectivity_prune(pruned, ids, keep)
             conv.weight.copy_(pruned)
             ids.setflags(write=False)
             layers.append(LayerPruning(name, kept, ids.size, depthwise, ids))

@@ -37,7 +37,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from patcc.frontends.pruning.filters import check_ratio, filter_scores
 from patcc.frontends.pruning.fxgraph import following_batchnorms, trace
-from patcc.frontends.pruning.masks import PruningMasks
+from patcc.frontends.pruning.masks import PruningMasks, filter_masks
 
 Layout = tuple[tuple[int, int], ...]  # (space id, channels), channel-major
 
@@ -384,21 +384,12 @@ class RemovalPlan:
         scale and shift (and squeeze-excite rows) set to zero."""
         a = self._analysis
         params = dict(model.named_parameters())
+        keeps = [(name, self._keep(space)) for name, space in
+                 [*a.conv_out.items(), *a.linear_out.items()]]
+        keeps += [(name, self._layout_keep(layout)) for name, layout in a.per_channel.items()]
         masks: dict[str, torch.Tensor] = {}
-
-        def rows(name: str, keep: np.ndarray) -> None:
-            for suffix in ("weight", "bias"):
-                p = params.get(f"{name}.{suffix}")
-                if p is not None:
-                    k = torch.from_numpy(keep)
-                    masks[f"{name}.{suffix}"] = k.view(-1, *[1] * (p.dim() - 1)).expand_as(p)
-
-        for name, space in a.conv_out.items():
-            rows(name, self._keep(space))
-        for name, space in a.linear_out.items():
-            rows(name, self._keep(space))
-        for name, layout in a.per_channel.items():
-            rows(name, self._layout_keep(layout))
+        for name, keep in keeps:
+            masks.update(filter_masks(params, name, torch.from_numpy(keep)))
         return PruningMasks({n: m for n, m in masks.items() if not bool(m.all())})
 
     def compact(self, model: nn.Module) -> nn.Module:
