@@ -23,6 +23,16 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # and tests/test_tuning.py turns tuning on where it is the subject; every schedule is
 # checked for correctness there. The cache never lands in the user's home.
 os.environ.setdefault("PATCC_TUNE", "0")
+# Under pytest-xdist there is a worker per core already: torch's (and OpenMP's) own
+# thread teams on top oversubscribe the cores, and their spinning threads then slow
+# small-tensor loops (ADMM, input matching) by two orders of magnitude. One each; the
+# variable also reaches the ``patcc prune`` subprocesses. patcc's runtime has its own
+# pool and ignores it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 os.environ["PATCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="patcc-test-cache-")
 atexit.register(shutil.rmtree, os.environ["PATCC_CACHE_DIR"], ignore_errors=True)
 
