@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,65 @@ def test_readme_pruning_example_runs(capsys: pytest.CaptureFixture[str]) -> None
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102
     out = capsys.readouterr().out
     assert "kernels" in out and "reconstruction error" in out and "Conv2d(" in out
+
+
+def _conv_bn_relu_model(path: Path) -> dict[str, np.ndarray]:
+    """Conv 3x3 -> BatchNormalization -> Relu, twice, with non-trivial statistics."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    inits, nodes, x = {}, [], "x"
+    for i, (cin, cout) in enumerate(((3, 8), (8, 8))):
+        inits[f"w{i}"] = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.3
+        inits[f"scale{i}"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
+        inits[f"shift{i}"] = rng.uniform(-0.2, 0.2, cout).astype(np.float32)
+        inits[f"mean{i}"] = rng.uniform(-0.5, 0.5, cout).astype(np.float32)
+        inits[f"var{i}"] = rng.uniform(0.5, 3.0, cout).astype(np.float32)
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("BatchNormalization", [f"c{i}", f"scale{i}", f"shift{i}",
+                                                          f"mean{i}", f"var{i}"], [f"b{i}"],
+                                   epsilon=1e-3),
+                  helper.make_node("Relu", [f"b{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), path)
+    return inits
+
+
+def test_onnx_batch_norms_keep_their_statistics(tmp_path: Path) -> None:
+    from patcc.frontends.pruning import AdmmConfig, synthetic_inputs
+
+    path = tmp_path / "bn.onnx"
+    inits = _conv_bn_relu_model(path)
+    _, model = import_for_pruning(str(path))
+    norms = [m for m in model.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 2
+    for i, bn in enumerate(norms):
+        np.testing.assert_array_equal(bn.running_mean.numpy(), inits[f"mean{i}"])
+        np.testing.assert_array_equal(bn.running_var.numpy(), inits[f"var{i}"])
+        assert bn.eps == pytest.approx(1e-3)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        got = model.module(torch.from_numpy(x)).numpy()
+    want = _run(path, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # statistics found: no fallback to uniform
+        synthetic_inputs(model.module, (4, 3, 8, 8), AdmmConfig(distil_steps=2),
+                         torch.Generator().manual_seed(0))
+
+
+def test_folded_batch_norms_fall_back_to_uniform_inputs(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from patcc.models import export_onnx, pruned_model
+
+    folded, out = tmp_path / "folded.onnx", tmp_path / "a.onnx"
+    export_onnx(pruned_model("senet_tiny", "dense"), folded, SHAPE, fold_batchnorm=True)
+    assert main(["prune", str(folded), "-o", str(out), "--method", "admm", "--epochs", "1",
+                 "--batch-size", "2"]) == 0
+    assert "no batch norm statistics" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from patcc.frontends.pruning.admm import (
     admm_prune,
     reconstruction_errors,
     synthetic_batch,
+    synthetic_inputs,
 )
 from patcc.frontends.pruning.filters import (
     CRITERIA,
@@ -41,8 +42,16 @@ from patcc.frontends.pruning.patterns import (
     select_convs,
 )
 from patcc.frontends.pruning.removal import RemovalPlan, plan_filter_removal, prune_filters
+from patcc.frontends.pruning.reparam import (
+    bake_reparametrisations,
+    effective_parameters,
+    reparametrised,
+)
 
 __all__ = [
+    "bake_reparametrisations",
+    "effective_parameters",
+    "reparametrised",
     "CENTRE",
     "CRITERIA",
     "PATTERN_ONLY_RATE",
@@ -84,4 +93,5 @@ __all__ = [
     "select_filters",
     "soft_filter_prune",
     "synthetic_batch",
+    "synthetic_inputs",
 ]

@@ -1,8 +1,11 @@
 """Data-free ADMM pattern and connectivity pruning, layer by layer, on synthetic inputs.
 
 The user's data never leaves them: inputs are random images (pixels uniform on
-0..255, then the model's own input normalisation). For each selected 3x3 convolution
-``n``, in the order the model runs them, ADMM minimises
+0..255, then the model's own input normalisation), by default then optimised so that
+the features entering every batch norm have its running mean and variance -- the
+statistics of the training data, read from the model alone. A pool of such images is
+drawn once. For each selected 3x3 convolution ``n``, in the order the model runs
+them, ADMM minimises
 
     || unit_n(W_n, X_{n-1}) - X'_n ||^2   (mean over elements and batch)
 
@@ -17,10 +20,12 @@ each get an auxiliary variable ``Z`` and a scaled dual ``U``; the weights follow
 
 and after every epoch ``Z = project(W + U)``, ``U += W - Z``. ``rho`` starts at 1e-4 and
 grows x10 every 11 epochs up to 1e-1. A final hard projection makes the constraints
-exact. Depthwise convolutions get the pattern constraint only.
+exact, and (by default) masked SGD on the same objective refits the weights kept.
+Depthwise convolutions get the pattern constraint only. :meth:`AdmmConfig.published`
+is the recipe as published (uniform inputs, lr 1e-3, projection last).
 
 Under ``torchrun`` (``torch.distributed`` initialised) every process draws its own
-synthetic batches and the gradients are averaged, so all processes keep identical
+pool of synthetic inputs and the gradients are averaged, so all processes keep identical
 weights and finish with the same model.
 """
 
@@ -28,9 +33,10 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -50,6 +56,7 @@ from patcc.frontends.pruning.patterns import (
     project_to_patterns,
     select_convs,
 )
+from patcc.frontends.pruning.reparam import bake_before_pruning
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,9 +67,26 @@ _ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardswish, F.silu, F.lea
                          F.gelu, F.hardsigmoid, torch.sigmoid}
 
 
+INPUTS = ("bn-matched", "uniform")
+CACHE_BYTES = 2 << 30
+"""The largest per-layer cache of (unit input, target) pairs over the input pool;
+above it they are recomputed for every batch."""
+DISTIL_LR = 0.2  # Adam on the normalised pixels
+
+
 @dataclass(frozen=True)
 class AdmmConfig:
-    """The knobs of data-free ADMM; the defaults are the published recipe.
+    """The knobs of data-free ADMM.
+
+    The defaults are patcc's recipe. It differs from the published one
+    (:meth:`published`) in three measured ways:
+
+    - The synthetic inputs match the model's batch-norm statistics (``inputs``).
+    - SGD uses lr 1e-2.
+    - Masked refitting follows the final projection (``refit_epochs``).
+
+    On the digits benchmark, pruned 8x, they lift the accuracy before retraining from
+    chance to within a few points of the dense model (``benchmarks/pruning.py``).
 
     ``mean``/``std`` are the model's input normalisation applied to the synthetic
     pixels (after scaling 0..255 to 0..1); ``None`` means ImageNet's for 3-channel
@@ -72,24 +96,42 @@ class AdmmConfig:
     epochs: int = 44
     iterations: int = 10  # per epoch
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-2
     momentum: float = 0.9
     rho: float = 1e-4
     rho_growth: float = 10.0
     rho_every: int = 11  # epochs
     rho_max: float = 1e-1
-    refit_epochs: int = 0
+    refit_epochs: int = 11
     """After the hard projection, this many epochs of masked SGD on the same data-free
-    objective (0: the published recipe, projection last)."""
+    objective (0: projection last, as published)."""
+    inputs: str = "bn-matched"
+    """``"uniform"``: the normalised uniform pixels as they are. ``"bn-matched"``:
+    those pixels then optimised until the features entering every batch norm have
+    its running mean and variance (the statistics of the training data, taken from
+    the model alone); a model without batch norms keeps uniform inputs."""
+    pool_batches: int = 8
+    """The inputs are a pool of this many batches, drawn (and matched) once; each
+    step samples a batch from it. One more batch, held out, measures the errors."""
+    distil_steps: int = 50  # Adam steps matching each pool batch to the statistics
     seed: int = 0
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
 
+    @classmethod
+    def published(cls, **changes: Any) -> AdmmConfig:
+        """The recipe exactly as published: uniform inputs, SGD lr 1e-3, projection last."""
+        return cls(**{"lr": 1e-3, "refit_epochs": 0, "inputs": "uniform", **changes})
+
     def __post_init__(self) -> None:
-        if self.refit_epochs < 0:
-            raise ValueError(f"AdmmConfig.refit_epochs must be 0 or more, got "
-                             f"{self.refit_epochs}")
-        for name in ("epochs", "iterations", "batch_size", "rho_every"):
+        if self.inputs not in INPUTS:
+            raise ValueError(f"AdmmConfig.inputs must be one of {', '.join(INPUTS)}, got "
+                             f"{self.inputs!r}")
+        for name in ("refit_epochs", "distil_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AdmmConfig.{name} must be 0 or more, got "
+                                 f"{getattr(self, name)}")
+        for name in ("epochs", "iterations", "batch_size", "rho_every", "pool_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AdmmConfig.{name} must be at least 1, got "
                                  f"{getattr(self, name)}")
@@ -120,6 +162,61 @@ def synthetic_batch(generator: torch.Generator, shape: Sequence[int],
         s = torch.tensor(std if std is not None else [1.0] * channels).view(1, -1, 1, 1)
         pixels = (pixels - m) / s
     return pixels
+
+
+class FoldedBatchNorm(nn.BatchNorm2d):
+    """A batch norm whose running statistics are unknown (folded into its scale and
+    shift, as in an ONNX model's per-channel affine): inputs are not matched to it."""
+
+
+def synthetic_inputs(model: nn.Module, shape: Sequence[int], config: AdmmConfig,
+                     generator: torch.Generator) -> torch.Tensor:
+    """``shape[0]`` synthetic images for ``model`` (in eval mode), as ``config.inputs``
+    says: uniform pixels, matched to the batch-norm statistics a batch of
+    ``config.batch_size`` at a time."""
+    x = synthetic_batch(generator, shape, config.mean, config.std)
+    if config.inputs == "uniform" or not config.distil_steps:
+        return x
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+             and not isinstance(m, FoldedBatchNorm) and m.running_mean is not None]
+    if not norms:
+        warnings.warn("the model has no batch norm statistics to match the synthetic "
+                      "inputs to (batch norms folded into the convolutions?): they stay "
+                      "uniform", stacklevel=2)
+        return x
+    return torch.cat([_match_statistics(model, norms, chunk, config.distil_steps)
+                      for chunk in x.split(config.batch_size)])
+
+
+def _match_statistics(model: nn.Module, norms: list[nn.BatchNorm2d], x: torch.Tensor,
+                      steps: int) -> torch.Tensor:
+    """Adam on the pixels of ``x``: the per-channel mean and standard deviation of
+    every batch norm's input over the batch, against its running ones (normalised by
+    the layer's total variance, so every layer counts alike)."""
+    terms: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _: Any) -> None:
+        bn: nn.BatchNorm2d = module  # type: ignore[assignment]
+        feature = args[0]
+        want_var = cast(torch.Tensor, bn.running_var) + bn.eps
+        mean = feature.mean(dim=(0, 2, 3))
+        std = (feature.var(dim=(0, 2, 3), unbiased=False) + bn.eps).sqrt()
+        terms.append(((mean - cast(torch.Tensor, bn.running_mean)).square().sum()
+                      + (std - want_var.sqrt()).square().sum()) / want_var.sum())
+
+    x = x.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([x], lr=DISTIL_LR)
+    handles = [bn.register_forward_hook(hook) for bn in norms]
+    try:
+        for _ in range(steps):
+            terms.clear()
+            model(x)
+            (x.grad,) = torch.autograd.grad(torch.stack(terms).sum(), [x])
+            optimiser.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return x.detach()
 
 
 # -- the layer units in the traced graph ----------------------------------------------
@@ -217,6 +314,31 @@ def _sample(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit,
     return inp, target
 
 
+def _layer_data(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit,
+                target_unit: _Unit, pool: torch.Tensor, batch_size: int,
+                generator: torch.Generator
+                ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """A sampler of (unit input, target) batches over the pool of inputs. The pairs of
+    the whole pool are computed once when they fit :data:`CACHE_BYTES`, so a step
+    costs the unit alone rather than two runs of the model up to it."""
+    chunks = pool.split(batch_size)
+    first = _sample(gm, gm_original, unit, target_unit, chunks[0])
+    per_image = sum(t[0].numel() * t.element_size() for t in first)
+    if per_image * pool.shape[0] > CACHE_BYTES:
+        def recompute() -> tuple[torch.Tensor, torch.Tensor]:
+            pick = torch.randint(0, pool.shape[0], (batch_size,), generator=generator)
+            return _sample(gm, gm_original, unit, target_unit, pool[pick])
+        return recompute
+    pairs = [first] + [_sample(gm, gm_original, unit, target_unit, c) for c in chunks[1:]]
+    inputs = torch.cat([p[0] for p in pairs])
+    targets = torch.cat([p[1] for p in pairs])
+
+    def cached() -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.randint(0, pool.shape[0], (batch_size,), generator=generator)
+        return inputs[pick], targets[pick]
+    return cached
+
+
 def _unit_output(gm: fx.GraphModule, unit: _Unit, x: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     c = unit.conv
@@ -310,6 +432,7 @@ def admm_prune(
     selected = select_convs(model, include_depthwise, skip_first, only_depthwise=False)
     if not selected:
         raise ValueError(f"admm_prune: no 3x3 nn.Conv2d in {type(model).__name__}")
+    bake_before_pruning(model, "admm_prune")
     was_training = model.training
     model.eval()
     original = copy.deepcopy(model).eval()
@@ -331,10 +454,9 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
     with torch.no_grad():
         library = build_pattern_library((u.conv.weight for u in units), num_patterns)
     generator = torch.Generator().manual_seed(config.seed * 1009 + _rank())
-    batch_shape = (config.batch_size, *shape)
-
-    def batch() -> torch.Tensor:
-        return synthetic_batch(generator, batch_shape, config.mean, config.std)
+    pool = synthetic_inputs(original, ((config.pool_batches + 1) * config.batch_size, *shape),
+                            config, generator)
+    pool, held_out = pool[config.batch_size:], pool[:config.batch_size]
 
     steps = len(units) * config.epochs * config.iterations
     bar = _progress_bar(steps, progress)
@@ -344,6 +466,8 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
         if on_layer is not None:
             on_layer(unit.name, index, len(units))
         target_unit = original_units[unit.name]
+        draw = _layer_data(gm, gm_original, unit, target_unit, pool, config.batch_size,
+                           generator)
         layer_keep = None if is_depthwise(unit.conv) else keep
         weight = unit.conv.weight.detach().clone().requires_grad_(True)
         bias = None if unit.conv.bias is None else \
@@ -359,7 +483,7 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
         for epoch in range(config.epochs):
             rho = config.rho_at(epoch)
             for _ in range(config.iterations):
-                inp, target = _sample(gm, gm_original, unit, target_unit, batch())
+                inp, target = draw()
                 out = _unit_output(gm, unit, inp, weight, bias)
                 loss = F.mse_loss(out, target)
                 loss = loss + rho / 2 * (weight - z_pattern + u_pattern).square().sum()
@@ -380,13 +504,12 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
         with torch.no_grad():
             pruned, ids, kept = _project_both(weight.detach(), library, layer_keep)
         if config.refit_epochs:
-            pruned = _refit(gm, gm_original, unit, target_unit, pruned, ids, library, bias,
-                            config, batch)
+            pruned = _refit(gm, unit, pruned, ids, library, bias, config, draw)
         with torch.no_grad():
             unit.conv.weight.copy_(pruned)
             if bias is not None:
                 unit.conv.bias.copy_(bias.detach())  # type: ignore[union-attr]
-            error = _relative_error(gm, gm_original, unit, target_unit, batch())
+            error = _relative_error(gm, gm_original, unit, target_unit, held_out)
         ids.setflags(write=False)
         layers.append(LayerPruning(unit.name, kept, ids.size, is_depthwise(unit.conv), ids,
                                    error))
@@ -398,10 +521,9 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
     return PruneReport(library, tuple(layers), rate_achieved)
 
 
-def _refit(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit, target_unit: _Unit,
-           pruned: torch.Tensor, ids: np.ndarray, library: np.ndarray,
-           bias: torch.Tensor | None, config: AdmmConfig,
-           batch: Callable[[], torch.Tensor]) -> torch.Tensor:
+def _refit(gm: fx.GraphModule, unit: _Unit, pruned: torch.Tensor, ids: np.ndarray,
+           library: np.ndarray, bias: torch.Tensor | None, config: AdmmConfig,
+           draw: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Masked SGD on the same objective after the hard projection: the kept weights
     (each kernel's pattern, nothing of a removed kernel) adjust to what was cut."""
     mask = kernel_masks(library, ids).reshape(pruned.shape)
@@ -409,7 +531,7 @@ def _refit(gm: fx.GraphModule, gm_original: fx.GraphModule, unit: _Unit, target_
     params = [p for p in (weight, bias) if p is not None]
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     for _ in range(config.refit_epochs * config.iterations):
-        inp, target = _sample(gm, gm_original, unit, target_unit, batch())
+        inp, target = draw()
         loss = F.mse_loss(_unit_output(gm, unit, inp, weight, bias), target)
         optimiser.zero_grad()
         loss.backward()
@@ -434,8 +556,9 @@ def reconstruction_errors(model: nn.Module, original: nn.Module, input_shape: Se
                           names: Iterable[str], seed: int = 1, batch_size: int = 8,
                           config: AdmmConfig | None = None) -> dict[str, float]:
     """Relative reconstruction error of each named 3x3 conv unit of ``model`` (its
-    own, pruned, inputs) against ``original``'s, on fresh synthetic inputs, both in
-    eval mode (batch norms on their running statistics)."""
+    own, pruned, inputs) against ``original``'s, on fresh synthetic inputs drawn as
+    ``config.inputs`` says, both in eval mode (batch norms on their running
+    statistics)."""
     config = config or AdmmConfig()
     names = list(names)
     modes = (model.training, original.training)
@@ -457,8 +580,7 @@ def _reconstruction_errors(model: nn.Module, original: nn.Module, input_shape: S
     targets = {u.name: u for u in _units(gm_original, {
         n: original.get_submodule(n) for n in names})}  # type: ignore[misc]
     generator = torch.Generator().manual_seed(seed)
-    x = synthetic_batch(generator, (batch_size, *tuple(input_shape)[-3:]), config.mean,
-                        config.std)
+    x = synthetic_inputs(original, (batch_size, *tuple(input_shape)[-3:]), config, generator)
     with torch.no_grad():
         return {n: _relative_error(gm, gm_original, units[n], targets[n], x) for n in names}
 

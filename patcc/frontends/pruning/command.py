@@ -12,6 +12,7 @@ of the filters and removes them physically; the compact model is exported afresh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import warnings
@@ -36,6 +37,7 @@ class PruneOptions:
     batch_size: int | None = None
     seed: int = 0
     progress: bool = False
+    recipe: str = "patcc"  # or "published": AdmmConfig.published()
 
 
 def prune_onnx(path: str, options: PruneOptions) -> tuple[onnx.ModelProto, list[dict[str, Any]],
@@ -77,16 +79,18 @@ def _pattern(proto: onnx.ModelProto, model: Any, options: PruneOptions
         raise ValueError("the model has no 3x3 convolution to pattern-prune")
     original = copy.deepcopy(model.module)
     if options.method == "admm":
-        defaults = AdmmConfig()
-        config = AdmmConfig(epochs=options.epochs or defaults.epochs,
-                            batch_size=options.batch_size or defaults.batch_size,
-                            seed=options.seed)
+        recipe = AdmmConfig.published() if options.recipe == "published" else AdmmConfig()
+        config = dataclasses.replace(recipe, epochs=options.epochs or recipe.epochs,
+                                     batch_size=options.batch_size or recipe.batch_size,
+                                     seed=options.seed)
         report = admm_prune(model.module, model.input_shape, options.rate, options.patterns,
                             config, progress=options.progress)
     else:
+        config = AdmmConfig(seed=options.seed)
         report = pattern_prune(model.module, options.rate, options.patterns)
     errors = reconstruction_errors(model.module, original, model.input_shape,
-                                   [layer.name for layer in report.layers], seed=options.seed + 1)
+                                   [layer.name for layer in report.layers], seed=options.seed + 1,
+                                   config=config)
     library = ["".join("1" if v else "0" for v in mask.reshape(-1)) for mask in report.library]
     metadata = {"patcc.pattern_library": json.dumps(library),
                 "patcc.pruning": json.dumps({"method": options.method, "rate": options.rate,
@@ -144,7 +148,8 @@ def run(args: Any) -> int:
 
     options = PruneOptions(args.method, args.patterns, args.rate, args.ratio, args.epochs,
                            args.batch_size, args.seed,
-                           progress=not args.quiet and sys.stderr.isatty())
+                           progress=not args.quiet and sys.stderr.isatty(),
+                           recipe=args.recipe)
     result, rows, notes = prune_onnx(args.model, options)
     data = result.SerializeToString()
     atomic_write(args.output, lambda f: f.write(data))
@@ -173,6 +178,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--epochs", type=int, help="ADMM epochs per layer (default 44)")
     p.add_argument("--batch-size", type=int, help="synthetic batch size (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
+    p.add_argument("--recipe", choices=("patcc", "published"), default="patcc",
+                   help="admm: patcc's (inputs matched to the batch-norm statistics, "
+                        "lr 1e-2, masked refit; default) or the published recipe")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run)
 

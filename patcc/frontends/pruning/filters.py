@@ -36,6 +36,7 @@ from torch import nn
 
 from patcc.frontends.pruning.fxgraph import following_batchnorms
 from patcc.frontends.pruning.masks import PruningMasks, filter_masks
+from patcc.frontends.pruning.reparam import effective_parameters
 
 CRITERIA = ("l1", "l2", "fpgm", "bn")
 
@@ -91,7 +92,7 @@ class FilterSelection:
 
     def masks(self, model: nn.Module) -> PruningMasks:
         """Masks removing whole filters: weight rows (and bias entries)."""
-        params = dict(model.named_parameters())
+        params = effective_parameters(model)
         masks = {}
         for name, indices in self.pruned.items():
             keep = torch.ones(params[f"{name}.weight"].shape[0], dtype=torch.bool)
@@ -116,12 +117,13 @@ def select_filters(model: nn.Module, ratio: float, criterion: str = "l2",
     if unknown:
         raise ValueError(f"not a prunable convolution (groups == 1): {unknown[0]!r}")
     bns = following_batchnorms(model, "select_filters") if criterion == "bn" else {}
+    params = effective_parameters(model)
     pruned = {}
     for name in names:
         if criterion == "bn" and name not in bns:
             raise ValueError(f"criterion 'bn': no BatchNorm2d directly after {name!r}")
-        gamma = model.get_parameter(f"{bns[name]}.weight") if name in bns else None
-        scores = filter_scores(convs[name].weight, criterion, gamma)
+        gamma = params[f"{bns[name]}.weight"] if name in bns else None
+        scores = filter_scores(params[f"{name}.weight"], criterion, gamma)
         if already is not None and name in already.pruned:
             scores[already.pruned[name]] = -np.inf
         pruned[name] = filters_to_prune(scores, ratio)
@@ -253,7 +255,7 @@ def magnitude_masks(model: nn.Module, sparsity: float,
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     masks = {}
-    params = dict(model.named_parameters())
+    params = effective_parameters(model)
     for name, module in model.named_modules():
         key = f"{name}.weight" if name else "weight"
         if not isinstance(module, types) or key not in params:

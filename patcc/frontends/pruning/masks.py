@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from patcc.frontends.pruning.patterns import PruneReport, kernel_masks
+from patcc.frontends.pruning.reparam import effective_parameters, reparametrised
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -65,14 +66,16 @@ class PruningMasks:
                    types: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
                    ) -> PruningMasks:
         """Masks of the zeros already in ``model``: the weight of every module of
-        ``types`` that has at least one weight exactly zero."""
+        ``types`` that has at least one weight exactly zero (the weight the model
+        computes with, where ``torch.nn.utils.prune`` or ``parametrize`` made it)."""
         model = _unwrap(model)
+        params = effective_parameters(model)
         masks = {}
         for name, module in model.named_modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, types) and isinstance(weight, torch.Tensor) and \
-                    bool((weight == 0).any()):
-                masks[f"{name}.weight" if name else "weight"] = weight != 0
+            key = f"{name}.weight" if name else "weight"
+            weight = params.get(key)
+            if isinstance(module, types) and weight is not None and bool((weight == 0).any()):
+                masks[key] = weight.detach() != 0
         return cls(masks)
 
     @classmethod
@@ -87,6 +90,12 @@ class PruningMasks:
 
     def _parameters(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         params = dict(_unwrap(model).named_parameters())
+        computed = reparametrised(_unwrap(model))
+        if any(name in computed for name in self.masks):
+            name = next(n for n in self.masks if n in computed)
+            raise ValueError(f"{name} is computed by {computed[name]}: masks cannot hold it; "
+                             "make it a plain parameter first with "
+                             "patcc.pruning.bake_reparametrisations(model)")
         missing = [name for name in self.masks if name not in params]
         if missing:
             raise ValueError(f"masks name parameters the model does not have: "

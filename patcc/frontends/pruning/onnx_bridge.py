@@ -4,7 +4,8 @@ The ONNX file is imported by patcc's own frontend *before* its optimisation pass
 so every convolution still holds its initializer's weights verbatim, and the IR is
 rebuilt as a ``torch.fx.GraphModule``: convolutions and linear layers become
 ``nn.Conv2d`` / ``nn.Linear`` modules (trainable), inference batch norms become
-``nn.BatchNorm2d`` (running mean 0, running variance plus eps 1), everything else
+``nn.BatchNorm2d`` (with the ONNX node's statistics where the IR's scale and shift
+came from a BatchNormalization; ADMM matches its inputs to them), everything else
 the torch function of the same meaning. The batch dimension is left free.
 
 :func:`write_back` puts the pruned convolution weights into the original ONNX
@@ -31,6 +32,7 @@ from torch import fx, nn
 from patcc.errors import PatccError
 from patcc.frontends.onnx.importer import Importer
 from patcc.frontends.onnx.loader import default_opset, load_model, resolve_input_shapes
+from patcc.frontends.pruning.admm import FoldedBatchNorm
 from patcc.ir import Graph
 from patcc.ir.layers import (
     Activation,
@@ -72,7 +74,41 @@ def import_for_pruning(path: str) -> tuple[onnx.ModelProto, TorchModel]:
     (shape,) = [t.shape for t in graph.inputs.values()]
     if len(shape) != 4:
         raise PatccError(f"pruning needs an NCHW image input, got shape {shape}", path)
-    return proto, _build(graph, tuple(shape))
+    return proto, _build(graph, tuple(shape), _batch_norms(proto))
+
+
+def _batch_norms(proto: onnx.ModelProto) -> dict[str, tuple[np.ndarray, ...]]:
+    """Each inference BatchNormalization's (scale, shift, mean, variance, epsilon), by
+    its output: the importer folds them into a scale and shift, but ADMM's synthetic
+    inputs are matched to the running statistics."""
+    weights = {t.name: t for t in proto.graph.initializer}
+    found = {}
+    for node in proto.graph.node:
+        if node.op_type != "BatchNormalization" or len(node.input) != 5 \
+                or not all(name in weights for name in node.input[1:]):
+            continue
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        found[node.output[0]] = (*(numpy_helper.to_array(weights[name]).astype(np.float32)
+                                   for name in node.input[1:]), np.float32(eps))
+    return found
+
+
+def _batch_norm(layer: ScaleShift, onnx_bn: tuple[np.ndarray, ...] | None) -> nn.BatchNorm2d:
+    """The ONNX node's batch norm where the layer is one, else one whose running
+    variance plus eps is 1 and running mean 0, so the scale and shift apply as they are
+    (a :class:`FoldedBatchNorm`: its statistics are not the data's)."""
+    if onnx_bn is not None:
+        scale, shift, mean, var, eps = onnx_bn
+        bn = nn.BatchNorm2d(len(layer.scale), eps=float(eps)).eval()
+    else:
+        bn = FoldedBatchNorm(len(layer.scale)).eval()
+        scale, shift = layer.scale, layer.shift
+        mean, var = np.zeros_like(scale), np.full_like(scale, 1.0 - bn.eps)
+    with torch.no_grad():
+        for param, value in ((bn.weight, scale), (bn.bias, shift), (bn.running_mean, mean),
+                             (bn.running_var, var)):
+            param.copy_(torch.from_numpy(np.array(value, np.float32)))  # type: ignore[union-attr]
+    return bn
 
 
 def _ident(name: str, taken: set[str]) -> str:
@@ -120,7 +156,8 @@ _BINARY: dict[str, Callable[..., Any]] = {
     "div": operator.truediv, "max": torch.maximum, "min": torch.minimum}
 
 
-def _build(graph: Graph, input_shape: tuple[int, ...]) -> TorchModel:
+def _build(graph: Graph, input_shape: tuple[int, ...],
+           batch_norms: dict[str, tuple[np.ndarray, ...]]) -> TorchModel:
     root = nn.Module()
     g = fx.Graph()
     taken: set[str] = set()
@@ -170,11 +207,7 @@ def _build(graph: Graph, input_shape: tuple[int, ...]) -> TorchModel:
             out = _activation(g, layer.activation,
                               g.call_module(module(layer.name, linear), (x,)))
         elif isinstance(layer, ScaleShift) and len(shapes[layer.inputs[0]]) == 4:
-            bn = nn.BatchNorm2d(len(layer.scale)).eval()
-            with torch.no_grad():  # running variance + eps = 1: the scale applies as is
-                bn.running_var.fill_(1.0 - bn.eps)  # type: ignore[union-attr]
-                bn.weight.copy_(torch.from_numpy(np.array(layer.scale, np.float32)))
-                bn.bias.copy_(torch.from_numpy(np.array(layer.shift, np.float32)))
+            bn = _batch_norm(layer, batch_norms.get(layer.outputs[0]))
             out = _activation(g, layer.activation, g.call_module(module(layer.name, bn), (x,)))
         elif isinstance(layer, ScaleShift):
             rank = len(shapes[layer.inputs[0]])

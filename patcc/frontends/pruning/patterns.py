@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from patcc.frontends.pruning.reparam import bake_before_pruning
+
 CENTRE = 4
 _NON_CENTRE = (0, 1, 2, 3, 5, 6, 7, 8)
 # 4 kept of 9 entries: the compression of pattern pruning alone.
@@ -309,6 +311,7 @@ def pattern_prune(
     keep = keep_fraction(rate)
     if only_depthwise and not include_depthwise:
         raise ValueError("pattern_prune: only_depthwise=True needs include_depthwise=True")
+    bake_before_pruning(module, "pattern_prune")
     convs = select_convs(module, include_depthwise, skip_first, only_depthwise)
     if not convs:
         raise ValueError(
@@ -360,6 +363,7 @@ def magnitude_prune(
         raise ValueError(f"magnitude_prune: ratio must be in [0, 1] (e.g. 0.5), got {ratio!r}")
     wanted = tuple(kernel_size)
     removed_counts: dict[str, tuple[int, int]] = {}
+    bake_before_pruning(module, "magnitude_prune")
     with torch.no_grad():
         for name, conv in module.named_modules():
             if not (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == wanted):

@@ -22,7 +22,6 @@ turns zero into something else (a sigmoid) before a convolution reads it.
 
 from __future__ import annotations
 
-import copy
 import math
 import operator
 import warnings
@@ -38,6 +37,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 from patcc.frontends.pruning.filters import check_ratio, filter_scores
 from patcc.frontends.pruning.fxgraph import following_batchnorms, trace
 from patcc.frontends.pruning.masks import PruningMasks, filter_masks
+from patcc.frontends.pruning.reparam import (
+    bake_reparametrisations,
+    copy_model,
+    effective_parameters,
+)
 
 Layout = tuple[tuple[int, int], ...]  # (space id, channels), channel-major
 
@@ -383,7 +387,7 @@ class RemovalPlan:
         """The masked model's masks: every removed channel's filters, biases, batch-norm
         scale and shift (and squeeze-excite rows) set to zero."""
         a = self._analysis
-        params = dict(model.named_parameters())
+        params = effective_parameters(model)
         keeps = [(name, self._keep(space)) for name, space in
                  [*a.conv_out.items(), *a.linear_out.items()]]
         keeps += [(name, self._layout_keep(layout)) for name, layout in a.per_channel.items()]
@@ -393,9 +397,11 @@ class RemovalPlan:
         return PruningMasks({n: m for n, m in masks.items() if not bool(m.all())})
 
     def compact(self, model: nn.Module) -> nn.Module:
-        """A copy of ``model`` with the removed channels gone from every layer."""
+        """A copy of ``model`` with the removed channels gone from every layer (and
+        no ``torch.nn.utils.prune`` or ``parametrize`` reparametrisation left)."""
         a = self._analysis
-        compact = copy.deepcopy(model)
+        compact = copy_model(model)
+        bake_reparametrisations(compact)
         for name, space in a.conv_out.items():
             conv = compact.get_submodule(name)
             out_keep = torch.from_numpy(self._keep(space))
@@ -466,7 +472,7 @@ def plan_filter_removal(model: nn.Module, input_shape: Sequence[int], ratio: flo
     listed in ``skipped`` (and warned about, naming their convolutions)."""
     check_ratio(ratio)
     analysis = _Analysis(model, input_shape)
-    params = dict(model.named_parameters())
+    params = effective_parameters(model)
     bns = following_batchnorms(model, "physical removal") if criterion == "bn" else {}
     removed: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
