@@ -7,6 +7,7 @@ from patcc.frontends.pruning.admm import (
     synthetic_batch,
     synthetic_inputs,
 )
+from patcc.frontends.pruning.data_admm import admm_prune_on_data
 from patcc.frontends.pruning.filters import (
     CRITERIA,
     AsfpSchedule,
@@ -49,6 +50,7 @@ from patcc.frontends.pruning.reparam import (
 )
 
 __all__ = [
+    "admm_prune_on_data",
     "bake_reparametrisations",
     "effective_parameters",
     "reparametrised",
