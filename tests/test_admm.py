@@ -303,12 +303,11 @@ def test_data_aware_admm_keeps_the_constraints_and_beats_projection() -> None:
 
     projected, admm = make_model(), make_model()
     pattern_prune(projected, 6.0, 4)
-    report = admm_prune_on_data(admm, data, 6.0, 4, AdmmConfig(epochs=12, rho_every=3,
-                                                                lr=1e-2), loss_fn=loss_fn)
+    report = admm_prune_on_data(admm, data, 6.0, 4, epochs=24, lr=1e-2, loss_fn=loss_fn)
     for layer in report.layers:
         weight = admm.get_parameter(f"{layer.name}.weight").detach().numpy()
         for kernel, pid in zip(weight.reshape(-1, 3, 3), layer.pattern_ids.reshape(-1),
                                strict=True):
             assert not kernel.any() if pid < 0 else not kernel[~report.library[pid]].any()
     assert report.rate > 5.0
-    assert task_loss(admm) < 0.8 * task_loss(projected)  # 0.6x when written
+    assert task_loss(admm) < 0.8 * task_loss(projected)  # 0.67x when written
