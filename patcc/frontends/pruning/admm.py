@@ -170,10 +170,10 @@ class FoldedBatchNorm(nn.BatchNorm2d):
 
 
 def synthetic_inputs(model: nn.Module, shape: Sequence[int], config: AdmmConfig,
-                     generator: torch.Generator) -> torch.Tensor:
+                     generator: torch.Generator, progress: bool = False) -> torch.Tensor:
     """``shape[0]`` synthetic images for ``model`` (in eval mode), as ``config.inputs``
     says: uniform pixels, matched to the batch-norm statistics a batch of
-    ``config.batch_size`` at a time."""
+    ``config.batch_size`` at a time (``progress``: a bar on stderr)."""
     x = synthetic_batch(generator, shape, config.mean, config.std)
     if config.inputs == "uniform" or not config.distil_steps:
         return x
@@ -184,12 +184,17 @@ def synthetic_inputs(model: nn.Module, shape: Sequence[int], config: AdmmConfig,
                       "inputs to (batch norms folded into the convolutions?): they stay "
                       "uniform", stacklevel=2)
         return x
-    return torch.cat([_match_statistics(model, norms, chunk, config.distil_steps)
-                      for chunk in x.split(config.batch_size)])
+    chunks = x.split(config.batch_size)
+    bar = _progress_bar(len(chunks) * config.distil_steps, progress, "matching inputs")
+    matched = [_match_statistics(model, norms, chunk, config.distil_steps, bar)
+               for chunk in chunks]
+    if bar is not None:
+        bar.close()
+    return torch.cat(matched)
 
 
 def _match_statistics(model: nn.Module, norms: list[nn.BatchNorm2d], x: torch.Tensor,
-                      steps: int) -> torch.Tensor:
+                      steps: int, bar: Any = None) -> torch.Tensor:
     """Adam on the pixels of ``x``: the per-channel mean and standard deviation of
     every batch norm's input over the batch, against its running ones (normalised by
     the layer's total variance, so every layer counts alike)."""
@@ -213,6 +218,8 @@ def _match_statistics(model: nn.Module, norms: list[nn.BatchNorm2d], x: torch.Te
             model(x)
             (x.grad,) = torch.autograd.grad(torch.stack(terms).sum(), [x])
             optimiser.step()
+            if bar is not None:
+                bar.update(1)
     finally:
         for handle in handles:
             handle.remove()
@@ -455,7 +462,7 @@ def _admm(model: nn.Module, original: nn.Module, convs: dict[str, nn.Conv2d],
         library = build_pattern_library((u.conv.weight for u in units), num_patterns)
     generator = torch.Generator().manual_seed(config.seed * 1009 + _rank())
     pool = synthetic_inputs(original, ((config.pool_batches + 1) * config.batch_size, *shape),
-                            config, generator)
+                            config, generator, progress)
     pool, held_out = pool[config.batch_size:], pool[:config.batch_size]
 
     steps = len(units) * config.epochs * config.iterations
@@ -585,11 +592,11 @@ def _reconstruction_errors(model: nn.Module, original: nn.Module, input_shape: S
         return {n: _relative_error(gm, gm_original, units[n], targets[n], x) for n in names}
 
 
-def _progress_bar(total: int, show: bool) -> Any:
+def _progress_bar(total: int, show: bool, desc: str = "admm") -> Any:
     if not show:
         return None
     import sys
 
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="admm", unit="step", file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
