@@ -258,8 +258,12 @@ def test_bn_matched_inputs_have_the_training_statistics() -> None:
     assert matched.shape == uniform.shape
 
 
-def test_models_without_batch_norm_keep_uniform_inputs() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
+    nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),  # never trained
+])
+def test_models_without_batch_norm_statistics_keep_uniform_inputs(model: nn.Module) -> None:
+    model.eval()
     config = AdmmConfig()
     with pytest.warns(UserWarning, match="no batch norm statistics"):
         x = synthetic_inputs(model, (2, *SHAPE), config, torch.Generator().manual_seed(0))

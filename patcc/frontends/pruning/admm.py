@@ -169,6 +169,19 @@ class FoldedBatchNorm(nn.BatchNorm2d):
     shift, as in an ONNX model's per-channel affine): inputs are not matched to it."""
 
 
+def _has_statistics(module: nn.BatchNorm2d) -> bool:
+    """Whether ``module`` is a batch norm that has seen data: not folded, and not at
+    its initial statistics (mean 0, variance 1 everywhere: an untrained model's,
+    which say nothing about any data; on a random-weight ResNet-18, matching them
+    made ADMM's output error 0.68 instead of 0.35)."""
+    if isinstance(module, FoldedBatchNorm):
+        return False
+    mean, var = module.running_mean, module.running_var
+    if mean is None or var is None:
+        return False
+    return bool(mean.any()) or not bool((var == 1).all())
+
+
 def synthetic_inputs(model: nn.Module, shape: Sequence[int], config: AdmmConfig,
                      generator: torch.Generator, progress: bool = False) -> torch.Tensor:
     """``shape[0]`` synthetic images for ``model`` (in eval mode), as ``config.inputs``
@@ -177,12 +190,11 @@ def synthetic_inputs(model: nn.Module, shape: Sequence[int], config: AdmmConfig,
     x = synthetic_batch(generator, shape, config.mean, config.std)
     if config.inputs == "uniform" or not config.distil_steps:
         return x
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)
-             and not isinstance(m, FoldedBatchNorm) and m.running_mean is not None]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and _has_statistics(m)]
     if not norms:
         warnings.warn("the model has no batch norm statistics to match the synthetic "
-                      "inputs to (batch norms folded into the convolutions?): they stay "
-                      "uniform", stacklevel=2)
+                      "inputs to (batch norms folded into the convolutions, or never "
+                      "trained): they stay uniform", stacklevel=2)
         return x
     chunks = x.split(config.batch_size)
     bar = _progress_bar(len(chunks) * config.distil_steps, progress, "matching inputs")
