@@ -19,7 +19,17 @@ def compile(model: Any, target: Any = "x86_64", input_shapes: Any = None,
 
 
 def load(path: Any, num_threads: int | None = None) -> Any:
-    """Load a compiled model (``.so``); see patcc.runtime.native.load."""
+    """Load a compiled model: a ``.so`` (patcc.runtime.native.load) or an OpenCL
+    package directory (patcc.runtime.opencl.load, on ``PATCC_OPENCL_DEVICE``)."""
+    from patcc.runtime.opencl import is_package
+
+    if is_package(path):
+        if num_threads is not None:
+            raise PatccError("num_threads is for compiled .so models; an OpenCL package "
+                             "runs on its device")
+        from patcc.runtime.opencl import load as _load_package
+
+        return _load_package(path)
     from patcc.runtime.native import load as _load
 
     return _load(path, num_threads)

@@ -78,14 +78,23 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from patcc.compiler import compile as compile_model
 
     start = time.perf_counter()
+    from patcc.backends.opencl import OPENCL_TARGETS
+
+    opencl = args.target in OPENCL_TARGETS
+    emit = args.emit or ("opencl" if opencl else "so")
+    if args.report and opencl:
+        raise PatccError("--report reads CPU assembly; for an OpenCL package, time the "
+                         "kernels with patcc.load(PACKAGE, profile=True).layer_times()")
     model = compile_model(args.model, args.target, _input_shapes(args.input_shape),
                           tune=args.tune, progress=not args.quiet and sys.stderr.isatty(),
-                          cpu=args.cpu, features=args.features)
-    model.save(args.output, args.emit)
+                          cpu=args.cpu, features=args.features, precision=args.precision)
+    model.save(args.output, emit)
     elapsed = time.perf_counter() - start
     if not args.quiet:
-        print(f"{args.output}: {args.emit} for {model.target.tag} ({model.target.cpu}), "
-              f"{len(model.plan.codes)} layers, workspace {model.workspace_size / 2**20:.2f} MiB,"
+        layers = len(model.program.launches) if opencl else len(model.plan.codes)
+        what = "kernels" if opencl else "layers"
+        print(f"{args.output}: {emit} for {model.target.tag} ({model.target.cpu}), "
+              f"{layers} {what}, workspace {model.workspace_size / 2**20:.2f} MiB,"
               f" compiled in {elapsed:.1f} s")
     if args.report:
         from patcc.report import report
@@ -96,6 +105,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from patcc.fileio import save_npz
+    from patcc.runtime.opencl import is_package
 
     if _is_elf(args.artifact):
         from patcc.runtime.native import load
@@ -103,6 +113,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         model = load(args.artifact, args.threads)
         inputs = _read_inputs(args.input, list(model.inputs))
         outputs = model.run(inputs)
+    elif is_package(args.artifact):
+        from patcc.runtime.opencl import load as load_package
+
+        package = load_package(args.artifact)
+        inputs = _read_inputs(args.input, package.input_names)
+        outputs = package.run(inputs)
     else:
         from patcc.frontends.onnx import import_onnx
         from patcc.runtime import run
@@ -127,10 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     shape_help = "fix an input's shape, e.g. input=1x3x224x224 (repeatable)"
 
+    from patcc.backends.opencl import EMIT_KINDS as OPENCL_EMIT_KINDS
+    from patcc.backends.opencl.codegen import PRECISIONS
     from patcc.backends.target import target_tags
     from patcc.compiler import EMIT_KINDS
 
-    p = sub.add_parser("compile", help="compile an ONNX model into a shared object")
+    p = sub.add_parser("compile", help="compile an ONNX model into a shared object (or, "
+                                       "for an OpenCL target, a package directory)")
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--target", default="x86_64", metavar="TAG",
@@ -140,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU to generate code for instead of the tag's, e.g. cortex-a55")
     p.add_argument("--features", metavar="LIST",
                    help="CPU features instead of the tag's, e.g. +neon,+dotprod")
-    p.add_argument("--emit", default="so", choices=EMIT_KINDS,
-                   help="what to write (default: so)")
+    p.add_argument("--emit", default=None, choices=(*EMIT_KINDS, *OPENCL_EMIT_KINDS),
+                   help="what to write (default: so; opencl, a package directory, for "
+                        "an OpenCL target)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="OpenCL targets: fp16 stores and computes in half precision "
+                        "(devices with cl_khr_fp16); default fp32")
     p.add_argument("--report", action="store_true",
                    help="print per-layer kernels, blocks, storage, loads/FMA and, for this "
                         "machine's target, measured times")
@@ -167,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a model on .npy inputs, write the outputs as .npz")
     p.add_argument("artifact", metavar="ARTIFACT",
-                   help="a compiled .so, or an .onnx model (run by the reference interpreter)")
+                   help="a compiled .so, an OpenCL package directory, or an .onnx model "
+                        "(run by the reference interpreter)")
     p.add_argument("-i", "--input", action="append", required=True, metavar="[NAME=]FILE.npy",
                    help="an input array; NAME= selects the input (repeatable)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.npz")

@@ -19,6 +19,8 @@ import onnx
 from patcc.backends.abi import render_header
 from patcc.backends.llvm import codegen, toolchain
 from patcc.backends.llvm.lowering import Schedule
+from patcc.backends.opencl import OPENCL_TARGETS
+from patcc.backends.opencl import build as build_opencl
 from patcc.backends.target import Target, get_target, with_overrides
 from patcc.errors import PatccError
 from patcc.fileio import atomic_write
@@ -119,7 +121,8 @@ def compile(
     progress: bool = False,
     cpu: str | None = None,
     features: str | None = None,
-) -> CompiledModel:
+    precision: str = "fp32",
+) -> Any:
     """Compile an ONNX model (path or ModelProto) or a patcc Graph for ``target``.
 
     ``cpu`` and ``features`` (e.g. ``"cortex-a55"``, ``"+neon,+dotprod"``) override
@@ -135,6 +138,10 @@ def compile(
     unless tuning is asked for and their code runs here.
     ``progress`` shows a progress bar on stderr while tuning.
 
+    An OpenCL tag (``opencl``, ``opencl-adreno``) returns an ``OpenCLModel`` instead,
+    whose ``save`` writes a package directory; ``precision="fp16"`` stores and
+    computes in half precision there (devices with ``cl_khr_fp16``).
+
     Raises ``PatccError`` for anything the frontends reject, an unknown target, or a
     toolchain failure.
     """
@@ -146,6 +153,15 @@ def compile(
         from patcc.frontends.onnx import import_onnx
 
         graph = import_onnx(model, input_shapes)
+    if isinstance(target, str) and target in OPENCL_TARGETS:
+        if cpu or features or tune:
+            raise PatccError(f"--cpu, --features and --tune apply to CPU targets, not {target}")
+        graph = run_pipeline(graph, BACKEND_PIPELINE)
+        timings["import"] = time.perf_counter() - start
+        return build_opencl(graph, OPENCL_TARGETS[target], precision, timings)
+    if precision != "fp32":
+        raise PatccError(f"--precision {precision} is for OpenCL targets; CPU targets "
+                         "compute in fp32")
     tgt = with_overrides(get_target(target), cpu, features)
     graph = run_pipeline(graph, BACKEND_PIPELINE)
     timings["import"] = time.perf_counter() - start

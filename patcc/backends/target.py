@@ -134,7 +134,7 @@ def scheduling_model_cpu(cpu: str) -> str:
 
 def target_tags() -> list[str]:
     """Every tag ``get_target`` accepts (and ``aarch64-androidNN`` for API level NN)."""
-    return ["x86_64", *_PORTABLE, *_ARM]
+    return ["x86_64", *_PORTABLE, *_ARM, "opencl", "opencl-adreno"]
 
 
 def get_target(tag: str | Target) -> Target:

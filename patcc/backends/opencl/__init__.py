@@ -1,0 +1,103 @@
+"""The OpenCL backend: OpenCL C kernels, and a package a host program runs.
+
+Targets are data here too: ``opencl`` (any OpenCL 1.2 device; work-groups of 64)
+and ``opencl-adreno`` (Qualcomm's Adreno GPUs of Snapdragon phones, which schedule
+waves of 64 or 128 work-items; work-groups of 128).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patcc.errors import PatccError
+from patcc.ir.graph import Graph
+
+
+@dataclass(frozen=True)
+class OpenCLTarget:
+    """An OpenCL device family: its tag and the work-group size kernels use."""
+
+    tag: str
+    local_size: int
+    description: str
+    cpu: str = "opencl"  # what `patcc compile` prints beside the tag
+
+    @property
+    def is_host(self) -> bool:
+        return False
+
+
+OPENCL_TARGETS = {
+    "opencl": OpenCLTarget("opencl", 64, "any OpenCL 1.2 device"),
+    "opencl-adreno": OpenCLTarget("opencl-adreno", 128, "Qualcomm Adreno GPUs (Snapdragon)",
+                                  cpu="adreno"),
+}
+EMIT_KINDS = ("opencl",)
+
+
+@dataclass
+class OpenCLModel:
+    """A model compiled for an OpenCL target: ``save`` writes the package directory;
+    calling it runs the package through pyopencl (``patcc.runtime.opencl``)."""
+
+    graph: Graph
+    target: OpenCLTarget
+    program: Any  # codegen.Program
+    timings: dict[str, float] = field(default_factory=dict)
+    _loaded: Any = None
+    _tmpdir: Any = None
+
+    def files(self) -> dict[str, bytes]:
+        from patcc.backends.opencl.package import files
+
+        return files(self.program, self.target.tag, self.graph.name)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The package's manifest."""
+        from patcc.backends.opencl.package import manifest
+
+        return manifest(self.program, self.target.tag, self.graph.name)
+
+    @property
+    def workspace_size(self) -> int:
+        return self.program.workspace_elements * self.program.element_size
+
+    def save(self, path: str | Path, kind: str = "opencl") -> None:
+        """Write the package directory at ``path`` (all or nothing)."""
+        from patcc.backends.opencl.package import write_package
+
+        if kind not in EMIT_KINDS:
+            raise PatccError(f"--emit {kind} is not an OpenCL output; an OpenCL target "
+                             "writes a package directory (--emit opencl)")
+        write_package(path, self.files())
+
+    def load(self, profile: bool = False) -> Any:
+        """The package loaded on the selected OpenCL device (a private copy)."""
+        from patcc.runtime.opencl import load
+
+        if self._loaded is None or self._loaded.profile != profile:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="patcc-ocl-")
+            path = Path(self._tmpdir.name) / "model.ocl"
+            self.save(path)
+            self._loaded = load(path, profile=profile)
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+
+def build(graph: Graph, target: OpenCLTarget, precision: str = "fp32",
+          timings: dict[str, float] | None = None) -> OpenCLModel:
+    """Render an optimised graph (after ``BACKEND_PIPELINE``) for ``target``."""
+    from patcc.backends.opencl.codegen import render
+
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    program = render(graph, precision, target.local_size)
+    timings["codegen"] = time.perf_counter() - start
+    return OpenCLModel(graph, target, program, timings)

@@ -1,0 +1,188 @@
+"""Running OpenCL packages through pyopencl: ``load(package)`` -> a callable model.
+
+The device is the first one pyopencl finds (PoCL on a CPU-only machine), or the one
+``PATCC_OPENCL_DEVICE`` names: an index into the list of all platforms' devices, or
+a case-insensitive substring of ``"<platform> <device>"``. With ``profile=True`` the
+queue records an event per kernel and ``layer_times()`` gives each layer's time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from patcc.errors import PatccError
+from patcc.ir.graph import TensorType
+from patcc.runtime.interpreter import Inputs, bind_inputs
+
+MANIFEST = "manifest.json"
+FORMAT = "patcc-opencl"
+
+
+def is_package(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding an OpenCL package's manifest."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _pyopencl() -> Any:
+    try:
+        import pyopencl
+    except ImportError as e:
+        raise PatccError("running an OpenCL package needs pyopencl (pip install "
+                         "'patcc[opencl]') and an OpenCL driver (e.g. Debian's "
+                         "pocl-opencl-icd)") from e
+    return pyopencl
+
+
+def devices() -> list[Any]:
+    """Every OpenCL device of every platform, in the order PATCC_OPENCL_DEVICE counts."""
+    cl = _pyopencl()
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as e:  # no ICD installed: pyopencl raises PLATFORM_NOT_FOUND_KHR
+        raise PatccError(f"no OpenCL platform found ({e}); install a driver, e.g. "
+                         "Debian's pocl-opencl-icd") from e
+    return [d for p in platforms for d in p.get_devices()]
+
+
+def _describe(device: Any) -> str:
+    return f"{device.platform.name.strip()} {device.name.strip()}"
+
+
+def select_device(spec: str | None = None) -> Any:
+    """The device ``spec`` (or ``PATCC_OPENCL_DEVICE``) names, else the first one."""
+    spec = spec if spec is not None else os.environ.get("PATCC_OPENCL_DEVICE")
+    found = devices()
+    if not found:
+        raise PatccError("no OpenCL device found; install a driver, e.g. Debian's "
+                         "pocl-opencl-icd")
+    if not spec:
+        return found[0]
+    if spec.isdigit():
+        if int(spec) >= len(found):
+            raise PatccError(f"PATCC_OPENCL_DEVICE={spec}: there are {len(found)} device(s): "
+                             + "; ".join(f"{i}: {_describe(d)}" for i, d in enumerate(found)))
+        return found[int(spec)]
+    matches = [d for d in found if spec.lower() in _describe(d).lower()]
+    if not matches:
+        raise PatccError(f"PATCC_OPENCL_DEVICE={spec!r} matches no device; there are: "
+                         + "; ".join(f"{i}: {_describe(d)}" for i, d in enumerate(found)))
+    return matches[0]
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The package's manifest, checked; ``PatccError`` naming the file otherwise."""
+    file = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise PatccError(f"cannot read the OpenCL package manifest: {e}", where=str(file)) \
+            from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PatccError(f"not a patcc OpenCL package (format {FORMAT!r} expected)",
+                         where=str(file))
+    return manifest
+
+
+class OpenCLModel:
+    """A loaded package: call it with inputs (positional or by name), get outputs."""
+
+    def __init__(self, path: str | os.PathLike[str], device: Any = None,
+                 profile: bool = False) -> None:
+        cl = _pyopencl()
+        self.path = Path(path)
+        self.manifest = read_manifest(path)
+        m = self.manifest
+        self.precision = m["precision"]
+        self.dtype = np.float16 if self.precision == "fp16" else np.float32
+        self.device = device if device is not None else select_device()
+        if self.precision == "fp16" and "cl_khr_fp16" not in self.device.extensions.split():
+            raise PatccError(f"the package is fp16 and {_describe(self.device)} lacks "
+                             "cl_khr_fp16; compile with --precision fp32")
+        self.context = cl.Context([self.device])
+        props = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
+        self.queue = cl.CommandQueue(self.context, properties=props)
+        self.profile = profile
+        source = (self.path / m["source"]).read_text()
+        try:
+            self.program = cl.Program(self.context, source).build(
+                options=m.get("build_options", ""))
+        except cl.RuntimeError as e:
+            raise PatccError(f"the OpenCL compiler of {_describe(self.device)} rejected "
+                             f"the package's kernels: {str(e).strip()[:2000]}",
+                             where=str(self.path / m["source"])) from e
+        weights = np.fromfile(self.path / m["weights"], dtype=np.uint8)
+        if weights.size != m["weights_bytes"]:
+            raise PatccError(f"weights file has {weights.size} bytes, the manifest says "
+                             f"{m['weights_bytes']}", where=str(self.path / m["weights"]))
+        mf = cl.mem_flags
+        self.wb = cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR,
+                            hostbuf=weights if weights.size else np.zeros(16, np.uint8))
+        itemsize = np.dtype(self.dtype).itemsize
+        self.ws = cl.Buffer(self.context, mf.READ_WRITE,
+                            size=max(16, m["workspace_elements"] * itemsize))
+        self.kernels = [(getattr(self.program, k["name"]), k) for k in m["kernels"]]
+        for kernel, _ in self.kernels:
+            kernel.set_args(self.ws, self.wb)
+        self.signature = {n: TensorType(tuple(s["shape"])) for n, s in m["inputs"].items()}
+        self._events: list[tuple[str, Any]] = []
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.manifest["inputs"])
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.manifest["outputs"])
+
+    def run(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """Outputs by name for inputs given positionally or by name (float32)."""
+        cl = _pyopencl()
+        bound = bind_inputs(self.signature, inputs)
+        itemsize = np.dtype(self.dtype).itemsize
+        for name, value in bound.items():
+            slot = self.manifest["inputs"][name]
+            host = np.ascontiguousarray(value, dtype=self.dtype)
+            cl.enqueue_copy(self.queue, self.ws, host, dst_offset=slot["offset"] * itemsize)
+        events = []
+        for kernel, launch in self.kernels:
+            event = cl.enqueue_nd_range_kernel(self.queue, kernel, launch["global"],
+                                               launch["local"])
+            events.append((launch["layer"], event))
+        outputs = {}
+        for name, slot in self.manifest["outputs"].items():
+            host = np.empty(slot["shape"], dtype=self.dtype)
+            cl.enqueue_copy(self.queue, host, self.ws, src_offset=slot["offset"] * itemsize)
+            outputs[name] = host.astype(np.float32)
+        self.queue.finish()
+        self._events = events
+        return outputs
+
+    def layer_times(self) -> dict[str, float]:
+        """Milliseconds each layer's kernels took in the last run (``profile=True``)."""
+        if not self.profile:
+            raise PatccError("layer times need the model loaded with profile=True")
+        times: dict[str, float] = {}
+        for layer, event in self._events:
+            times[layer] = times.get(layer, 0.0) + (event.profile.end - event.profile.start) / 1e6
+        return times
+
+    def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
+        """``model(x)`` or ``model(input=x)``: one array for a single-output model,
+        else a dict name -> array (as a native model's)."""
+        if args and kwargs:
+            raise PatccError("give the inputs either by position or by name, not both")
+        outs = self.run(kwargs if kwargs else list(args))
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def __repr__(self) -> str:
+        return f"<patcc OpenCL package {self.path} on {_describe(self.device)}>"
+
+
+def load(path: str | os.PathLike[str], profile: bool = False) -> OpenCLModel:
+    """Load the OpenCL package at ``path`` on the selected device."""
+    return OpenCLModel(path, profile=profile)

@@ -1,0 +1,274 @@
+"""The OpenCL backend (``patcc/backends/opencl``) on PoCL, through pyopencl.
+
+Every reference architecture, dense and pattern-pruned, against onnxruntime (1e-4 of
+the output's scale, fp32); the generated C host compiled with ``cc`` against
+libOpenCL gives the same outputs; random single layers and small graphs (hypothesis)
+against the reference interpreter; the package format, its atomic writing and the
+errors users meet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from compiled_helpers import assert_close, run_onnxruntime
+from hypothesis import HealthCheck, given, note, settings
+from onnx_gen import OnnxCase, pattern_conv_models, single_layer_models, small_graph_models
+
+import patcc
+from conftest import MISSING_TOOL, PRUNED_VARIANT, require_tool
+from patcc.cli import main
+from patcc.errors import PatccError
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Sparsity
+from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.runtime import run
+
+pytestmark = pytest.mark.needs_tool
+
+
+@pytest.fixture(scope="module", autouse=True)
+def opencl_device() -> None:
+    """Skip (fail under CI) without pyopencl or an OpenCL device."""
+    try:
+        from patcc.runtime.opencl import select_device
+
+        select_device()
+    except (ImportError, PatccError) as e:
+        pytest.skip(f"{MISSING_TOOL} an OpenCL device through pyopencl (Debian: "
+                    f"pocl-opencl-icd; pip: pyopencl): {e}")
+
+
+SLOW = ("resnet50", "vgg16")
+CASES = [
+    pytest.param((name, variant), marks=[pytest.mark.slow] if name in SLOW else [],
+                 id=f"{name}-{variant}")
+    for name in REFERENCE_ARCHITECTURES
+    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_architectures_match_onnxruntime(case: tuple[str, str], exported_model,
+                                                   tmp_path: Path) -> None:
+    name, variant = case
+    _, path = exported_model(name, variant)
+    x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES[name]).astype(np.float32)
+    import onnx
+
+    model = onnx.load(path)
+    feeds = {model.graph.input[0].name: x}
+    expected = run_onnxruntime(model, feeds, [o.name for o in model.graph.output])
+    compiled = patcc.compile(path, target="opencl")
+    kernels = {layer["layer"]: layer["kernel"] for layer in compiled.program.layers}
+    patterned = [c.name for c in compiled.graph.convs() if c.sparsity is Sparsity.PATTERN]
+    assert all(kernels[name] == "pattern-conv" for name in patterned)  # the sparse kernel
+    assert bool(patterned) == (variant != "dense")
+    compiled.save(tmp_path / "model.ocl")
+    from patcc.runtime.opencl import load
+
+    ours = load(tmp_path / "model.ocl").run([x])
+    assert list(ours) == list(expected)
+    for out_name, ref in expected.items():
+        assert float(np.abs(ref).max()) > 0
+        assert_close(ours[out_name], ref, out_name, floor=0.0)
+
+
+@pytest.fixture(scope="module")
+def pruned_package(exported_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, path = exported_model("senet_tiny", "6x")
+    out = tmp_path_factory.mktemp("ocl") / "senet.ocl"
+    assert main(["compile", str(path), "--target", "opencl-adreno", "-o", str(out),
+                 "-q"]) == 0
+    return out
+
+
+def test_package_layout_and_manifest(pruned_package: Path) -> None:
+    names = sorted(p.name for p in pruned_package.iterdir())
+    assert names == ["manifest.json", "model.cl", "patcc_model.c", "patcc_model.h",
+                     "weights.bin"]
+    m = json.loads((pruned_package / "manifest.json").read_text())
+    assert (m["format"], m["version"], m["precision"], m["target"]) == \
+        ("patcc-opencl", 1, "fp32", "opencl-adreno")
+    assert m["weights_bytes"] == (pruned_package / "weights.bin").stat().st_size
+    source = (pruned_package / "model.cl").read_text()
+    for k in m["kernels"]:
+        assert f"__kernel void {k['name']}(" in source
+        assert all(g % lc == 0 for g, lc in zip(k["global"], k["local"], strict=True))
+        assert k["local"][0] <= 128
+    assert [tuple(s["shape"]) for s in m["inputs"].values()] == [INPUT_SHAPES["senet_tiny"]]
+
+
+def test_pattern_weights_are_stored_compressed(pruned_package: Path, exported_model) -> None:
+    _, path = exported_model("senet_tiny", "6x")
+    layers = import_onnx(path).layers
+    dense_bytes = sum(4 * layer.weight.size for layer in layers if hasattr(layer, "weight"))
+    stored = json.loads((pruned_package / "manifest.json").read_text())["weights_bytes"]
+    assert stored < 0.75 * dense_bytes, (stored, dense_bytes)
+
+
+def test_cli_run_of_a_package_equals_the_interpreter(pruned_package: Path, exported_model,
+                                                     tmp_path: Path) -> None:
+    _, path = exported_model("senet_tiny", "6x")
+    x = np.random.default_rng(3).standard_normal(INPUT_SHAPES["senet_tiny"]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(pruned_package), "-i", str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "out.npz"), "-q"]) == 0
+    got = dict(np.load(tmp_path / "out.npz"))
+    want = run(import_onnx(path), [x])
+    assert list(got) == list(want)
+    for name in want:
+        assert_close(got[name], want[name], name)
+    loaded = patcc.load(pruned_package)  # the Python API's door to the same package
+    np.testing.assert_array_equal(loaded(x), got[next(iter(got))])
+    with pytest.raises(PatccError, match="num_threads is for compiled .so models"):
+        patcc.load(pruned_package, num_threads=2)
+
+
+def test_the_c_host_gives_the_same_outputs(pruned_package: Path, tmp_path: Path) -> None:
+    cc = require_tool("cc", "apt-get install build-essential")
+    if not Path("/usr/include/CL/cl.h").exists():
+        pytest.skip(f"{MISSING_TOOL} OpenCL headers (apt-get install ocl-icd-opencl-dev)")
+    exe = tmp_path / "host"
+    proc = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-DPATCC_MODEL_MAIN",
+                           str(pruned_package / "patcc_model.c"), "-o", str(exe),
+                           "-lOpenCL"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    x = np.random.default_rng(4).standard_normal(INPUT_SHAPES["senet_tiny"]).astype(np.float32)
+    x.tofile(tmp_path / "x.bin")
+    proc = subprocess.run([str(exe), str(pruned_package), str(tmp_path / "x.bin"),
+                           str(tmp_path / "y.bin")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    from patcc.runtime.opencl import load
+
+    model = load(pruned_package)
+    (name,) = model.output_names
+    want = model.run([x])[name]
+    got = np.fromfile(tmp_path / "y.bin", dtype=np.float32).reshape(want.shape)
+    np.testing.assert_array_equal(got, want)  # the same kernels on the same device
+
+
+def test_compiled_model_call_and_profile(exported_model) -> None:
+    _, path = exported_model("resnet18", "dense")
+    compiled = patcc.compile(path, target="opencl")
+    x = np.random.default_rng(5).standard_normal(INPUT_SHAPES["resnet18"]).astype(np.float32)
+    want = run(compiled.graph, [x])
+    got = compiled(x)
+    assert_close(got, next(iter(want.values())), "output")
+    profiled = compiled.load(profile=True)
+    profiled.run([x])
+    times = profiled.layer_times()
+    assert set(times) == {layer.name for layer in compiled.graph.layers}
+    assert all(t > 0 for t in times.values())
+
+
+def test_fp16_needs_the_extension(exported_model, tmp_path: Path) -> None:
+    from patcc.runtime.opencl import load, select_device
+
+    _, path = exported_model("senet_tiny", "6x")
+    compiled = patcc.compile(path, target="opencl", precision="fp16")
+    source = compiled.program.source
+    assert "cl_khr_fp16 : enable" in source and "typedef half real;" in source
+    assert compiled.program.element_size == 2
+    compiled.save(tmp_path / "half.ocl")
+    x = np.random.default_rng(6).standard_normal(INPUT_SHAPES["senet_tiny"]).astype(np.float32)
+    if "cl_khr_fp16" not in select_device().extensions.split():
+        with pytest.raises(PatccError, match="lacks cl_khr_fp16.*--precision fp32"):
+            load(tmp_path / "half.ocl")
+        return
+    want = run(compiled.graph, [x])
+    got = load(tmp_path / "half.ocl").run([x])
+    for name in want:  # half storage: about three significant digits
+        np.testing.assert_allclose(got[name], want[name], rtol=0,
+                                   atol=2e-2 * np.abs(want[name]).max())
+
+
+def test_package_writing_is_atomic_and_refuses_other_files(exported_model,
+                                                           tmp_path: Path) -> None:
+    _, path = exported_model("senet_tiny", "dense")
+    compiled = patcc.compile(path, target="opencl")
+    other = tmp_path / "taken"
+    other.write_text("keep me")
+    with pytest.raises(PatccError, match="not an OpenCL package"):
+        compiled.save(other)
+    assert other.read_text() == "keep me"
+    target = tmp_path / "m.ocl"
+    compiled.save(target)
+    compiled.save(target)  # a package is replaced whole
+    assert sorted(os.listdir(tmp_path)) == ["m.ocl", "taken"]  # no temporary left
+    with pytest.raises(PatccError, match="--emit so is not an OpenCL output"):
+        compiled.save(tmp_path / "x.so", "so")
+
+
+def test_bad_device_and_options_are_clear(exported_model, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from patcc.runtime.opencl import select_device
+
+    monkeypatch.setenv("PATCC_OPENCL_DEVICE", "no such device anywhere")
+    with pytest.raises(PatccError, match="matches no device; there are: 0: "):
+        select_device()
+    monkeypatch.setenv("PATCC_OPENCL_DEVICE", "99")
+    with pytest.raises(PatccError, match="there are 1 device|there are [0-9]+ device"):
+        select_device()
+    _, path = exported_model("senet_tiny", "dense")
+    out = tmp_path / "m.ocl"
+    with pytest.raises(SystemExit) as exit_status:  # argparse's choices
+        main(["compile", str(path), "--target", "opencl", "--precision", "fp8", "-o",
+              str(out)])
+    assert exit_status.value.code == 2
+    assert main(["compile", str(path), "--target", "x86_64", "--precision", "fp16", "-o",
+                 str(tmp_path / "m.so")]) == 2
+    err = capsys.readouterr().err
+    assert "fp8" in err and "--precision fp16 is for OpenCL targets" in err
+    assert not out.exists() and not (tmp_path / "m.so").exists()
+    bogus = tmp_path / "bogus.ocl"
+    bogus.mkdir()
+    (bogus / "manifest.json").write_text('{"format": "something else"}')
+    np.save(tmp_path / "x.npy", np.zeros(INPUT_SHAPES["senet_tiny"], np.float32))
+    assert main(["run", str(bogus), "-i", str(tmp_path / "x.npy"), "-o",
+                 str(tmp_path / "o.npz")]) == 2
+    assert "not a patcc OpenCL package" in capsys.readouterr().err
+
+
+# -- randomised: single layers and small graphs against the interpreter -----------------
+
+EXAMPLES = int(os.environ.get("PATCC_FUZZ_EXAMPLES", 25))
+fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.filter_too_much])
+
+
+def _assert_opencl_matches(case: OnnxCase) -> None:
+    graph = import_onnx(case.model, case.input_shapes)
+    note(str(graph))
+    expected = run(graph, case.feeds)
+    compiled = patcc.compile(case.model, target="opencl", input_shapes=case.input_shapes)
+    ours = compiled.load().run(case.feeds)
+    for name in case.output_names:
+        assert_close(ours[name], expected[name], f"{name} vs interpreter")
+
+
+@fuzz
+@given(single_layer_models())
+def test_random_single_layers(case: OnnxCase) -> None:
+    _assert_opencl_matches(case)
+
+
+@fuzz
+@given(pattern_conv_models())
+def test_random_pattern_convs(case: OnnxCase) -> None:
+    _assert_opencl_matches(case)
+
+
+@settings(fuzz, max_examples=2 * EXAMPLES)
+@given(small_graph_models())
+def test_random_small_graphs(case: OnnxCase) -> None:
+    _assert_opencl_matches(case)
+
