@@ -65,6 +65,27 @@ PRUNED_VARIANT = {
 }
 """The pruned variant tested for each architecture (the small models use "6x")."""
 
+SLOW_ARCHITECTURES = ("resnet50", "vgg16")
+
+
+def reference_params(*more: tuple[str, ...], packed: bool = False) -> list[object]:
+    """pytest params ``(name, variant, *one of each of more)`` over every reference
+    architecture, dense and its pruned variant; resnet50 and vgg16 are marked slow.
+    ``packed``: each param is one tuple (for a parametrized fixture)."""
+    import itertools
+
+    from patcc.models import REFERENCE_ARCHITECTURES
+
+    params = []
+    for name in REFERENCE_ARCHITECTURES:
+        marks = [pytest.mark.slow] if name in SLOW_ARCHITECTURES else []
+        for variant in ("dense", PRUNED_VARIANT.get(name, "6x")):
+            for extra in itertools.product(*more):
+                values = (name, variant, *extra)
+                params.append(pytest.param(*((values,) if packed else values), marks=marks,
+                                           id="-".join(values)))
+    return params
+
 
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]

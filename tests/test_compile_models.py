@@ -19,21 +19,14 @@ import numpy as np
 import pytest
 from compiled_helpers import run_with_threads
 
-from conftest import PRUNED_VARIANT
+from conftest import reference_params
 from patcc.compiler import CompiledModel
 from patcc.ir import Conv, Sparsity
-from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.models import INPUT_SHAPES
 
 ort = pytest.importorskip("onnxruntime")
 
-SLOW = ("resnet50", "vgg16")
-
-CASES = [
-    pytest.param((name, variant), marks=[pytest.mark.slow] if name in SLOW else [],
-                 id=f"{name}-{variant}")
-    for name in REFERENCE_ARCHITECTURES
-    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
-]
+CASES = reference_params(packed=True)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from onnx_gen import OnnxCase, pattern_conv_models, small_graph_models
 
 import patcc
-from conftest import PRUNED_VARIANT, require_tool
+from conftest import reference_params, require_tool
 from patcc.backends.elf import EM_AARCH64, read_load_segments, read_symbols
 from patcc.backends.llvm import toolchain
 from patcc.backends.llvm.toolchain import LIBM_FUNCTIONS
@@ -29,7 +29,7 @@ from patcc.cli import main
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import verify
-from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.models import INPUT_SHAPES
 from patcc.runtime import run
 from patcc.runtime.emulated import EmulatedModel
 
@@ -153,14 +153,7 @@ def require_emulation() -> None:
     require_tool("aarch64-linux-gnu-gcc", QEMU_PACKAGES)
 
 
-SLOW = ("resnet50", "vgg16")
-ARM_CASES = [
-    pytest.param(name, variant, tag, marks=[pytest.mark.slow] if name in SLOW else [],
-                 id=f"{name}-{variant}-{tag}")
-    for name in REFERENCE_ARCHITECTURES
-    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
-    for tag in ARM_TAGS
-]
+ARM_CASES = reference_params(ARM_TAGS)
 
 
 @pytest.mark.parametrize(("name", "variant", "tag"), ARM_CASES)

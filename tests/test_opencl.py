@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, note, settings
 from onnx_gen import OnnxCase, pattern_conv_models, single_layer_models, small_graph_models
 
 import patcc
-from conftest import MISSING_TOOL, PRUNED_VARIANT, require_tool
+from conftest import MISSING_TOOL, reference_params, require_tool
 from patcc.cli import main
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Sparsity
-from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.models import INPUT_SHAPES
 from patcc.runtime import run
 
 pytestmark = pytest.mark.needs_tool
@@ -44,13 +44,7 @@ def opencl_device() -> None:
                     f"pocl-opencl-icd; pip: pyopencl): {e}")
 
 
-SLOW = ("resnet50", "vgg16")
-CASES = [
-    pytest.param((name, variant), marks=[pytest.mark.slow] if name in SLOW else [],
-                 id=f"{name}-{variant}")
-    for name in REFERENCE_ARCHITECTURES
-    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
-]
+CASES = reference_params(packed=True)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -5,20 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import PRUNED_VARIANT
+from conftest import reference_params
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Sparsity
-from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES
+from patcc.models import INPUT_SHAPES
 from patcc.runtime import run
 
 ort = pytest.importorskip("onnxruntime")
 
-CASES = [
-    pytest.param(name, variant, marks=[pytest.mark.slow] if name in ("resnet50", "vgg16") else [],
-                 id=f"{name}-{variant}")
-    for name in REFERENCE_ARCHITECTURES
-    for variant in ("dense", PRUNED_VARIANT.get(name, "6x"))
-]
+CASES = reference_params()
 
 
 @pytest.mark.parametrize(("name", "variant"), CASES)
