@@ -174,7 +174,7 @@ def admm_config(method: str, args: argparse.Namespace, epochs: int | None = None
     """"admm": patcc's defaults; "admm-published": ``AdmmConfig.published()``. The
     digits are 0..1 without normalisation (``mean``/``std`` unless given)."""
     epochs = epochs or args.admm_epochs
-    extra = {"mean": [0.0], "std": [1.0], **extra}
+    extra = {"mean": [0.0], "std": [1.0], "distil_steps": args.distil_steps, **extra}
     if method == "admm":
         return AdmmConfig(epochs=epochs, refit_epochs=max(1, epochs // 2), **extra)
     return AdmmConfig.published(epochs=epochs, **extra)
@@ -294,6 +294,8 @@ def main() -> int:
     parser.add_argument("--retrain", type=int, default=8, help="masked retraining epochs")
     parser.add_argument("--admm-epochs", type=int, default=22, help="ADMM epochs per layer")
     parser.add_argument("--resnet-admm-epochs", type=int, default=8)
+    parser.add_argument("--distil-steps", type=int, default=AdmmConfig.distil_steps,
+                        help="Adam steps matching each input batch to the batch norms")
     parser.add_argument("--data-admm-epochs", type=int, default=24,
                         help="data-aware ADMM epochs (passes over the training set)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few epochs")
@@ -301,7 +303,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.retrain, args.admm_epochs, args.resnet_admm_epochs = 3, 1, 2, 1
-        args.data_admm_epochs = 1
+        args.data_admm_epochs, args.distil_steps = 1, 5
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = digits()
