@@ -276,6 +276,9 @@ class _Renderer:
             pre += f"  __global const real* R = {residual};\n"
         if layer.compressed is not None:
             self._pattern_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
+        elif (layer.kernel_shape == (1, 1) and layer.strides == (1, 1) and layer.groups == 1
+              and not any(layer.pads)):
+            self._pointwise_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
         else:
             self._dense_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
 
@@ -309,6 +312,46 @@ class _Renderer:
         ) + self._epilogue(layer, "acc", "i", "f", "R" if residual else None)
         self.add(layer, self.linear(total, body), total)
         self.layer_info.append({"layer": layer.name, "kernel": "dense-conv"})
+
+    def _pointwise_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
+                        residual: bool) -> None:
+        """A 1x1 conv is the matrix product W (O x C) @ X (C x pixels): tiled, each
+        work-group stages a chunk of input channels for its pixels and of weights for
+        its filters in local memory, so every input value is read from global memory
+        once per work-group instead of once per filter."""
+        _, c, h, w = x_shape
+        n, o, _, _ = y_shape
+        pixels = h * w
+        tp, tc = 16, 16
+        to = max(1, self.local // tp)
+        weight = self.blob.add(layer.weight.reshape(o, c))
+        body = pre + (
+            f"  __global const real* W = (__global const real*)(wb + {weight});\n"
+            f"  __local float xs[{tc}][{tp}];\n"
+            f"  __local float ws_[{to}][{tc}];\n"
+            f"  const int lp = get_local_id(0), lo = get_local_id(1);\n"
+            f"  const int p = get_global_id(0), f = get_global_id(1), b = get_global_id(2);\n"
+            f"  __global const real* xb = X + b * {c * pixels};\n"
+            f"  float acc = 0.0f;\n"
+            f"  for (int c0 = 0; c0 < {c}; c0 += {tc}) {{\n"
+            f"    for (int j = lo; j < {tc}; j += {to}) {{\n"
+            f"      const int ci = c0 + j;\n"
+            f"      xs[j][lp] = (ci < {c} && p < {pixels}) ? (float)xb[ci * {pixels} + p] : 0.0f;\n"
+            f"    }}\n"
+            f"    for (int j = lp; j < {tc}; j += {tp}) {{\n"
+            f"      const int ci = c0 + j;\n"
+            f"      ws_[lo][j] = (ci < {c} && f < {o}) ? (float)W[f * {c} + ci] : 0.0f;\n"
+            f"    }}\n"
+            f"    barrier(CLK_LOCAL_MEM_FENCE);\n"
+            f"    for (int j = 0; j < {tc}; ++j) acc += ws_[lo][j] * xs[j][lp];\n"
+            f"    barrier(CLK_LOCAL_MEM_FENCE);\n"
+            f"  }}\n"
+            f"  if (p >= {pixels} || f >= {o}) return;\n"
+            f"  const int out = (b * {o} + f) * {pixels} + p;\n"
+        ) + self._epilogue(layer, "acc", "out", "f", "R" if residual else None)
+        glob = (-(-pixels // tp) * tp, -(-o // to) * to, n)
+        self.add(layer, body, 0, global_size=glob, local_size=(tp, to, 1))
+        self.layer_info.append({"layer": layer.name, "kernel": "pointwise-conv"})
 
     def _pattern_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
                       residual: bool) -> None:
