@@ -18,7 +18,18 @@ import numpy as np
 import pytest
 from compiled_helpers import assert_close, run_onnxruntime
 from hypothesis import HealthCheck, given, note, settings
-from onnx_gen import OnnxCase, pattern_conv_models, single_layer_models, small_graph_models
+from hypothesis import strategies as st
+from onnx_gen import (
+    ModelBuilder,
+    OnnxCase,
+    _nchw,
+    _opset,
+    _seed,
+    conv,
+    pattern_conv_models,
+    single_layer_models,
+    small_graph_models,
+)
 
 import patcc
 from conftest import MISSING_TOOL, reference_params, require_tool
@@ -58,7 +69,7 @@ def test_reference_architectures_match_onnxruntime(case: tuple[str, str], export
     model = onnx.load(path)
     feeds = {model.graph.input[0].name: x}
     expected = run_onnxruntime(model, feeds, [o.name for o in model.graph.output])
-    compiled = patcc.compile(path, target="opencl")
+    compiled = patcc.compile(path, target="opencl-adreno")  # every staged kernel too
     kernels = {layer["layer"]: layer["kernel"] for layer in compiled.program.layers}
     patterned = [c.name for c in compiled.graph.convs() if c.sparsity is Sparsity.PATTERN]
     assert all(kernels[name] == "pattern-conv" for name in patterned)  # the sparse kernel
@@ -239,11 +250,11 @@ fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                                        HealthCheck.filter_too_much])
 
 
-def _assert_opencl_matches(case: OnnxCase) -> None:
+def _assert_opencl_matches(case: OnnxCase, target: str = "opencl") -> None:
     graph = import_onnx(case.model, case.input_shapes)
     note(str(graph))
     expected = run(graph, case.feeds)
-    compiled = patcc.compile(case.model, target="opencl", input_shapes=case.input_shapes)
+    compiled = patcc.compile(case.model, target=target, input_shapes=case.input_shapes)
     ours = compiled.load().run(case.feeds)
     for name in case.output_names:
         assert_close(ours[name], expected[name], f"{name} vs interpreter")
@@ -253,6 +264,23 @@ def _assert_opencl_matches(case: OnnxCase) -> None:
 @given(single_layer_models())
 def test_random_single_layers(case: OnnxCase) -> None:
     _assert_opencl_matches(case)
+
+
+@st.composite
+def pointwise_conv_models(draw: st.DrawFn) -> OnnxCase:
+    """One 1x1 stride-1 conv, up to 40 channels in and out (tiles of 16 channels and
+    16 pixels, so partial tiles on every axis); grouped or depthwise about half the
+    time, which takes the other kernels."""
+    b = ModelBuilder(_opset(draw), _seed(draw))
+    x = b.input(_nchw(draw, c_max=40))
+    return b.build([conv(draw, b, x, pattern=False, kernel=(1, 1), same_size=True,
+                         out_channels=draw(st.integers(1, 40)))])
+
+
+@fuzz
+@given(pointwise_conv_models())
+def test_random_pointwise_convs_staged_through_local_memory(case: OnnxCase) -> None:
+    _assert_opencl_matches(case, "opencl-adreno")
 
 
 @fuzz

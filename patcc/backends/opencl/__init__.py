@@ -2,7 +2,11 @@
 
 Targets are data here too: ``opencl`` (any OpenCL 1.2 device; work-groups of 64)
 and ``opencl-adreno`` (Qualcomm's Adreno GPUs of Snapdragon phones, which schedule
-waves of 64 or 128 work-items; work-groups of 128).
+waves of 64 or 128 work-items; work-groups of 128). ``local_memory`` says whether
+kernels stage inputs through local memory: it pays on GPUs, whose local memory is
+on chip, and not on CPU devices, where it is ordinary memory plus barriers (PoCL,
+ResNet-50's 1x1 convs: 872 ms staged against 726 ms reading global memory directly),
+so only the Adreno target stages.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class OpenCLTarget:
     tag: str
     local_size: int
     description: str
+    local_memory: bool = False
     cpu: str = "opencl"  # what `patcc compile` prints beside the tag
 
     @property
@@ -34,7 +39,7 @@ class OpenCLTarget:
 OPENCL_TARGETS = {
     "opencl": OpenCLTarget("opencl", 64, "any OpenCL 1.2 device"),
     "opencl-adreno": OpenCLTarget("opencl-adreno", 128, "Qualcomm Adreno GPUs (Snapdragon)",
-                                  cpu="adreno"),
+                                  local_memory=True, cpu="adreno"),
 }
 EMIT_KINDS = ("opencl",)
 
@@ -98,6 +103,6 @@ def build(graph: Graph, target: OpenCLTarget, precision: str = "fp32",
 
     timings = {} if timings is None else timings
     start = time.perf_counter()
-    program = render(graph, precision, target.local_size)
+    program = render(graph, precision, target.local_size, target.local_memory)
     timings["codegen"] = time.perf_counter() - start
     return OpenCLModel(graph, target, program, timings)

@@ -15,7 +15,9 @@ Kernels:
   its kernel counts per pattern, then each kernel's input channel and kept weights,
   from the compressed buffers, front to back; each pattern's taps are constants.
 - **dense convolutions** (everything else, grouped, depthwise, dilated, strided):
-  one work-item per output element, the weight loops fully known at compile time.
+  one work-item per output element, the weight loops fully known at compile time;
+  on targets with on-chip local memory, 1x1 convs are a tiled matrix product whose
+  work-groups stage inputs and weights there.
 - fully connected layers, pooling, global pooling, softmax, scale/shift, element-wise
   layers with numpy broadcasting, and the data movement layers (reshape, transpose,
   slice, split, concat, pad) as index maps with constant strides.
@@ -162,13 +164,15 @@ def _ident(name: str, index: int) -> str:
 
 
 class _Renderer:
-    def __init__(self, graph: Graph, precision: str, local_size: int) -> None:
+    def __init__(self, graph: Graph, precision: str, local_size: int,
+                 local_memory: bool) -> None:
         if precision not in PRECISIONS:
             raise PatccError(f"unknown precision {precision!r}; expected one of "
                              f"{', '.join(PRECISIONS)}")
         self.graph = graph
         self.precision = precision
         self.local = local_size
+        self.local_memory = local_memory
         self.blob = _Blob(precision)
         self.shapes = graph.shapes
         self.kernels: list[str] = []
@@ -276,8 +280,8 @@ class _Renderer:
             pre += f"  __global const real* R = {residual};\n"
         if layer.compressed is not None:
             self._pattern_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
-        elif (layer.kernel_shape == (1, 1) and layer.strides == (1, 1) and layer.groups == 1
-              and not any(layer.pads)):
+        elif (self.local_memory and layer.kernel_shape == (1, 1) and layer.strides == (1, 1)
+              and layer.groups == 1 and not any(layer.pads)):
             self._pointwise_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
         else:
             self._dense_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
@@ -644,6 +648,8 @@ class _Renderer:
         self.add(layer, self.linear(total, "".join(lines)), total)
 
 
-def render(graph: Graph, precision: str = "fp32", local_size: int = 64) -> Program:
-    """``graph`` (after the backend passes) as an OpenCL program."""
-    return _Renderer(graph, precision, local_size).render()
+def render(graph: Graph, precision: str = "fp32", local_size: int = 64,
+           local_memory: bool = False) -> Program:
+    """``graph`` (after the backend passes) as an OpenCL program; ``local_memory``:
+    stage inputs through local memory where the kernel has a staged form."""
+    return _Renderer(graph, precision, local_size, local_memory).render()
