@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # the newest CUDA build (several GB); 2.13.0 is the CPU build these machines carry.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test bench bench-pruning lint clean
+.PHONY: install demo test bench bench-pruning bench-opencl lint clean
 
 # The stamp makes a second `make install` a no-op unless pyproject.toml changed.
 $(VENV)/.installed: pyproject.toml
@@ -32,6 +32,9 @@ bench: install
 
 bench-pruning: install
 	$(PY) benchmarks/pruning.py
+
+bench-opencl: install
+	$(PY) benchmarks/opencl.py
 
 lint: install
 	$(VENV)/bin/ruff check patcc tests benchmarks

@@ -131,3 +131,28 @@ def test_pruning_evidence_script_runs(tmp_path: Path) -> None:
     assert all(0 <= errors[m] < 10 for m in ("project", "admm", "admm-published"))
     assert len(result["ablation_8x"]) == 5
     assert "| rate | method |" in proc.stdout
+
+
+def test_opencl_benchmark_script_runs(tmp_path: Path) -> None:
+    pytest.importorskip("pyopencl")
+    from conftest import MISSING_TOOL
+    from patcc.errors import PatccError
+    from patcc.runtime.opencl import select_device
+
+    try:
+        select_device()
+    except PatccError as e:
+        pytest.skip(f"{MISSING_TOOL} an OpenCL device ({e})")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "opencl.py"), "--models",
+                           "senet_tiny:dense,senet_tiny:6x", "--runs", "2", "--out-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "opencl.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "6x"} and all(r["ok"] for r in rows.values())
+    for row in rows.values():  # over 2 runs the kinds' medians add up to the total's
+        assert sum(v["ms"] for v in row["by_kind"].values()) == pytest.approx(
+            row["kernel_ms"], rel=0.01, abs=0.01)
+    assert "pattern-conv" in rows["6x"]["by_kind"]
+    assert "pattern-conv" not in rows["dense"]["by_kind"]
+    assert "speed-up vs dense" in proc.stdout
