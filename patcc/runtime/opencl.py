@@ -74,6 +74,11 @@ def select_device(spec: str | None = None) -> Any:
     return matches[0]
 
 
+def has_fp16(device: Any) -> bool:
+    """Whether ``device`` advertises half-precision arithmetic (``cl_khr_fp16``)."""
+    return "cl_khr_fp16" in device.extensions.split()
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The package's manifest, checked; ``PatccError`` naming the file otherwise."""
     file = Path(path) / MANIFEST
@@ -100,7 +105,7 @@ class OpenCLModel:
         self.precision = m["precision"]
         self.dtype = np.float16 if self.precision == "fp16" else np.float32
         self.device = device if device is not None else select_device()
-        if self.precision == "fp16" and "cl_khr_fp16" not in self.device.extensions.split():
+        if self.precision == "fp16" and not has_fp16(self.device):
             raise PatccError(f"the package is fp16 and {_describe(self.device)} lacks "
                              "cl_khr_fp16; compile with --precision fp32")
         self.context = cl.Context([self.device])
