@@ -268,9 +268,9 @@ def test_random_single_layers(case: OnnxCase) -> None:
 
 @st.composite
 def pointwise_conv_models(draw: st.DrawFn) -> OnnxCase:
-    """One 1x1 stride-1 conv, up to 40 channels in and out (tiles of 16 channels and
-    16 pixels, so partial tiles on every axis); grouped or depthwise about half the
-    time, which takes the other kernels."""
+    """One 1x1 stride-1 conv, up to 40 channels in and out (tiles of 16 reduction
+    steps and 16 pixels, so partial tiles on every axis); grouped or depthwise about
+    half the time, which takes the other kernels."""
     b = ModelBuilder(_opset(draw), _seed(draw))
     x = b.input(_nchw(draw, c_max=40))
     return b.build([conv(draw, b, x, pattern=False, kernel=(1, 1), same_size=True,
@@ -280,6 +280,12 @@ def pointwise_conv_models(draw: st.DrawFn) -> OnnxCase:
 @fuzz
 @given(pointwise_conv_models())
 def test_random_pointwise_convs_staged_through_local_memory(case: OnnxCase) -> None:
+    _assert_opencl_matches(case, "opencl-adreno")
+
+
+@fuzz
+@given(single_layer_models(ops=("conv", "conv_bn")))
+def test_random_convs_staged_through_local_memory(case: OnnxCase) -> None:
     _assert_opencl_matches(case, "opencl-adreno")
 
 

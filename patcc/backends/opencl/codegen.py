@@ -16,8 +16,8 @@ Kernels:
   from the compressed buffers, front to back; each pattern's taps are constants.
 - **dense convolutions** (everything else, grouped, depthwise, dilated, strided):
   one work-item per output element, the weight loops fully known at compile time;
-  on targets with on-chip local memory, 1x1 convs are a tiled matrix product whose
-  work-groups stage inputs and weights there.
+  on targets with on-chip local memory, ungrouped convs are a tiled implicit
+  matrix product whose work-groups stage inputs and weights there.
 - fully connected layers, pooling, global pooling, softmax, scale/shift, element-wise
   layers with numpy broadcasting, and the data movement layers (reshape, transpose,
   slice, split, concat, pad) as index maps with constant strides.
@@ -280,9 +280,8 @@ class _Renderer:
             pre += f"  __global const real* R = {residual};\n"
         if layer.compressed is not None:
             self._pattern_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
-        elif (self.local_memory and layer.kernel_shape == (1, 1) and layer.strides == (1, 1)
-              and layer.groups == 1 and not any(layer.pads)):
-            self._pointwise_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
+        elif self.local_memory and layer.groups == 1:
+            self._tiled_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
         else:
             self._dense_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
 
@@ -317,37 +316,54 @@ class _Renderer:
         self.add(layer, self.linear(total, body), total)
         self.layer_info.append({"layer": layer.name, "kernel": "dense-conv"})
 
-    def _pointwise_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
-                        residual: bool) -> None:
-        """A 1x1 conv is the matrix product W (O x C) @ X (C x pixels): tiled, each
-        work-group stages a chunk of input channels for its pixels and of weights for
-        its filters in local memory, so every input value is read from global memory
-        once per work-group instead of once per filter."""
+    def _tiled_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
+                    residual: bool) -> None:
+        """An ungrouped dense conv as the implicit matrix product W (O x C.kh.kw) @
+        X (C.kh.kw x pixels), tiled: each work-group stages a chunk of the reduction
+        (input channel and tap) for its pixels, and of weights for its filters, in
+        local memory, so every input value is read from global memory once per
+        work-group instead of once per filter. A 1x1 stride-1 conv reads its input
+        rows directly; other shapes gather their window (zero outside the input)."""
         _, c, h, w = x_shape
-        n, o, _, _ = y_shape
-        pixels = h * w
-        tp, tc = 16, 16
+        n, o, ho, wo = y_shape
+        kh, kw = layer.kernel_shape
+        (sh, sw), (dh, dw), (pt, pl, _, _) = layer.strides, layer.dilations, layer.pads
+        pixels, taps = ho * wo, kh * kw
+        depth = c * taps
+        tp, tk = 16, 16
         to = max(1, self.local // tp)
-        weight = self.blob.add(layer.weight.reshape(o, c))
+        weight = self.blob.add(layer.weight.reshape(o, depth))
+        if (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(layer.pads):
+            load = (f"      const float v = (k < {depth} && p < {pixels})"
+                    f" ? (float)xb[k * {pixels} + p] : 0.0f;\n")
+        else:
+            load = (f"      const int r = k % {taps};\n"
+                    f"      const int iy = y * {sh} - {pt} + (r / {kw}) * {dh};\n"
+                    f"      const int ix = x * {sw} - {pl} + (r % {kw}) * {dw};\n"
+                    f"      const float v = (k < {depth} && p < {pixels} && iy >= 0 && iy < {h}"
+                    f" && ix >= 0 && ix < {w})\n"
+                    f"          ? (float)xb[(k / {taps}) * {h * w} + iy * {w} + ix] : 0.0f;\n")
         body = pre + (
             f"  __global const real* W = (__global const real*)(wb + {weight});\n"
-            f"  __local float xs[{tc}][{tp}];\n"
-            f"  __local float ws_[{to}][{tc}];\n"
+            f"  __local float xs[{tk}][{tp}];\n"
+            f"  __local float ws_[{to}][{tk}];\n"
             f"  const int lp = get_local_id(0), lo = get_local_id(1);\n"
             f"  const int p = get_global_id(0), f = get_global_id(1), b = get_global_id(2);\n"
-            f"  __global const real* xb = X + b * {c * pixels};\n"
+            f"  const int x = p % {wo}, y = p / {wo};\n"
+            f"  __global const real* xb = X + b * {c * h * w};\n"
             f"  float acc = 0.0f;\n"
-            f"  for (int c0 = 0; c0 < {c}; c0 += {tc}) {{\n"
-            f"    for (int j = lo; j < {tc}; j += {to}) {{\n"
-            f"      const int ci = c0 + j;\n"
-            f"      xs[j][lp] = (ci < {c} && p < {pixels}) ? (float)xb[ci * {pixels} + p] : 0.0f;\n"
+            f"  for (int k0 = 0; k0 < {depth}; k0 += {tk}) {{\n"
+            f"    for (int j = lo; j < {tk}; j += {to}) {{\n"
+            f"      const int k = k0 + j;\n"
+            + load +
+            f"      xs[j][lp] = v;\n"
             f"    }}\n"
-            f"    for (int j = lp; j < {tc}; j += {tp}) {{\n"
-            f"      const int ci = c0 + j;\n"
-            f"      ws_[lo][j] = (ci < {c} && f < {o}) ? (float)W[f * {c} + ci] : 0.0f;\n"
+            f"    for (int j = lp; j < {tk}; j += {tp}) {{\n"
+            f"      const int k = k0 + j;\n"
+            f"      ws_[lo][j] = (k < {depth} && f < {o}) ? (float)W[f * {depth} + k] : 0.0f;\n"
             f"    }}\n"
             f"    barrier(CLK_LOCAL_MEM_FENCE);\n"
-            f"    for (int j = 0; j < {tc}; ++j) acc += ws_[lo][j] * xs[j][lp];\n"
+            f"    for (int j = 0; j < {tk}; ++j) acc += ws_[lo][j] * xs[j][lp];\n"
             f"    barrier(CLK_LOCAL_MEM_FENCE);\n"
             f"  }}\n"
             f"  if (p >= {pixels} || f >= {o}) return;\n"
@@ -355,7 +371,7 @@ class _Renderer:
         ) + self._epilogue(layer, "acc", "out", "f", "R" if residual else None)
         glob = (-(-pixels // tp) * tp, -(-o // to) * to, n)
         self.add(layer, body, 0, global_size=glob, local_size=(tp, to, 1))
-        self.layer_info.append({"layer": layer.name, "kernel": "pointwise-conv"})
+        self.layer_info.append({"layer": layer.name, "kernel": "tiled-conv"})
 
     def _pattern_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
                       residual: bool) -> None:
