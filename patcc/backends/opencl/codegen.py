@@ -11,9 +11,12 @@ Kernels:
 - **pattern convolutions** (the layer has compressed storage: pattern style, or a
   depthwise conv, whose 3x3 kernels make one nine-tap pattern): one work-item per
   output pixel of one filter, a work-group a run of pixels of one filter, so all its
-  work-items follow the same pattern sequence with no divergence. The filter reads
-  its kernel counts per pattern, then each kernel's input channel and kept weights,
-  from the compressed buffers, front to back; each pattern's taps are constants.
+  work-items follow the same pattern sequence with no divergence; where an image has
+  fewer pixels than a work-group (7x7), a work-group takes neighbouring filters in
+  the reorder's storage order, whose pattern sequences the reorder made alike. The
+  filter reads its kernel counts per pattern, then each kernel's input channel and
+  kept weights, from the compressed buffers, front to back; each pattern's taps are
+  constants.
 - **dense convolutions** (everything else, grouped, depthwise, dilated, strided):
   one work-item per output element, the weight loops fully known at compile time;
   on targets with on-chip local memory, ungrouped convs are a tiled implicit
@@ -407,7 +410,7 @@ class _Renderer:
         body = pre + (
             f"  const int pos = get_global_id(1);\n"
             f"  const int i = get_global_id(0);\n"
-            f"  if (i >= {pixels}) return;\n"
+            f"  if (i >= {pixels} || pos >= {o}) return;\n"
             f"  const int f = ((__global const int*)(wb + {offsets['order']}))[pos];\n"
             f"  __global const ushort* counts = "
             f"(__global const ushort*)(wb + {offsets['counts']}) + pos * {m};\n"
@@ -423,9 +426,14 @@ class _Renderer:
             + "".join(loops)
             + f"  const int out = (b * {o} + f) * {ho * wo} + y * {wo} + x;\n"
         ) + self._epilogue(layer, "acc", "out", "f", "R" if residual else None)
-        local = min(self.local, pixels)
+        # A work-group: a run of pixels of one filter, or, where the image has fewer
+        # pixels than a work-group, of several filters next to each other in the
+        # reorder's storage order (one reorder group: the same pattern sequence).
+        ptile = min(self.local, pixels)
+        ftile = max(1, min(o, self.local // ptile))
         self.add(layer, body, pixels,
-                 global_size=(-(-pixels // local) * local, o), local_size=(local, 1))
+                 global_size=(-(-pixels // ptile) * ptile, -(-o // ftile) * ftile),
+                 local_size=(ptile, ftile))
         kind = "pattern-conv" if layer.sparsity is Sparsity.PATTERN else "compressed-conv"
         self.layer_info.append({"layer": layer.name, "kernel": kind, "patterns": m,
                                 "kept_kernels": int(cw.channels.size)})
