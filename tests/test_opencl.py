@@ -230,8 +230,10 @@ def test_bad_device_and_options_are_clear(exported_model, tmp_path: Path,
     assert exit_status.value.code == 2
     assert main(["compile", str(path), "--target", "x86_64", "--precision", "fp16", "-o",
                  str(tmp_path / "m.so")]) == 2
+    assert main(["compile", str(path), "--target", "opencl", "--report", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "fp8" in err and "--precision fp16 is for OpenCL targets" in err
+    assert "--report reads CPU assembly" in err
     assert not out.exists() and not (tmp_path / "m.so").exists()
     bogus = tmp_path / "bogus.ocl"
     bogus.mkdir()
