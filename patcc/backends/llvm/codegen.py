@@ -163,7 +163,24 @@ def model_info(plan: ModulePlan) -> dict[str, object]:
                     for n in g.outputs],
         "workspace_size": plan.workspace,
         "layers": len(plan.codes),
+        "pattern_layers": pattern_layers(g),
     }
+
+
+def pattern_layers(graph: Graph) -> list[dict[str, object]]:
+    """Per pattern-style conv: kernels kept of all, non-zero weights, the library
+    patterns it uses, and its compression (weights / non-zero weights)."""
+    rows: list[dict[str, object]] = []
+    for conv in graph.convs():
+        style = conv.pattern
+        if style is None:
+            continue
+        nonzero = style.nonzero_weights
+        rows.append({"name": conv.name, "kernels_kept": style.kernels_kept,
+                     "kernels_total": style.kernels_total, "nonzero_weights": nonzero,
+                     "patterns": list(style.patterns_used),
+                     "compression": round(conv.weight.size / max(1, nonzero), 3)})
+    return rows
 
 
 def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
