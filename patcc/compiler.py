@@ -7,6 +7,7 @@ or asked for any intermediate form (``emit``: so, obj, llvm, asm, header).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -109,7 +110,9 @@ class CompiledModel:
         return self._loaded
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.load()(*args, **kwargs)
+        """Run on numpy arrays or torch tensors (positional or by input name); returns
+        the same kind: one array/tensor for one output, else a dict by name."""
+        return call_with_torch_io(self.load(), args, kwargs)
 
 
 def compile(
@@ -122,8 +125,12 @@ def compile(
     cpu: str | None = None,
     features: str | None = None,
     precision: str = "fp32",
+    example_inputs: Any = None,
 ) -> Any:
-    """Compile an ONNX model (path or ModelProto) or a patcc Graph for ``target``.
+    """Compile an ONNX model (path or ModelProto), a ``torch.nn.Module`` (with
+    ``example_inputs``: a tensor or tuple of tensors of the shapes to compile for;
+    imported through ``torch.export``, pruning masks honoured, see
+    ``patcc.frontends.torch``) or a patcc Graph for ``target``.
 
     ``cpu`` and ``features`` (e.g. ``"cortex-a55"``, ``"+neon,+dotprod"``) override
     the target tag's, checked against LLVM (``patcc.backends.target.with_overrides``).
@@ -149,6 +156,17 @@ def compile(
     start = time.perf_counter()
     if isinstance(model, Graph):
         graph = verify(model)
+    elif _is_torch_module(model):
+        from patcc.frontends.torch import import_module
+
+        if example_inputs is None:
+            raise PatccError("compiling an nn.Module needs example_inputs: a tensor or tuple "
+                             "of tensors of the shapes to compile for, e.g. "
+                             "example_inputs=(torch.randn(1, 3, 224, 224),)")
+        if input_shapes:
+            raise PatccError("input_shapes is for ONNX models; an nn.Module takes its shapes "
+                             "from example_inputs")
+        graph = import_module(model, example_inputs)
     else:
         from patcc.frontends.onnx import import_onnx
 
@@ -183,6 +201,30 @@ def compile(
         if code.layer.name in tuning:
             code.notes["tuned_ms"] = tuning[code.layer.name].best_ms
     return compiled
+
+
+def _is_torch_module(model: object) -> bool:
+    """Whether ``model`` is a ``torch.nn.Module`` (without importing torch otherwise)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def call_with_torch_io(run: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``run(*args, **kwargs)`` where the inputs may be torch tensors: they go in as
+    numpy arrays, and if any input was a tensor the outputs come back as tensors (a
+    dict of them for several outputs)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not any(isinstance(v, torch.Tensor)
+                                for v in (*args, *kwargs.values())):
+        return run(*args, **kwargs)
+
+    def to_numpy(v: Any) -> Any:
+        return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+    result = run(*(to_numpy(a) for a in args), **{k: to_numpy(v) for k, v in kwargs.items()})
+    if isinstance(result, dict):
+        return {k: torch.from_numpy(v) for k, v in result.items()}
+    return torch.from_numpy(result)
 
 
 def build(graph: Graph, target: Target, schedules: Mapping[str, Schedule] | None = None,

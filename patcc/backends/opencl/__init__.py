@@ -93,7 +93,10 @@ class OpenCLModel:
         return self._loaded
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.load()(*args, **kwargs)
+        """Run on numpy arrays or torch tensors; returns the same kind."""
+        from patcc.compiler import call_with_torch_io
+
+        return call_with_torch_io(self.load(), args, kwargs)
 
 
 def build(graph: Graph, target: OpenCLTarget, precision: str = "fp32",

@@ -1,0 +1,183 @@
+"""The PyTorch frontend (``patcc/frontends/torch``): nn.Modules compiled directly.
+
+Every reference architecture, dense and pattern-pruned with ``torch.nn.utils.prune``
+masks still attached, compiled from the module: its output equals the module's
+eval-mode output within 1e-4, and the ONNX path's (the interpreter on the exported
+model); the pattern style is detected as for ONNX and reported in ``.info``. Then
+torch and numpy in and out, ``parametrize`` and ``patcc.pruning`` masks, saving and
+loading, and the errors users meet.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize, prune
+
+import patcc
+from conftest import reference_params
+from patcc.errors import PatccError
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Sparsity
+from patcc.models import INPUT_SHAPES, pruned_model
+from patcc.runtime import run
+
+
+def _with_torch_masks(module: nn.Module) -> nn.Module:
+    """Re-express the zeros of every conv as ``torch.nn.utils.prune`` masks, and put
+    other values under them in ``weight_orig``: only the masks keep them out."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            prune.custom_from_mask(m, "weight", m.weight.detach() != 0)
+            with torch.no_grad():
+                m.weight_orig.add_(0.05 * (m.weight_orig == 0))
+    return module
+
+
+def _input(name: str, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*INPUT_SHAPES[name], generator=torch.Generator().manual_seed(seed))
+
+
+def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    scale = float(np.abs(want).max())
+    assert scale > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale, err_msg=what)
+
+
+@pytest.mark.parametrize(("name", "variant"), reference_params())
+def test_reference_architectures_compile_from_the_module(name: str, variant: str,
+                                                         exported_model) -> None:
+    module = pruned_model(name, variant).eval()
+    if variant != "dense":
+        module = _with_torch_masks(module)
+    x = _input(name)
+    with torch.no_grad():
+        want = module(x)
+    compiled = patcc.compile(module, example_inputs=(x,))
+    got = compiled(x)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32  # torch in, out
+    _close(got.numpy(), want.numpy(), "vs the module")
+    # The ONNX path: the same weights exported (masks already applied), interpreted.
+    _, onnx_path = exported_model(name, variant)
+    onnx_graph = import_onnx(onnx_path)
+    (reference,) = run(onnx_graph, [x.numpy()]).values()
+    _close(got.numpy(), reference, "vs the ONNX path")
+    # The pattern style is found from the effective weights, as from the ONNX file.
+    ours = [c.sparsity for c in compiled.graph.convs()]
+    theirs = [c.sparsity for c in onnx_graph.convs()]
+    assert ours == theirs
+    patterned = [c.name for c in compiled.graph.convs() if c.sparsity is Sparsity.PATTERN]
+    assert [row["name"] for row in compiled.info["pattern_layers"]] == patterned
+    assert bool(patterned) == (variant != "dense")
+
+
+def test_numpy_in_numpy_out_and_save_load(tmp_path: Path) -> None:
+    module = pruned_model("senet_tiny", "6x").eval()
+    x = _input("senet_tiny")
+    compiled = patcc.compile(module, example_inputs=x)  # a bare tensor is one input
+    got = compiled(x.numpy())
+    assert isinstance(got, np.ndarray)
+    compiled.save(tmp_path / "model.so")
+    loaded = patcc.load(tmp_path / "model.so")
+    np.testing.assert_array_equal(loaded(x.numpy()), got)
+    assert loaded.info["pattern_layers"] == compiled.info["pattern_layers"]
+    rows = compiled.info["pattern_layers"]
+    assert rows and all(r["kernels_kept"] < r["kernels_total"] and r["compression"] > 2
+                        for r in rows)
+    assert compiled.info["inputs"][0]["name"] == "x"  # the forward argument's name
+
+
+def test_parametrize_and_patcc_pruning_masks() -> None:
+    from patcc.pruning import PruningMasks, pattern_prune
+
+    module = pruned_model("resnet18", "dense").eval()
+    report = pattern_prune(module, 6.0, 8)
+    masks = PruningMasks.from_report(module, report)
+    handle = masks.attach(module)  # patcc.pruning's masks: hooks on the parameters
+
+    class Mask(nn.Module):
+        def __init__(self, mask: torch.Tensor) -> None:
+            super().__init__()
+            self.register_buffer("mask", mask)
+
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return w * self.mask
+
+    conv = module.get_submodule("layer1.0.conv1")
+    keep = conv.weight.detach() != 0
+    with torch.no_grad():
+        conv.weight.add_(0.05 * ~keep)  # hidden under the parametrisation's mask
+    parametrize.register_parametrization(conv, "weight", Mask(keep.float()))
+    x = _input("resnet18", 1)
+    with torch.no_grad():
+        want = module(x)
+    compiled = patcc.compile(module, example_inputs=(x,))
+    _close(compiled(x).numpy(), want.numpy(), "vs the module")
+    styles = {c.name: c.sparsity for c in compiled.graph.convs()}
+    assert styles["layer1.0.conv1"] is Sparsity.PATTERN
+    assert sum(s is Sparsity.PATTERN for s in styles.values()) == len(report.layers)
+    handle.remove()
+
+
+def test_training_mode_is_compiled_in_eval_and_left_alone() -> None:
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5),
+                           nn.ReLU()).train()
+    with torch.no_grad():
+        module[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="training mode.*compiled in eval mode"):
+        compiled = patcc.compile(module, example_inputs=(x,))
+    assert module.training and module[1].training  # the user's module is as it was
+    with torch.no_grad():
+        want = module.eval()(x)
+    _close(compiled(x).numpy(), want.numpy(), "eval-mode output")
+
+
+def test_unsupported_operation_names_the_op_module_and_line() -> None:
+    class Block(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cumsum(x, dim=1)
+
+    module = nn.Sequential(nn.Conv2d(3, 4, 1), Block()).eval()
+    with pytest.raises(PatccError) as e:
+        patcc.compile(module, example_inputs=(torch.randn(1, 3, 4, 4),))
+    message = str(e.value)
+    assert "aten.cumsum" in message and "module 1 (Block)" in message
+    assert "test_torch_frontend.py" in message  # the source line torch recorded
+
+
+def test_bad_calls_are_clear() -> None:
+    module = nn.Sequential(nn.Conv2d(3, 4, 1)).eval()
+    with pytest.raises(PatccError, match="needs example_inputs"):
+        patcc.compile(module)
+    with pytest.raises(PatccError, match="example_inputs must be a tensor"):
+        patcc.compile(module, example_inputs=[np.zeros((1, 3, 4, 4), np.float32)])
+    with pytest.raises(PatccError, match="patcc compiles float32 inputs"):
+        patcc.compile(module.double(), example_inputs=(torch.zeros(1, 3, 4, 4,
+                                                                   dtype=torch.float64),))
+
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x  # data-dependent control flow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(PatccError, match="torch.export cannot export Branchy"):
+            patcc.compile(Branchy(), example_inputs=(torch.randn(1, 3, 4, 4),))
+
+
+def test_readme_torch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's PyTorch example, verbatim (in a temporary directory: it saves)."""
+    monkeypatch.chdir(tmp_path)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\n", readme.index("### From PyTorch")) + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+    assert isinstance(scope["y"], torch.Tensor)
+    assert patcc.load(tmp_path / "model.so").info["pattern_layers"][0]["patterns"]
