@@ -126,6 +126,7 @@ def compile(
     features: str | None = None,
     precision: str = "fp32",
     example_inputs: Any = None,
+    dynamic_shapes: Any = None,
 ) -> Any:
     """Compile an ONNX model (path or ModelProto), a ``torch.nn.Module`` (with
     ``example_inputs``: a tensor or tuple of tensors of the shapes to compile for;
@@ -159,6 +160,9 @@ def compile(
     elif _is_torch_module(model):
         from patcc.frontends.torch import import_module
 
+        if dynamic_shapes is not None:
+            raise PatccError("dynamic shapes are not supported: patcc compiles static shapes "
+                             "(those of example_inputs); compile once per deployment shape")
         if example_inputs is None:
             raise PatccError("compiling an nn.Module needs example_inputs: a tensor or tuple "
                              "of tensors of the shapes to compile for, e.g. "

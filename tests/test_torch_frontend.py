@@ -171,6 +171,32 @@ def test_bad_calls_are_clear() -> None:
             patcc.compile(Branchy(), example_inputs=(torch.randn(1, 3, 4, 4),))
 
 
+def test_slicing_padding_and_dynamic_shapes() -> None:
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = x[:, :4], x[:, 4::2]  # channel slices
+            y = self.conv(nn.functional.pad(a, (1, 2, 0, 1)))
+            z = nn.functional.pad(b, (1, 1, 1, 1), mode="reflect")[:, :, 1:, :-1]
+            return torch.cat([y[:, :, :, :z.shape[3]], nn.functional.pad(z, (0, 0, 0, 0),
+                                                                            mode="replicate")
+                              [:, :, :y.shape[2]]], dim=1)
+
+    module = Model().eval()
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        want = module(x)
+    compiled = patcc.compile(module, example_inputs=(x,))
+    _close(compiled(x).numpy(), want.numpy(), "slices and pads")
+    assert {"Slice", "Pad"} <= {layer.op for layer in compiled.graph.layers}
+    with pytest.raises(PatccError, match="dynamic shapes are not supported"):
+        patcc.compile(module, example_inputs=(x,),
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+
+
 def test_readme_torch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's PyTorch example, verbatim (in a temporary directory: it saves)."""
     monkeypatch.chdir(tmp_path)

@@ -13,8 +13,8 @@ shapes, then walks the ATen graph:
   hardtanh, hardswish, hardsigmoid, SiLU, sigmoid, tanh, leaky ReLU, GELU-free
   element-wise arithmetic with broadcasting (residuals, squeeze-excite), cat,
   flatten/view/reshape, transpose/permute (channel shuffle), split/chunk, mean and
-  adaptive/global pooling, max/avg pooling, softmax, and dropout/identity/clone in
-  eval mode (removed).
+  adaptive/global pooling, max/avg pooling, softmax, slicing, padding (constant,
+  reflect, replicate), and dropout/identity/clone in eval mode (removed).
 
 Then the frontend pipeline runs as for ONNX: batch norms fold into convolutions,
 activations fuse, and each conv's pattern style is detected from its weights.
@@ -45,9 +45,11 @@ from patcc.ir.layers import (
     GlobalPool,
     IRError,
     Layer,
+    Pad,
     Pool,
     Reshape,
     ScaleShift,
+    Slice,
     Softmax,
     Split,
     Transpose,
@@ -508,6 +510,51 @@ def _avg_pool(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]
                          ceil_mode=ceil_mode, count_include_pad=include), node, shape)
 
 
+def _slice(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """aten.slice.Tensor(x, dim, start, end, step): Python slicing of one axis."""
+    x = args[0]
+    in_shape = imp.shape(x)
+    rank = len(in_shape)
+    dim = int(_arg(args, kwargs, 1, "dim", 0)) % rank
+    start = _arg(args, kwargs, 2, "start", None)
+    end = _arg(args, kwargs, 3, "end", None)
+    step = int(_arg(args, kwargs, 4, "step", 1))
+    lo, hi, _ = slice(start, end, step).indices(in_shape[dim])
+    starts = [0] * rank
+    ends = list(in_shape)
+    steps = [1] * rank
+    starts[dim], ends[dim], steps[dim] = lo, hi, step
+    name, shape = imp.out(node)
+    if shape == in_shape:
+        return x
+    return imp.emit(Slice(name=name, inputs=(x.name,), outputs=(name,), starts=tuple(starts),
+                          ends=tuple(ends), steps=tuple(steps)), node, shape)
+
+
+def _pad(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """aten.constant_pad_nd / pad: torch's pads run from the last axis backwards in
+    (begin, end) pairs; the IR's are all begins, then all ends."""
+    x = args[0]
+    rank = len(imp.shape(x))
+    pad = [int(p) for p in args[1]]
+    op = node.target._opname
+    mode = "constant" if op == "constant_pad_nd" else str(_arg(args, kwargs, 2, "mode",
+                                                                "constant"))
+    value = _arg(args, kwargs, 2 if op == "constant_pad_nd" else 3, "value", 0.0)
+    modes = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+    if mode not in modes or any(p < 0 for p in pad):
+        raise PatccError(f"padding mode {mode!r} with pads {pad} is not supported "
+                         "(constant, reflect or replicate, non-negative)", _where(node))
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(pad) // 2):
+        axis = rank - 1 - i
+        begins[axis], ends[axis] = pad[2 * i], pad[2 * i + 1]
+    name, shape = imp.out(node)
+    return imp.emit(Pad(name=name, inputs=(x.name,), outputs=(name,),
+                        pads=tuple(begins + ends), mode=modes[mode],
+                        value=float(value or 0.0)), node, shape)
+
+
 def _softmax(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     rank = len(imp.shape(args[0]))
     name, shape = imp.out(node)
@@ -535,6 +582,7 @@ _CONVERTERS: dict[str, Converter] = {
     "div": _binary("div"), "maximum": _binary("max"), "minimum": _binary("min"),
     "dropout": _alias, "dropout_": _alias, "feature_dropout": _alias, "alpha_dropout": _alias,
     "clone": _alias, "contiguous": _alias, "detach": _alias, "identity": _alias,
+    "alias": _alias, "lift_fresh_copy": _alias,
     "_assert_tensor_metadata": lambda imp, node, args, kwargs: None,
     "to": _alias, "_to_copy": _alias,
     "flatten": _reshape, "view": _reshape, "reshape": _reshape, "_unsafe_view": _reshape,
@@ -548,6 +596,7 @@ _CONVERTERS: dict[str, Converter] = {
     "max_pool2d": _max_pool, "max_pool2d_with_indices": _max_pool,
     "avg_pool2d": _avg_pool,
     "softmax": _softmax, "_softmax": _softmax,
+    "slice": _slice, "constant_pad_nd": _pad, "pad": _pad,
 }
 """ATen operation (overload packet name) -> converter."""
 
