@@ -146,7 +146,7 @@ def compile(
     unless tuning is asked for and their code runs here.
     ``progress`` shows a progress bar on stderr while tuning.
 
-    An OpenCL tag (``opencl``, ``opencl-adreno``) returns an ``OpenCLModel`` instead,
+    An OpenCL tag (``opencl``, ``opencl-adreno``) returns an ``OpenCLPackage`` instead,
     whose ``save`` writes a package directory; ``precision="fp16"`` stores and
     computes in half precision there (devices with ``cl_khr_fp16``).
 

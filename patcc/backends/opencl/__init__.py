@@ -45,7 +45,7 @@ EMIT_KINDS = ("opencl",)
 
 
 @dataclass
-class OpenCLModel:
+class OpenCLPackage:
     """A model compiled for an OpenCL target: ``save`` writes the package directory;
     calling it runs the package through pyopencl (``patcc.runtime.opencl``)."""
 
@@ -100,7 +100,7 @@ class OpenCLModel:
 
 
 def build(graph: Graph, target: OpenCLTarget, precision: str = "fp32",
-          timings: dict[str, float] | None = None) -> OpenCLModel:
+          timings: dict[str, float] | None = None) -> OpenCLPackage:
     """Render an optimised graph (after ``BACKEND_PIPELINE``) for ``target``."""
     from patcc.backends.opencl.codegen import render
 
@@ -108,4 +108,4 @@ def build(graph: Graph, target: OpenCLTarget, precision: str = "fp32",
     start = time.perf_counter()
     program = render(graph, precision, target.local_size, target.local_memory)
     timings["codegen"] = time.perf_counter() - start
-    return OpenCLModel(graph, target, program, timings)
+    return OpenCLPackage(graph, target, program, timings)

@@ -103,9 +103,6 @@ class _Importer:
         self.names.add(name)
         return name
 
-    def is_const(self, value: Any) -> bool:
-        return not isinstance(value, _Tensor)
-
     def tensor(self, value: Any, node: Any) -> str:
         """An IR tensor name for an operand: computed, or a new graph constant."""
         if isinstance(value, _Tensor):
@@ -133,7 +130,7 @@ class _Importer:
                              "buffer), not a computed tensor", _where(node))
         return np.ascontiguousarray(value.detach().to(self.torch.float32).cpu().numpy())
 
-    def emit(self, layer: Layer, node: Any, shape: tuple[int, ...]) -> _Tensor:
+    def emit(self, layer: Layer, shape: tuple[int, ...]) -> _Tensor:
         self.layers.append(layer)
         return _Tensor(layer.outputs[0], shape)
 
@@ -292,7 +289,7 @@ def _conv(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) ->
     name, shape = imp.out(node)
     return imp.emit(Conv(name=name, inputs=(x.name,), outputs=(name,), weight=weight,
                          bias=b, strides=stride, pads=pads, dilations=dilation,
-                         groups=groups), node, shape)
+                         groups=groups), shape)
 
 
 def _batch_norm(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -317,7 +314,7 @@ def _batch_norm(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, An
     name, shape = imp.out(node)
     result = imp.emit(ScaleShift(name=name, inputs=(x.name,), outputs=(name,),
                                  scale=scale.astype(np.float32),
-                                 shift=(beta - mean * scale).astype(np.float32)), node, shape)
+                                 shift=(beta - mean * scale).astype(np.float32)), shape)
     return (result, None, None) if op != "batch_norm" else result
 
 
@@ -328,7 +325,7 @@ def _linear(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) 
                                                                          np.float32)
     name, shape = imp.out(node)
     return imp.emit(Dense(name=name, inputs=(x.name,), outputs=(name,), weight=weight,
-                          bias=b), node, shape)
+                          bias=b), shape)
 
 
 def _activation(kind: str, alpha: float = 0.0, beta: float = 0.0) -> Converter:
@@ -341,7 +338,7 @@ def _activation(kind: str, alpha: float = 0.0, beta: float = 0.0) -> Converter:
             b = float(_arg(args, kwargs, 2, "max_val", 1.0))
         name, shape = imp.out(node)
         return imp.emit(Unary(name=name, inputs=(args[0].name,), outputs=(name,),
-                              activation=Activation(kind, a, b)), node, shape)
+                              activation=Activation(kind, a, b)), shape)
     return convert
 
 
@@ -354,7 +351,7 @@ def _clamp(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -
     act = Activation("clip", -math.inf if lo is None else float(lo),
                      math.inf if hi is None else float(hi))
     return imp.emit(Unary(name=name, inputs=(args[0].name,), outputs=(name,), activation=act),
-                    node, shape)
+                    shape)
 
 
 def _binary(binop: str, reverse: bool = False) -> Converter:
@@ -370,7 +367,7 @@ def _binary(binop: str, reverse: bool = False) -> Converter:
             a, b = b, a
         name, shape = imp.out(node)
         return imp.emit(Binary(name=name, inputs=(imp.tensor(a, node), imp.tensor(b, node)),
-                               outputs=(name,), binop=binop), node, shape)
+                               outputs=(name,), binop=binop), shape)
     return convert
 
 
@@ -381,7 +378,7 @@ def _alias(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -
 def _reshape(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     name, shape = imp.out(node)
     return imp.emit(Reshape(name=name, inputs=(args[0].name,), outputs=(name,), shape=shape),
-                    node, shape)
+                    shape)
 
 
 def _transpose(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -398,7 +395,7 @@ def _transpose(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any
         perm = tuple(perm_list)
     name, shape = imp.out(node)
     return imp.emit(Transpose(name=name, inputs=(args[0].name,), outputs=(name,), perm=perm),
-                    node, shape)
+                    shape)
 
 
 def _cat(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -407,7 +404,7 @@ def _cat(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> 
     axis = int(_arg(args, kwargs, 1, "dim", 0)) % rank
     name, shape = imp.out(node)
     return imp.emit(Concat(name=name, inputs=tuple(tensors), outputs=(name,), axis=axis),
-                    node, shape)
+                    shape)
 
 
 def _split(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -447,12 +444,12 @@ def _global(imp: _Importer, node: Any, x: _Tensor, kind: str, keepdim: bool) -> 
     name, shape = imp.out(node, "" if keepdim else "_pool")
     pooled_shape = tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2)
     result = imp.emit(GlobalPool(name=name, inputs=(x.name,), outputs=(name,), kind=kind),
-                      node, pooled_shape)
+                      pooled_shape)
     if keepdim:
         return result
     out_name, out_shape = imp.out(node)
     return imp.emit(Reshape(name=out_name, inputs=(name,), outputs=(out_name,),
-                            shape=out_shape), node, out_shape)
+                            shape=out_shape), out_shape)
 
 
 def _adaptive_pool(kind: str) -> Converter:
@@ -469,7 +466,7 @@ def _adaptive_pool(kind: str) -> Converter:
         name, shape = imp.out(node)
         kernel = (h // oh, w // ow)
         result = imp.emit(Pool(name=name, inputs=(x.name,), outputs=(name,), kind=kind,
-                               kernel=kernel, strides=kernel), node, shape)
+                               kernel=kernel, strides=kernel), shape)
         return (result, None) if kind == "max" else result
     return convert
 
@@ -491,7 +488,7 @@ def _max_pool(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]
     name, shape = imp.out(node)
     result = imp.emit(Pool(name=name, inputs=(x.name,), outputs=(name,), kind="max",
                            kernel=kernel, strides=stride, pads=(ph, pw, ph, pw),
-                           dilations=dilation, ceil_mode=ceil_mode), node, shape)
+                           dilations=dilation, ceil_mode=ceil_mode), shape)
     return (result, None) if node.target._opname.endswith("with_indices") else result
 
 
@@ -507,7 +504,7 @@ def _avg_pool(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]
     name, shape = imp.out(node)
     return imp.emit(Pool(name=name, inputs=(x.name,), outputs=(name,), kind="avg",
                          kernel=kernel, strides=stride, pads=(ph, pw, ph, pw),
-                         ceil_mode=ceil_mode, count_include_pad=include), node, shape)
+                         ceil_mode=ceil_mode, count_include_pad=include), shape)
 
 
 def _slice(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -528,7 +525,7 @@ def _slice(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -
     if shape == in_shape:
         return x
     return imp.emit(Slice(name=name, inputs=(x.name,), outputs=(name,), starts=tuple(starts),
-                          ends=tuple(ends), steps=tuple(steps)), node, shape)
+                          ends=tuple(ends), steps=tuple(steps)), shape)
 
 
 def _pad(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -552,14 +549,14 @@ def _pad(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> 
     name, shape = imp.out(node)
     return imp.emit(Pad(name=name, inputs=(x.name,), outputs=(name,),
                         pads=tuple(begins + ends), mode=modes[mode],
-                        value=float(value or 0.0)), node, shape)
+                        value=float(value or 0.0)), shape)
 
 
 def _softmax(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     rank = len(imp.shape(args[0]))
     name, shape = imp.out(node)
     return imp.emit(Softmax(name=name, inputs=(args[0].name,), outputs=(name,),
-                            axis=int(args[1]) % rank), node, shape)
+                            axis=int(args[1]) % rank), shape)
 
 
 _CONVERTERS: dict[str, Converter] = {
