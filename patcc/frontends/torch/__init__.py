@@ -612,7 +612,12 @@ def import_module(module: Any, example_inputs: Any, input_names: Sequence[str] |
         raise PatccError("example_inputs must be a tensor or a tuple of tensors with the "
                          "shapes to compile for, e.g. example_inputs=(torch.randn(1, 3, 224, "
                          "224),)")
-    training = [name or "(root)" for name, m in module.named_modules() if m.training]
+    # The modes that change what a module computes: the root's (a forward may read
+    # self.training), batch norms' and dropouts'. Parametrisation modules registered
+    # after .eval() are in training mode and change nothing.
+    moded = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
+    training = [name or "(root)" for name, m in module.named_modules()
+                if m.training and (m is module or isinstance(m, moded))]
     if training:
         warnings.warn(f"{type(module).__name__} is in training mode "
                       f"({len(training)} module(s), e.g. {training[0]}): compiled in eval "
