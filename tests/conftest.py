@@ -45,6 +45,18 @@ def require_tool(name: str, hint: str) -> str:
     return path
 
 
+def require_lld() -> None:
+    """Skip (fail in CI) unless a linker for foreign objects is there: Debian's
+    ``ld.lld`` or the ``ziglang`` wheel's."""
+    from patcc.backends.llvm.toolchain import find_lld
+    from patcc.errors import PatccError
+
+    try:
+        find_lld()
+    except PatccError:
+        pytest.skip(f"{MISSING_TOOL} ld.lld (apt-get install lld, or pip install ziglang)")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     outcome = yield
@@ -109,3 +121,32 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
         return cache[name, variant]
 
     return get
+
+
+X86_TAGS = ("x86_64-avx2", "x86_64-avx512")
+"""The portable x86 targets whose code the compiled tests run where this CPU can: an
+AVX-512 machine runs both, an AVX2 one only the first (``PATCC_HOST_TARGET`` makes
+an AVX-512 machine pass for an AVX2 one)."""
+
+CPU_TAGS = ("x86_64-avx512", "x86_64-avx2", "aarch64-android")
+"""One target per register file patcc generates code for: 32 x 16 lanes, 16 x 8 lanes,
+32 x 4 lanes (compile-only tests cover all three on any host)."""
+
+
+def runnable_target(tag: str):  # type: ignore[no-untyped-def]
+    """The ``Target`` for ``tag``; skips (also in CI: no tool is missing, the CPU is
+    what it is) when this machine cannot run its code."""
+    from patcc.backends.target import get_target
+
+    target = get_target(tag)
+    if not target.runs_here:
+        pytest.skip(f"this CPU cannot run {tag} code (it lacks "
+                    f"{', '.join(target.missing_features()) or 'the architecture'})")
+    return target
+
+
+def runnable_x86_tags() -> list[str]:
+    """The tags of ``X86_TAGS`` this machine can run (for hypothesis to draw from)."""
+    from patcc.backends.target import get_target
+
+    return [tag for tag in X86_TAGS if get_target(tag).runs_here]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import patcc
-from conftest import MISSING_TOOL
+from conftest import MISSING_TOOL, require_lld
 from patcc.backends.llvm import mca
 from patcc.backends.target import get_target
 from patcc.cli import main
@@ -184,6 +184,7 @@ def test_report_without_llvm_mca_says_how_to_get_it(
 
 def test_cli_report_for_arm(tiny: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
+    require_lld()
     out = tmp_path / "m.so"
     assert main(["compile", str(tiny), "--target", "aarch64-android", "-o", str(out),
                  "--report"]) == 0

@@ -1,4 +1,4 @@
-"""Targets are data: triple, CPU, features, vector width, and how to link for them.
+"""Targets are data: triple, CPU, features, register file, and how to link for them.
 
 A tag names a ``Target`` (``x86_64``, ``x86_64-avx2``, ``aarch64-android``, ...). The
 host tag ``x86_64`` takes the CPU and features of the machine compiling, like
@@ -7,11 +7,18 @@ class phone (Cortex-A76: NEON, dot product, fp16 arithmetic) at Android API leve
 ``DEFAULT_ANDROID_API``; ``aarch64-android29`` picks the level. ``--cpu`` and
 ``--features`` override a tag's CPU and features (``with_overrides``), checked by
 LLVM itself. Nothing outside ``patcc/backends`` knows a vector width: kernels read
-it, and their register blocking, from the target.
+it, their register count and what an operation costs from the target, and derive
+their register blocks from them.
+
+``PATCC_HOST_TARGET=x86_64-avx2`` makes this machine pass for one with only what
+that tag needs: the ``x86_64`` tag compiles (and tunes) for it, and code for wider
+targets is treated as unable to run here. The test suite runs under it to check an
+AVX2 machine's behaviour on an AVX-512 one.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from dataclasses import dataclass, field, replace
@@ -19,14 +26,34 @@ from functools import lru_cache
 
 from patcc.errors import PatccError
 
+X86_AVX2_ISA = ("avx", "avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe", "popcnt")
+"""What code for Haswell (the ``x86_64-avx2`` CPU) may use; every AVX2 CPU has it."""
+X86_AVX512_ISA = (*X86_AVX2_ISA, "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+"""What code for Skylake-SP (the ``x86_64-avx512`` CPU) may use beyond that."""
+
 
 @dataclass(frozen=True)
 class Target:
     """Everything code generation and linking need to know about a CPU target.
 
-    ``vector_bits`` is the SIMD width used for fp32 vectors; ``gemm_block`` is the
-    register block (rows of A, vectors of B) of the matrix-product microkernel (the
-    direct sparse convolution's blocks are candidates its cost model ranks).
+    ``vector_bits`` is the SIMD width used for fp32 vectors and ``vector_registers``
+    how many such registers the ISA has (16 for AVX2 and SSE, 32 for AVX-512 and
+    NEON): every kernel derives its register blocks from the two, so that no
+    generated inner loop spills. ``lane_shift_ops`` is what cutting a vector from two
+    neighbouring ones costs in shuffle instructions (``valignd`` on AVX-512, ``ext``
+    on NEON: one; AVX2 has no lane shift across its two 128-bit halves: a permute and
+    two shuffles); ``shifts_on_fma_pipes``, that they issue to the pipes the FMAs
+    use (the Cortex-A76's EXT), else to a shuffle port of their own; the cost model
+    reads them with ``fma_per_cycle``, ``loads_per_cycle`` and ``fma_latency``.
+    ``isa`` lists the CPU features code for the target needs (LLVM's names of the x86
+    flags of ``/proc/cpuinfo``): it runs on this machine only if it has them all
+    (``runs_here``). ``machine_scheduler`` leaves LLVM's
+    pre-register-allocation instruction scheduler on: on AArch64 it moves a whole
+    unrolled step's loads to its top and spills dozens of vectors per iteration of
+    a register-blocked loop, where the order the kernels are emitted in (each value
+    loaded just before its use) spills none, and the out-of-order Cortex-A76 needs
+    no static schedule.
+
     ``nprocessors_onln`` is ``_SC_NPROCESSORS_ONLN`` in the target's C library, which
     ``patcc_set_num_threads(0)`` asks when it cannot read the affinity mask.
     ``pin_threads`` pins the thread pool's workers one per CPU
@@ -44,8 +71,15 @@ class Target:
     cpu: str
     features: str
     vector_bits: int
-    gemm_block: tuple[int, int]
+    vector_registers: int
     elf_arch: str
+    isa: tuple[str, ...] = ()
+    lane_shift_ops: int = 1
+    shifts_on_fma_pipes: bool = False
+    fma_per_cycle: int = 2
+    loads_per_cycle: int = 2
+    fma_latency: int = 4
+    machine_scheduler: bool = True
     nprocessors_onln: int = 84  # glibc's; bionic's is 0x61
     pin_threads: bool = True
     libraries: tuple[str, ...] = ("libc.so.6", "libm.so.6")
@@ -58,11 +92,27 @@ class Target:
         return self.vector_bits // 32
 
     @property
+    def arch(self) -> str:
+        """The architecture of the triple: ``x86_64``, ``aarch64``."""
+        return self.triple.split("-")[0]
+
+    @property
     def is_host(self) -> bool:
-        """True when code for this target runs natively on this machine."""
+        """True when this machine has the target's architecture (its code is loaded
+        natively, not emulated); ``runs_here`` also checks the CPU features."""
         machine = platform.machine().lower()
-        arch = self.triple.split("-")[0]
-        return arch == machine or (arch == "x86_64" and machine == "amd64")
+        return self.arch == machine or (self.arch == "x86_64" and machine == "amd64")
+
+    @property
+    def runs_here(self) -> bool:
+        """True when code for this target can run on this machine: same architecture,
+        and every CPU feature in ``isa`` present (AVX2 code runs on an AVX-512 CPU,
+        not the other way round)."""
+        return self.is_host and set(self.isa) <= host_features()
+
+    def missing_features(self) -> list[str]:
+        """The features of ``isa`` this machine lacks (empty on another architecture)."""
+        return sorted(set(self.isa) - host_features()) if self.is_host else []
 
 
 def _vector_bits(features: str) -> int:
@@ -73,31 +123,70 @@ def _vector_bits(features: str) -> int:
     return 128
 
 
+def _x86(target: Target, features: str) -> Target:
+    """``target`` with the vector width, register count and lane-shift cost x86
+    ``features`` give."""
+    bits = _vector_bits(features)
+    return replace(target, vector_bits=bits, vector_registers=32 if bits == 512 else 16,
+                   lane_shift_ops=1 if bits == 512 else 3)
+
+
+def _x86_target(tag: str, cpu: str, features: str, shape: str, **more: object) -> Target:
+    """An x86-64 Linux target; ``shape`` are the features that decide its vectors."""
+    base = Target(tag=tag, triple="x86_64-unknown-linux-gnu", cpu=cpu, features=features,
+                  vector_bits=128, vector_registers=16, elf_arch="x86_64",
+                  **more)  # type: ignore[arg-type]
+    return _x86(base, shape)
+
+
 @lru_cache(maxsize=1)
-def host_target() -> Target:
-    """The machine compiling, with its own CPU name and features."""
+def _real_host_features() -> frozenset[str]:
+    import llvmlite.binding as llvm
+
+    return frozenset(name for name, on in llvm.get_host_cpu_features().items() if on)
+
+
+def host_features() -> frozenset[str]:
+    """The CPU features of this machine (LLVM's names, e.g. ``avx2``, ``avx512f``); with
+    ``PATCC_HOST_TARGET`` set, only the features that tag needs."""
+    forced = _forced_host()
+    return frozenset(forced.isa) if forced is not None else _real_host_features()
+
+
+def _forced_host() -> Target | None:
+    tag = os.environ.get("PATCC_HOST_TARGET")
+    if not tag:
+        return None
+    if tag not in _PORTABLE:
+        raise PatccError(f"PATCC_HOST_TARGET={tag!r} is not a portable x86 tag; expected "
+                         f"one of {', '.join(_PORTABLE)}")
+    return _PORTABLE[tag]
+
+
+@lru_cache(maxsize=1)
+def _real_host_target() -> Target:
     import llvmlite.binding as llvm
 
     cpu = llvm.get_host_cpu_name()
     features = llvm.get_host_cpu_features().flatten()
-    bits = _vector_bits(features)
-    return Target(
-        tag="x86_64", triple="x86_64-unknown-linux-gnu", cpu=cpu, features=features,
-        vector_bits=bits, gemm_block=(6, 4) if bits == 512 else (4, 3), elf_arch="x86_64",
-        tags=frozenset({"host"}),
-    )
+    return _x86_target("x86_64", cpu, features, features,
+                       isa=tuple(sorted(_real_host_features())), tags=frozenset({"host"}))
+
+
+def host_target() -> Target:
+    """The machine compiling, with its own CPU name and features (or, with
+    ``PATCC_HOST_TARGET``, the portable target it passes for)."""
+    forced = _forced_host()
+    if forced is not None:
+        return replace(forced, tag="x86_64", tags=frozenset({"host"}))
+    return _real_host_target()
 
 
 _PORTABLE: dict[str, Target] = {
-    "x86_64-avx512": Target(
-        tag="x86_64-avx512", triple="x86_64-unknown-linux-gnu", cpu="skylake-avx512",
-        features="", vector_bits=512, gemm_block=(6, 4), elf_arch="x86_64"),
-    "x86_64-avx2": Target(
-        tag="x86_64-avx2", triple="x86_64-unknown-linux-gnu", cpu="haswell",
-        features="", vector_bits=256, gemm_block=(4, 3), elf_arch="x86_64"),
-    "x86_64-generic": Target(
-        tag="x86_64-generic", triple="x86_64-unknown-linux-gnu", cpu="x86-64",
-        features="", vector_bits=128, gemm_block=(4, 2), elf_arch="x86_64"),
+    "x86_64-avx512": _x86_target("x86_64-avx512", "skylake-avx512", "", "+avx512f",
+                                 isa=X86_AVX512_ISA),
+    "x86_64-avx2": _x86_target("x86_64-avx2", "haswell", "", "+avx2", isa=X86_AVX2_ISA),
+    "x86_64-generic": _x86_target("x86_64-generic", "x86-64", "", ""),
 }
 
 
@@ -109,11 +198,13 @@ MIN_ANDROID_API = 21  # the first 64-bit Android
 _ARM: dict[str, Target] = {
     "aarch64-linux": Target(
         tag="aarch64-linux", triple="aarch64-unknown-linux-gnu", cpu="generic",
-        features="+neon,+fp-armv8", vector_bits=128, gemm_block=(6, 4), elf_arch="aarch64"),
+        features="+neon,+fp-armv8", vector_bits=128, vector_registers=32, elf_arch="aarch64",
+        machine_scheduler=False, shifts_on_fma_pipes=True),
     "aarch64-android": Target(
         tag="aarch64-android", triple=f"aarch64-unknown-linux-android{DEFAULT_ANDROID_API}",
         cpu="cortex-a76", features="+neon,+fp-armv8,+dotprod,+fullfp16", vector_bits=128,
-        gemm_block=(6, 4), elf_arch="aarch64", pin_threads=False,
+        vector_registers=32, elf_arch="aarch64", machine_scheduler=False,
+        shifts_on_fma_pipes=True, pin_threads=False,
         libraries=("libc.so", "libm.so", "libdl.so"), soname=True, nprocessors_onln=0x61),
 }
 _ANDROID_API_TAG = re.compile(r"aarch64-android(\d+)")
@@ -189,7 +280,8 @@ def with_overrides(target: Target, cpu: str | None = None, features: str | None 
                   features=features if features is not None else target.features,
                   tags=target.tags - {"host"})
     if new.elf_arch == "x86_64" and new.features:  # LLVM splits wider vectors if need be
-        new = replace(new, vector_bits=_vector_bits(new.features))
+        new = _x86(replace(new, isa=tuple(sorted(f[1:] for f in new.features.split(",")
+                                                 if f.startswith("+")))), new.features)
     from patcc.backends.llvm.toolchain import unknown_cpu_or_features
 
     unknown = unknown_cpu_or_features(new)

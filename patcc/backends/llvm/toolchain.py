@@ -22,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,15 +103,31 @@ def optimize(module: ir.Module, target: Target) -> llvm.ModuleRef:
     return mod
 
 
+@contextmanager
+def _codegen_options(target: Target) -> Iterator[None]:
+    """LLVM's code generator configured for ``target`` (its options are process-wide:
+    set for this emission, back to LLVM's default after)."""
+    if target.machine_scheduler:
+        yield
+        return
+    llvm.set_option("patcc", "-enable-misched=false")
+    try:
+        yield
+    finally:
+        llvm.set_option("patcc", "-enable-misched=true")
+
+
 def emit_object(mod: llvm.ModuleRef, target: Target) -> bytes:
-    return bytes(target_machine(target).emit_object(mod))
+    with _codegen_options(target):
+        return bytes(target_machine(target).emit_object(mod))
 
 
 def emit_assembly(mod: llvm.ModuleRef, target: Target) -> str:
     """Verbose assembly: every block with its IR name and place in the loop nest."""
     tm = target_machine(target)
     tm.set_asm_verbosity(True)
-    return str(tm.emit_assembly(mod))
+    with _codegen_options(target):
+        return str(tm.emit_assembly(mod))
 
 
 def weights_object(blob: bytes, target: Target) -> bytes:
