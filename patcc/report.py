@@ -3,17 +3,22 @@
 Per layer: the kernel, its register block and task count, weight storage (dense and,
 for sparse kernels, compressed), loads per FMA of the inner loop as generated and as
 it would be without load-redundancy elimination ("w/o LRE"), how many schedules the
-layer could use ("cands") and, when tuned, the chosen one's time alone ("tuned ms"),
-and -- when the target is this machine -- the measured time and non-zero GFLOP/s from
-a profiling build run on random inputs.
+layer could use ("cands") and, when tuned, the chosen one's time alone ("tuned ms")
+and the tuner's verdict ("tuning": ``model`` when the cost model's choice was fastest,
+``tuned`` when another was faster beyond the noise, ``noise`` when another had a
+lower median within the noise and the cost model's choice was kept), and -- when
+the target is this machine -- the measured time and non-zero GFLOP/s from a
+profiling build run on random inputs.
 
 For any target, the hot inner loop of each layer as compiled (read from the verbose
 assembly, ``patcc/backends/llvm/mca.py``): its FMA instruction ("fmla .4s" is NEON),
 FMAs per iteration and values loaded per FMA -- the load-redundancy elimination as
-it reached machine code. Where llvm-mca is installed: the loop's simulated cycles per
-iteration on the target CPU, FMAs per cycle, the share of the model's FMA peak, and
-"est Mcyc", the layer's non-zero MACs at that rate on one core (a lower bound: edges,
-padding lanes and cache misses are not in it).
+it reached machine code -- and the registers it spills to the stack and reloads per
+iteration (0 and 0 when its values fit the target's registers). Where llvm-mca is
+installed: the loop's simulated cycles per iteration on the target CPU, FMAs per
+cycle, the share of the model's FMA peak, and "est Mcyc", the layer's non-zero MACs
+at that rate on one core (a lower bound: edges, padding lanes and cache misses are
+not in it).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def layer_rows(compiled: Any, runs: int = 10, threads: int = 0) -> list[dict[str
             row["candidates"] = code.notes["candidates"]
         if "tuned_ms" in code.notes:
             row["tuned_ms"] = round(float(code.notes["tuned_ms"]), 4)
+            row["tuning"] = code.notes["tuning"]
         rows.append(row)
     if compiled.target.is_host:
         schedules = {code.layer.name: Schedule.parse(str(code.notes["schedule"]))
@@ -89,6 +95,8 @@ def add_loop_figures(compiled: Any, rows: list[dict[str, Any]]) -> list[str]:
         rows[index]["loop_fmas"] = loops[0].fmas
         rows[index]["asm_loads_per_fma"] = round(
             sum(lp.loaded / lp.fmas for lp in loops) / len(loops), 3)
+        rows[index]["loop_spills"] = max(lp.spills for lp in loops)
+        rows[index]["loop_reloads"] = max(lp.reloads for lp in loops)
     bodies = [lp.instructions for loops in hot.values() for lp in loops]
     try:
         tool = mca.find_llvm_mca()
@@ -108,7 +116,7 @@ def add_loop_figures(compiled: Any, rows: list[dict[str, Any]]) -> list[str]:
         row["fma_per_cycle"] = round(fma_rate, 2)
         row["fma_peak_pct"] = round(100 * fma_rate / peak, 1)
         if row.get("nonzero_macs"):
-            row["est_mcycles"] = round(row["nonzero_macs"] / lanes / fma_rate / 1e6, 3)
+            row["est_mcycles"] = float(f"{row['nonzero_macs'] / lanes / fma_rate / 1e6:.4g}")
             total += row["est_mcycles"]
     model = scheduling_model_cpu(target.cpu)
     modelled = model if model == target.cpu else f"{model} for {target.cpu}"
@@ -128,9 +136,10 @@ _COLUMNS = (
     ("layer", "name"), ("kernel", "kernel"), ("block", "block"), ("tasks", "tasks"),
     ("weights B", "weight_bytes"), ("compressed B", "compressed_bytes"),
     ("loads/FMA", "loads_per_fma"), ("w/o LRE", "loads_per_fma_without_lre"),
-    ("cands", "candidates"), ("tuned ms", "tuned_ms"), ("ms", "ms"),
+    ("cands", "candidates"), ("tuned ms", "tuned_ms"), ("tuning", "tuning"), ("ms", "ms"),
     ("nz GF/s", "nonzero_gflops"), ("FMA op", "fma_form"), ("FMA/it", "loop_fmas"),
-    ("ld/FMA asm", "asm_loads_per_fma"), ("cyc/it", "loop_cycles"),
+    ("ld/FMA asm", "asm_loads_per_fma"), ("spills", "loop_spills"),
+    ("reloads", "loop_reloads"), ("cyc/it", "loop_cycles"),
     ("FMA/cyc", "fma_per_cycle"), ("% FMA pk", "fma_peak_pct"), ("est Mcyc", "est_mcycles"),
 )
 

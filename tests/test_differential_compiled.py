@@ -1,18 +1,19 @@
 """Differential tests: random ONNX models compiled to native code vs the references.
 
 Each example builds a small model (``tests/onnx_gen.py``), compiles it with
-``patcc.compile`` for the host, runs the shared object with one thread and then two
-(the outputs must be bitwise identical: how the work is split must not change a
-result), and compares every output with the reference interpreter on the imported
-graph and with onnxruntime, within 1e-4 of the reference's largest magnitude (at
-least 1).
+``patcc.compile`` for ``x86_64-avx2`` and for ``x86_64-avx512`` (where this CPU runs
+them: an AVX2 machine skips the second), runs the shared object with one thread and
+then two (the outputs must be bitwise identical: how the work is split must not
+change a result), and compares every output with the reference interpreter on the
+imported graph and with onnxruntime, within 1e-4 of the reference's largest
+magnitude (at least 1).
 
-``PATCC_FUZZ_EXAMPLES`` sets the examples per test and per single-layer operator
-(default ``DEFAULT_EXAMPLES`` = 25; whole graphs get four times as many). A single
-layer compiles in ~0.1 s and a small graph in ~0.35 s, so the default (24 operators
-x 25 + 100 graphs + 25 conv stacks + 25 pattern convs = 750 examples) runs in about
-100 s on two cores. The search is derandomized, so CI runs the same examples every
-time.
+``PATCC_FUZZ_EXAMPLES`` sets the examples (default ``DEFAULT_EXAMPLES`` = 25); each
+target gets three fifths of them per test and per single-layer operator, whole
+graphs four times that. A single layer compiles in ~0.1 s and a small graph in
+~0.35 s, so the default (2 targets x (24 operators x 15 + 60 graphs + 15 conv stacks
++ 15 pattern convs) = 900 examples) runs in about 2 minutes on two cores. The search
+is derandomized, so CI runs the same examples every time.
 """
 
 from __future__ import annotations
@@ -38,17 +39,22 @@ from onnx_gen import (
 )
 
 import patcc
-from conftest import IN_CI
-from patcc.compiler import CompiledModel
+from conftest import IN_CI, X86_TAGS, runnable_target, runnable_x86_tags
+from patcc.backends.llvm.conv import conv_options, conv_schedules
+from patcc.backends.llvm.lowering import LoweringContext, WeightBlob
+from patcc.compiler import CompiledModel, build
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Conv, Sparsity, verify
 from patcc.runtime import run
 
 DEFAULT_EXAMPLES = 25
 EXAMPLES = int(os.environ.get("PATCC_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
+PER_TARGET = max(1, EXAMPLES * 3 // 5)
+"""Every test runs for each x86 target this CPU can run (AVX2 and AVX-512 builds),
+each with three fifths of the examples: more in all than one target had alone."""
 
 fuzz = settings(
-    max_examples=EXAMPLES,
+    max_examples=PER_TARGET,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -56,14 +62,15 @@ fuzz = settings(
 )
 
 
-def assert_compiled_matches(case: OnnxCase) -> CompiledModel:
-    """Compile ``case``; its outputs (1 thread == 2 threads, bitwise) match the
-    interpreter and onnxruntime. Returns the compiled model for further checks."""
+def assert_compiled_matches(case: OnnxCase, tag: str) -> CompiledModel:
+    """Compile ``case`` for ``tag``; its outputs (1 thread == 2 threads, bitwise)
+    match the interpreter and onnxruntime. Returns the compiled model for further
+    checks."""
     graph = verify(import_onnx(case.model, case.input_shapes))
     note(str(graph))
     expected = run(graph, case.feeds)
     onnxrt = run_onnxruntime(case.model, case.feeds, case.output_names)
-    compiled = patcc.compile(case.model, input_shapes=case.input_shapes)
+    compiled = patcc.compile(case.model, target=tag, input_shapes=case.input_shapes)
     note("kernels: " + ", ".join(f"{c.layer.name}={c.kernel}" for c in compiled.plan.codes))
     info = compiled.info
     assert [t["name"] for t in info["outputs"]] == list(case.output_names)
@@ -77,39 +84,60 @@ def assert_compiled_matches(case: OnnxCase) -> CompiledModel:
 
 
 def assert_pattern_kernels(compiled: CompiledModel) -> None:
-    """Every pattern-style conv runs the pattern kernel, and no other conv does."""
+    """Every pattern-style conv runs the pattern kernel (or the GEMM, where the cost
+    model finds that cheaper: tiny layers), and no other conv does."""
+    ctx = LoweringContext(dict(compiled.graph.shapes), compiled.target, WeightBlob())
     for code in compiled.plan.codes:
         if isinstance(code.layer, Conv):
             is_pattern = code.layer.sparsity is Sparsity.PATTERN
-            assert (code.kernel == "pattern") == is_pattern, (code.layer.name, code.kernel)
+            first = conv_options(code.layer, ctx)[0][1].kernel
+            assert (code.kernel == "pattern") == (is_pattern and first == "pattern"), (
+                code.layer.name, code.kernel)
 
 
+@pytest.mark.parametrize("tag", X86_TAGS)
 @pytest.mark.parametrize("op", sorted(set(SINGLE_OPS)))
-def test_single_layer_compiled(op: str) -> None:
-    # One hypothesis run per operator kind, so each gets EXAMPLES examples of its own.
+def test_single_layer_compiled(op: str, tag: str) -> None:
+    # One hypothesis run per operator kind, so each gets its examples of its own.
+    runnable_target(tag)
+
     @fuzz
     @given(single_layer_models(ops=(op,)))
     def check(case: OnnxCase) -> None:
-        assert_pattern_kernels(assert_compiled_matches(case))
+        assert_pattern_kernels(assert_compiled_matches(case, tag))
 
     check()
 
 
-@settings(fuzz, max_examples=4 * EXAMPLES)  # graphs find the most bugs
-@given(small_graph_models())
-def test_small_graph_compiled(case: OnnxCase) -> None:
-    compiled = assert_compiled_matches(case)
+@pytest.mark.parametrize("tag", X86_TAGS)
+@settings(fuzz, max_examples=4 * PER_TARGET)  # graphs find the most bugs
+@given(case=small_graph_models())
+def test_small_graph_compiled(case: OnnxCase, tag: str) -> None:
+    runnable_target(tag)
+    compiled = assert_compiled_matches(case, tag)
     assert_pattern_kernels(compiled)
-    pattern_layers = [c for c in compiled.plan.codes if c.kernel == "pattern"]
-    assert len(pattern_layers) == len(case.pattern_convs)
+    # every pattern conv the generator wrote is detected (it runs the pattern kernel
+    # or, where the cost model finds it cheaper, the GEMM: assert_pattern_kernels)
+    detected = [c for c in compiled.plan.codes
+                if isinstance(c.layer, Conv) and c.layer.sparsity is Sparsity.PATTERN]
+    assert len(detected) == len(case.pattern_convs)
 
 
+@pytest.mark.parametrize("tag", X86_TAGS)
 @fuzz
-@given(pattern_conv_models())
-def test_pattern_conv_compiled(case: OnnxCase) -> None:
-    compiled = assert_compiled_matches(case)
-    kernels = [c.kernel for c in compiled.plan.codes if isinstance(c.layer, Conv)]
-    assert kernels == ["pattern"]
+@given(case=pattern_conv_models())
+def test_pattern_conv_compiled(case: OnnxCase, tag: str) -> None:
+    runnable_target(tag)
+    compiled = assert_compiled_matches(case, tag)
+    (code,) = [c for c in compiled.plan.codes if isinstance(c.layer, Conv)]
+    if code.kernel != "pattern":  # the GEMM was estimated cheaper: run the pattern kernel too
+        ctx = LoweringContext(dict(compiled.graph.shapes), compiled.target, WeightBlob())
+        schedule = next(s for s in conv_schedules(code.layer, ctx, every=True)
+                        if s.kernel == "pattern")
+        forced = build(compiled.graph, compiled.target, {code.layer.name: schedule})
+        got = run_with_threads(forced.load(num_threads=1), case.feeds, threads=(1, 2))
+        for name, value in run(compiled.graph, case.feeds).items():
+            assert_close(got[name], value, f"{name} under {schedule}")
 
 
 @st.composite
@@ -133,10 +161,12 @@ def conv_stack_models(draw: st.DrawFn) -> OnnxCase:
     return b.build([y])
 
 
+@pytest.mark.parametrize("tag", X86_TAGS)
 @fuzz
-@given(conv_stack_models())
-def test_conv_stack_compiled(case: OnnxCase) -> None:
-    compiled = assert_compiled_matches(case)
+@given(case=conv_stack_models())
+def test_conv_stack_compiled(case: OnnxCase, tag: str) -> None:
+    runnable_target(tag)
+    compiled = assert_compiled_matches(case, tag)
     assert_pattern_kernels(compiled)
 
 
@@ -145,7 +175,7 @@ def test_fuzz_budget() -> None:
     PATCC_FUZZ_EXAMPLES asks for fewer)."""
     if "PATCC_FUZZ_EXAMPLES" in os.environ and not IN_CI:
         pytest.skip("PATCC_FUZZ_EXAMPLES set: a local run may be smaller")
-    total = len(set(SINGLE_OPS)) * EXAMPLES + 4 * EXAMPLES + 2 * EXAMPLES
+    total = (len(set(SINGLE_OPS)) + 4 + 2) * PER_TARGET * len(runnable_x86_tags())
     assert total >= 200, f"only {total} examples; raise PATCC_FUZZ_EXAMPLES"
 
 
@@ -166,7 +196,7 @@ graph = helper.make_graph(
     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])])
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 zen = Target(tag="zen", triple="x86_64-unknown-linux-gnu", cpu=sys.argv[2], features="",
-             vector_bits=512, gemm_block=(6, 4), elf_arch="x86_64")
+             vector_bits=512, vector_registers=32, elf_arch="x86_64")
 patcc.compile(model, target=zen)  # compile only: runs on any x86-64 host
 """
 

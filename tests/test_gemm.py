@@ -16,6 +16,7 @@ from unittest import mock
 
 import numpy as np
 import onnx
+import pytest
 from compiled_helpers import assert_close, run_with_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_gen import window_out
 
 import patcc
+from conftest import X86_TAGS, runnable_target, runnable_x86_tags
 from patcc.backends.llvm import gemm
 from patcc.backends.llvm.conv import _Planes, _planes
 from patcc.backends.llvm.planes import inside
@@ -47,7 +49,7 @@ def _model(nodes: list[onnx.NodeProto], inputs: dict[str, tuple[int, ...]],
 
 
 def _check(model: onnx.ModelProto, feeds: dict[str, np.ndarray], kernel: str,
-           orientation: str = "chosen") -> CompiledModel:
+           orientation: str = "chosen", target: str = "x86_64") -> CompiledModel:
     """Compiled == interpreter, one thread == two, and the layer ran ``kernel``;
     returns the compiled model.
 
@@ -68,7 +70,7 @@ def _check(model: onnx.ModelProto, feeds: dict[str, np.ndarray], kernel: str,
             if orientation.endswith("kblocks"):
                 for limit in ("ROW_PANEL_BYTES", "K_BLOCK_BYTES", "PARTIAL_BYTES"):
                     patches.enter_context(mock.patch.object(gemm, limit, 1))
-        compiled = patcc.compile(model)
+        compiled = patcc.compile(model, target=target)
     blocks = [c.notes["block"] for c in compiled.plan.codes if c.kernel.startswith("gemm")]
     kernels = [c.kernel for c in compiled.plan.codes if c.layer.op in ("Conv", "Dense")]
     where = f"{graph}\nkernels {kernels}, blocks {blocks}"
@@ -88,6 +90,8 @@ def gemm_convs(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]
     groups = draw(st.sampled_from((1, 1, 1, 2, 3)))
     c = groups * draw(st.integers(1, 12))
     o = groups * draw(st.integers(1, 40))
+    if groups > 1 and c == o == groups:  # depthwise: the direct kernel's, not the GEMM's
+        o = 2 * groups
     n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
     kh, kw = draw(st.sampled_from(((1, 1), (1, 1), (3, 3), (3, 3), (2, 3), (5, 5), (7, 7))))
     s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
@@ -123,30 +127,38 @@ ORIENTATIONS = ("chosen", "columns", "rows:8:2", "rows:7:3", "rows:5:1", "rows:3
 
 
 @examples
-@given(gemm_convs(), st.sampled_from(ORIENTATIONS))
+@given(gemm_convs(), st.sampled_from(ORIENTATIONS), st.sampled_from(runnable_x86_tags()))
 def test_gemm_conv_matches_interpreter(case: tuple[onnx.ModelProto, dict[str, np.ndarray]],
-                                       orientation: str) -> None:
-    _check(*case, kernel="gemm", orientation=orientation)
+                                       orientation: str, tag: str) -> None:
+    _check(*case, kernel="gemm", orientation=orientation, target=tag)
 
 
-def test_forced_orientations_are_taken() -> None:
-    # A 14x14 image: 7 divides its rows, so each forced tile is used as asked.
+@pytest.mark.parametrize("tag", X86_TAGS)
+def test_forced_orientations_are_taken(tag: str) -> None:
+    # A 14x14 image: 7 divides its rows, so each forced tile that fits the target's
+    # registers is used as asked.
+    target = runnable_target(tag)
     rng = np.random.default_rng(0)
-    consts = {"w": rng.standard_normal((40, 24, 3, 3)).astype(np.float32),
+    consts = {"w": rng.standard_normal((40, 24, 1, 1)).astype(np.float32),
               "b": rng.standard_normal(40).astype(np.float32)}
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"])
     model = _model([node], {"x": (1, 24, 14, 14)}, "y", (1, 40, 14, 14), consts)
     feeds = {"x": rng.standard_normal((1, 24, 14, 14)).astype(np.float32)}
-    for orientation, block, k_blocks in (("columns", "6x4v", None), ("rows:7:3", "3vx7", None),
-                                         ("rows:7:2:kblocks", "2vx7", 24)):
-        (code,) = _check(model, feeds, kernel="gemm", orientation=orientation).plan.codes
+    mr, nr = gemm.register_tile(target.vector_registers)
+    vectors = max(v for v in (1, 2, 3) if gemm.tile_registers(7, v) <= target.vector_registers)
+    for orientation, block, k_blocks in (
+            ("columns", f"{mr}x{nr}v", None), (f"rows:7:{vectors}", f"{vectors}vx7", None),
+            ("rows:7:1:kblocks", "1vx7", 24)):
+        (code,) = _check(model, feeds, kernel="gemm", orientation=orientation,
+                         target=tag).plan.codes
         assert (code.notes["block"], code.notes.get("k_blocks")) == (block, k_blocks)
 
 
 @examples
 @given(st.integers(1, 20), st.integers(1, 300), st.integers(1, 150), st.booleans(),
-       st.integers(0, 2**32 - 1))
-def test_gemm_dense_matches_interpreter(m: int, k: int, n: int, relu: bool, seed: int) -> None:
+       st.integers(0, 2**32 - 1), st.sampled_from(runnable_x86_tags()))
+def test_gemm_dense_matches_interpreter(m: int, k: int, n: int, relu: bool, seed: int,
+                                        tag: str) -> None:
     rng = np.random.default_rng(seed)
     consts = {"w": rng.standard_normal((n, k)).astype(np.float32),
               "b": rng.standard_normal(n).astype(np.float32)}
@@ -154,7 +166,8 @@ def test_gemm_dense_matches_interpreter(m: int, k: int, n: int, relu: bool, seed
     if relu:
         nodes.append(helper.make_node("Relu", ["y"], ["z"]))
     model = _model(nodes, {"x": (m, k)}, nodes[-1].output[0], (m, n), consts)
-    _check(model, {"x": rng.standard_normal((m, k)).astype(np.float32)}, kernel="gemm")
+    _check(model, {"x": rng.standard_normal((m, k)).astype(np.float32)}, kernel="gemm",
+           target=tag)
 
 
 def test_inside_is_the_range_that_reads_the_input() -> None:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
+from conftest import CPU_TAGS, X86_TAGS, runnable_target, runnable_x86_tags
 from patcc.backends.llvm import codegen, sparse
 from patcc.backends.llvm.lowering import LoweringContext, WeightBlob
 from patcc.backends.target import get_target
@@ -87,8 +88,8 @@ def _model(x_shape: tuple[int, int, int, int], convs: Sequence[PointwiseConv],
     return model, feeds
 
 
-def _compile(model: onnx.ModelProto, blocks: Mapping[str, sparse.Block | None]
-             ) -> CompiledModel:
+def _compile(model: onnx.ModelProto, blocks: Mapping[str, sparse.Block | None],
+             target: str = "x86_64") -> CompiledModel:
     """Compile with the conv ending in output ``name`` lowered by the sparse kernel with
     ``blocks[name]`` (None: its default block)."""
     dense = codegen.LOWERINGS[Conv]
@@ -100,15 +101,17 @@ def _compile(model: onnx.ModelProto, blocks: Mapping[str, sparse.Block | None]
         return dense(layer, ctx)
 
     with mock.patch.dict(codegen.LOWERINGS, {Conv: lowering}):
-        return patcc.compile(model)
+        return patcc.compile(model, target=target)
 
 
 def _check(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-           blocks: Mapping[str, sparse.Block | None]) -> CompiledModel:
-    """Compiled (1 thread == 2 threads, bitwise) == interpreter, every conv sparse."""
+           blocks: Mapping[str, sparse.Block | None], target: str = "x86_64"
+           ) -> CompiledModel:
+    """Compiled for ``target`` (1 thread == 2 threads, bitwise) == interpreter, every
+    conv sparse."""
     graph = verify(import_onnx(model))
     expected = run(graph, feeds)
-    compiled = _compile(model, blocks)
+    compiled = _compile(model, blocks, target)
     kernels = {c.layer.outputs[0]: (c.kernel, c.notes.get("block"))
                for c in compiled.plan.codes if isinstance(c.layer, Conv)}
     where = f"{graph}\nkernels {kernels}, blocks {dict(blocks)}"
@@ -120,14 +123,14 @@ def _check(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
 
 
 def _candidates(x_shape: tuple[int, int, int, int], weight: np.ndarray,
-                residual: bool = False) -> list[sparse.Block]:
+                residual: bool = False, target: str = "x86_64") -> list[sparse.Block]:
     """``sparse_pointwise_blocks`` of a conv of ``weight`` on input ``x_shape``."""
     n, c, h, w = x_shape
     o = weight.shape[0]
     layer = Conv(name="c", inputs=("x", "r") if residual else ("x",), outputs=("y",),
                  weight=weight, bias=np.zeros(o, np.float32))
     ctx = LoweringContext({"x": x_shape, "r": (n, o, h, w), "y": (n, o, h, w)},
-                          get_target("x86_64"), WeightBlob())
+                          get_target(target), WeightBlob())
     return sparse.sparse_pointwise_blocks(layer, ctx)
 
 
@@ -214,16 +217,20 @@ def test_compressed_weights_decode_to_the_dense_weights(o: int, c: int, density:
     assert sorted(sw.order[:o]) == list(range(o))
 
 
-def test_candidates_fit_the_registers_of_each_target() -> None:
+@pytest.mark.parametrize("tag", CPU_TAGS)
+def test_candidates_fit_the_registers_of_each_target(tag: str) -> None:
     layer = _conv(weight=_sparse_weight(np.random.default_rng(1), 64, 96, 0.5),
                   bias=np.zeros(64, np.float32))
-    for tag, registers in (("x86_64-avx512", 32), ("x86_64-avx2", 16)):
-        ctx = LoweringContext({"x": (1, 96, 28, 28)}, get_target(tag), WeightBlob())
-        blocks = sparse.sparse_pointwise_blocks(layer, ctx)
-        assert blocks and len(set(blocks)) == len(blocks)
-        for nvec, f, task_filters, k_chunk in blocks:
-            assert (f + 1) * nvec + 1 <= registers, (tag, blocks)
-            assert task_filters % f == 0 and 1 <= k_chunk <= 96
+    target = get_target(tag)
+    ctx = LoweringContext({"x": (1, 96, 28, 28)}, target, WeightBlob())
+    blocks = sparse.sparse_pointwise_blocks(layer, ctx)
+    assert blocks and len(set(blocks)) == len(blocks)
+    for nvec, f, task_filters, k_chunk in blocks:
+        assert (f + 1) * nvec + 1 <= target.vector_registers, (tag, blocks)
+        assert task_filters % f == 0 and 1 <= k_chunk <= 96
+    # the widest tile the registers allow for the first block's filters
+    nvec, f = blocks[0][:2]
+    assert (f + 1) * (nvec + 1) + 1 > target.vector_registers, (tag, blocks)
 
 
 def test_block_names_round_trip_and_bad_blocks_are_refused() -> None:
@@ -255,19 +262,21 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("tag", X86_TAGS)
 @pytest.mark.parametrize(("x_shape", "o", "density"), SHAPES)
 def test_every_candidate_block_matches_the_interpreter(
-        x_shape: tuple[int, int, int, int], o: int, density: float) -> None:
+        x_shape: tuple[int, int, int, int], o: int, density: float, tag: str) -> None:
+    runnable_target(tag)
     rng = np.random.default_rng(x_shape[1] * o)
     c = x_shape[1]
     weight = _sparse_weight(rng, o, c, density)
-    candidates = _candidates(x_shape, weight)
+    candidates = _candidates(x_shape, weight, target=tag)
     fused = [(False, None), (True, "relu"), (False, "relu6"), (True, None)]
     convs = [PointwiseConv(_sparse_weight(rng, o, c, density),
                            rng.standard_normal(o).astype(np.float32), *fused[i % len(fused)])
              for i in range(len(candidates))]
     model, feeds = _model(x_shape, convs, rng)
-    compiled = _check(model, feeds, {f"out{i}": b for i, b in enumerate(candidates)})
+    compiled = _check(model, feeds, {f"out{i}": b for i, b in enumerate(candidates)}, tag)
     for code in compiled.plan.codes:
         assert isinstance(code.layer, Conv)
         assert code.notes["kernels"] == np.count_nonzero(code.layer.weight)
@@ -277,7 +286,9 @@ def test_every_candidate_block_matches_the_interpreter(
         assert 0 < loads <= unshared
 
 
-def test_empty_filters_and_a_single_weight() -> None:
+@pytest.mark.parametrize("tag", X86_TAGS)
+def test_empty_filters_and_a_single_weight(tag: str) -> None:
+    registers = runnable_target(tag).vector_registers
     rng = np.random.default_rng(7)
     x_shape = (2, 50, 5, 9)
     holes = _sparse_weight(rng, 13, 50, 0.5)
@@ -287,15 +298,20 @@ def test_empty_filters_and_a_single_weight() -> None:
     bias = rng.standard_normal(13).astype(np.float32)
     convs = [PointwiseConv(holes, bias, True, "relu"), PointwiseConv(holes, bias),
              PointwiseConv(single, bias, False, "relu6"), PointwiseConv(single, bias, True)]
-    blocks = [(3, 4, 8, 16), (7, 3, 13, 50), (1, 1, 1, 1), (2, 2, 4, 7)]
+    widest = (registers - 1) // 4  # of 3 filters: the tile across the 5x9 image, or less
+    blocks = [(3, 4, 8, 16), (widest, 3, 13, 50),
+              (1, 1, 1, 1), (2, 2, 4, 7)]
     model, feeds = _model(x_shape, convs, rng)
-    _check(model, feeds, {f"out{i}": b for i, b in enumerate(blocks)})
+    _check(model, feeds, {f"out{i}": b for i, b in enumerate(blocks)}, tag)
 
 
 @st.composite
 def sparse_cases(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, np.ndarray],
-                                           dict[str, sparse.Block | None]]:
-    """Two convs of one random shape, each with a random legal block or the default."""
+                                           dict[str, sparse.Block | None], str]:
+    """Two convs of one random shape, each with a random block legal for a drawn
+    target or the default, and the target."""
+    tag = draw(st.sampled_from(runnable_x86_tags()))
+    registers = get_target(tag).vector_registers
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 160)), draw(st.integers(1, 17)),
                draw(st.integers(1, 17)))
@@ -309,16 +325,16 @@ def sparse_cases(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, np.ndarray
                                    draw(st.booleans()),
                                    draw(st.sampled_from((None, "relu", "relu6")))))
         f = draw(st.integers(1, 4))
-        block = (draw(st.integers(1, 31 // (f + 1))), f, draw(st.integers(1, o)),
+        block = (draw(st.integers(1, (registers - 1) // (f + 1))), f, draw(st.integers(1, o)),
                  draw(st.integers(1, c)))
         blocks[f"out{i}"] = draw(st.sampled_from((block, block, None)))
     model, feeds = _model(x_shape, convs, rng)
-    return model, feeds, blocks
+    return model, feeds, blocks, tag
 
 
 @examples
 @given(sparse_cases())
 def test_random_sparse_convs_match_the_interpreter(
         case: tuple[onnx.ModelProto, dict[str, np.ndarray],
-                    dict[str, sparse.Block | None]]) -> None:
+                    dict[str, sparse.Block | None], str]) -> None:
     _check(*case)

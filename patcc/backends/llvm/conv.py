@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from llvmlite import ir
 
-from patcc.backends.llvm.direct import direct_blocks, lower_direct_conv
+from patcc.backends.llvm.direct import direct_options, lower_direct_conv
 from patcc.backends.llvm.gemm import (
     Columns,
     GemmSpec,
@@ -34,6 +33,7 @@ from patcc.backends.llvm.gemm import (
     emit_gemm,
     gemm_tiling,
     pack_rows,
+    register_tile,
     tiling_candidates,
 )
 from patcc.backends.llvm.irutil import KernelBuilder, i64
@@ -56,51 +56,95 @@ from patcc.backends.llvm.sparse import (
 from patcc.errors import PatccError
 from patcc.ir.layers import Conv, Dense
 
-GEMM_CANDIDATES = 3
-"""How many of the GEMM's tilings, best estimated first, a dense conv offers the tuner."""
+TUNE_CANDIDATES = 4
+"""At most this many schedules of a conv, the cheapest estimated first, are timed by
+the tuner."""
 
-DIRECT_CANDIDATES = 6
-"""How many of the direct kernel's blocks, cheapest estimated first, a pattern or
-depthwise conv offers the tuner: of 20-odd, the rest never won on ResNet-18 6x."""
+TUNE_MARGIN = 0.25
+"""...and only those estimated within this fraction of the cheapest: the cost model
+ranks the direct kernel's blocks within 5-15% of their measured order (Zen 4, AVX2
+and AVX-512), so what lies further out never wins, and each candidate timed costs
+the compile its LLVM time."""
+
+VARIETY_MARGIN = 0.6
+"""Except that the cheapest of each kind of schedule (aligned or unaligned loads,
+vectors along N or M, sparse or dense) is timed when within this fraction: how much
+a kind costs depends on the core more than the model knows (unaligned 512-bit loads
+across cache lines cost Zen 5 and Skylake-SP two loads, Zen 4 about one)."""
 
 LISTED_SCHEDULES = 12
 """How many valid schedules an error about an invalid one lists."""
 
-SPARSE_CANDIDATES = 3
-"""How many of the sparse pointwise kernel's blocks, best guess first, it offers."""
-
 SPARSE_DENSITY_CUTOFF = 0.55
-"""The cost model's choice for a sparse 1x1 conv: the sparse kernel at or below this
-fraction of non-zero weights, the GEMM above. On Zen 5 the sparse kernel reaches about
-250 non-zero GFLOP/s (2 threads) where the GEMM does 440 dense, so they break even
-near 57%; at 50% the sparse kernel was faster on every MobileNetV2 1x1 layer."""
+"""The sparse pointwise kernel's cost relative to the GEMM's at the same layer: it
+breaks even at this fraction of non-zero weights. On Zen 5 the sparse kernel reaches
+about 250 non-zero GFLOP/s (2 threads) where the GEMM does 440 dense, so they break
+even near 57%; at 50% the sparse kernel was faster on every MobileNetV2 1x1 layer."""
 
 
 def conv_schedules(layer: Conv, ctx: LoweringContext, every: bool = False) -> list[Schedule]:
-    """The schedules the tuner tries for this conv, the cost model's choice first;
-    with ``every``, all those the conv can run with (the first few are the same).
+    """The schedules the tuner times for this conv, the cost model's choice first:
+    the cheapest estimated and those within ``TUNE_MARGIN`` of it, at most
+    ``TUNE_CANDIDATES``; with ``every``, every schedule the conv can run with.
 
     Pattern-style convs run the direct sparse kernel with one of its register blocks,
     or the dense GEMM where sparsity does not pay (few kernels removed, small
     images); depthwise convs the direct kernel; 1x1 convs with unstructured zeros the
-    sparse pointwise kernel (SpMM) or the GEMM, by density; other convs the GEMM with
-    one of its tilings.
+    sparse pointwise kernel (SpMM) or the GEMM; other convs the GEMM with one of its
+    tilings.
     """
-    def first(items: list[Any], count: int) -> list[Any]:
-        return items if every else items[:count]
+    options = conv_options(layer, ctx)
+    if every:
+        return [schedule for _, schedule in options]
+    best = options[0][0]
+    chosen = [options[0]]
+    kinds = {_kind(options[0][1])}
+    for option in options:  # the cheapest of each kind
+        if option[0] <= best * (1 + VARIETY_MARGIN) and _kind(option[1]) not in kinds:
+            kinds.add(_kind(option[1]))
+            chosen.append(option)
+    for option in options:
+        if option[0] <= best * (1 + TUNE_MARGIN) and option not in chosen:
+            chosen.append(option)
+    return [schedule for _, schedule in sorted(chosen[:TUNE_CANDIDATES],
+                                               key=lambda option: option[0])]
 
-    gemm = [Schedule("gemm", t.block) for t in first(_gemm_tilings(layer, ctx), GEMM_CANDIDATES)]
-    if layer.pattern is not None:
-        return [Schedule("pattern", b)
-                for b in first(direct_blocks(layer, ctx), DIRECT_CANDIDATES)] + first(gemm, 1)
-    if layer.is_depthwise:
-        return [Schedule("depthwise", b)
-                for b in first(direct_blocks(layer, ctx), DIRECT_CANDIDATES)]
+
+def _kind(schedule: Schedule) -> str:
+    """What kind of code a schedule is: its kernel, and aligned loads or vectors along
+    M where the kernel has both."""
+    if schedule.kernel in ("pattern", "depthwise") and schedule.block.endswith("a"):
+        return schedule.kernel + "-aligned"
+    if schedule.kernel == "gemm" and "vx" in schedule.block:
+        return "gemm-rows"
+    return schedule.kernel
+
+
+def conv_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedule]]:
+    """Every schedule this conv can run with on ``ctx.target`` and its estimated cycles
+    on one core (the cost model), the cheapest first. Computed once per layer and
+    lowering context."""
+    key = (layer.name, "options")
+    if key not in ctx.memo:
+        ctx.memo[key] = _options(layer, ctx)
+    return list(ctx.memo[key])  # type: ignore[call-overload]
+
+
+def _options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedule]]:
+    gemm = [(cycles, Schedule("gemm", t.block)) for cycles, t in _gemm_tilings(layer, ctx)]
+    if layer.pattern is not None or layer.is_depthwise:
+        kernel = "pattern" if layer.pattern is not None else "depthwise"
+        direct = [(cycles, Schedule(kernel, name)) for cycles, name in direct_options(layer, ctx)]
+        # A depthwise conv as a GEMM is one row per group: never worth timing.
+        return sorted(direct + ([] if layer.is_depthwise else gemm),
+                      key=lambda option: option[0])
     if supports_sparse_pointwise(layer):
-        sparse = [Schedule("sparse", block_name(b))
-                  for b in first(sparse_pointwise_blocks(layer, ctx), SPARSE_CANDIDATES)]
+        # Relative to the GEMM's best estimate; the blocks in the order they won.
         density = np.count_nonzero(layer.weight) / layer.weight.size
-        return sparse + gemm if density <= SPARSE_DENSITY_CUTOFF else gemm + sparse
+        base = gemm[0][0] * density / SPARSE_DENSITY_CUTOFF
+        sparse = [(base * (1 + 0.01 * i), Schedule("sparse", block_name(b)))
+                  for i, b in enumerate(sparse_pointwise_blocks(layer, ctx))]
+        return sorted(sparse + gemm, key=lambda option: option[0])
     return gemm
 
 
@@ -135,16 +179,16 @@ def _split_task(kb: KernelBuilder, task: ir.Value, *sizes: int) -> list[ir.Value
     return digits[::-1]
 
 
-def _gemm_tilings(layer: Conv, ctx: LoweringContext) -> list[GemmTiling]:
-    """The GEMM tilings of this conv, the fewest estimated cycles first."""
+def _gemm_tilings(layer: Conv, ctx: LoweringContext) -> list[tuple[float, GemmTiling]]:
+    """The GEMM tilings of this conv with their estimated cycles, the fewest first."""
     n, _, _, w = ctx.in_shape(layer)
     _, o, ho, wo = ctx.out_shape(layer)
     g = layer.groups
     kh, kw = layer.kernel_shape
     planes = _planes(layer, w, (ho, wo))
     return tiling_candidates(o // g, ho * wo, layer.weight.shape[1] * kh * kw, kh * kw,
-                             Columns(wo, planes.wq), ctx.target.gemm_block,
-                             ctx.target.vector_width, min_tasks=max(1, 16 // (n * g)))
+                             Columns(wo, planes.wq), ctx.target, min_tasks=max(1, 16 // (n * g)),
+                             row_taps=kw, row_phases=layer.strides[1])
 
 
 def _lower_gemm_conv(layer: Conv, ctx: LoweringContext, tile: str) -> LayerCode:
@@ -160,7 +204,7 @@ def _lower_gemm_conv(layer: Conv, ctx: LoweringContext, tile: str) -> LayerCode:
     planes = _planes(layer, w, (ho, wo))
     channel = planes.channel_size
     columns = Columns(wo, planes.wq)
-    tiling = next(t for t in _gemm_tilings(layer, ctx) if t.block == tile)
+    tiling = next(t for _, t in _gemm_tilings(layer, ctx) if t.block == tile)
     packed = [ctx.blob.add(pack_rows(layer.weight[gi * og:(gi + 1) * og].reshape(og, k),
                                      tiling.tile_m)) for gi in range(g)]
     group_stride = (packed[1] - packed[0]) if g > 1 else 0
@@ -281,7 +325,7 @@ def lower_dense(layer: Dense, ctx: LoweringContext) -> LayerCode:
     m = math.prod(shape[:-1])
     b_off = ctx.blob.add(np.ascontiguousarray(layer.weight.T))
     bias_off = ctx.blob.add(layer.bias)
-    mr, nr = target.gemm_block
+    mr, nr = register_tile(target.vector_registers)
     tiling = gemm_tiling(m, n_out, mr, nr, target.vector_width)
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:

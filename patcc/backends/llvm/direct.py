@@ -33,6 +33,8 @@ from llvmlite import ir
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
 from patcc.backends.llvm.planes import fill_plane
+from patcc.backends.target import Target
+from patcc.errors import PatccError
 from patcc.ir.layers import Conv
 from patcc.ir.storage import CompressedWeights
 from patcc.passes.compress import compress_conv
@@ -47,27 +49,82 @@ class Tap:
     col: int
 
 
-REGISTER_BLOCKS = ((4, 2), (8, 1), (2, 2), (6, 2), (2, 4), (4, 1))
-"""Accumulator blocks (output rows, vectors per row) the direct kernel is built with,
-before clipping to the output: candidates for the cost model and the tuner."""
+MAX_BLOCK_ROWS = 8
+MAX_BLOCK_VECTORS = 4
+"""Register blocks (output rows x vectors per row) are drawn from 1..8 rows and 1..4
+vectors; which of them a target can use depends on its registers (``block_registers``).
+More rows share more input vectors between vertically neighbouring taps (kernel-level
+load-redundancy elimination); more vectors per row fewer pattern loops per pixel."""
 
 FLAT_ACCUMULATORS = 8
 """Most vectors one flat tile (the whole narrow image) may take."""
 
 
+def block_registers(rows: int, nvec: int, taps: int, sets: int = 1,
+                    aligned: bool = False, lane_shift_ops: int = 1) -> int:
+    """Vector registers the kernel's loop body needs with a block of ``rows`` x
+    ``nvec`` accumulators (``sets`` copies for the flat layout) and ``taps`` weights
+    held broadcast: the input vectors of one row at a time on top (``_emit_conv``
+    visits input rows in order). Unaligned loads need two (one loading while one is
+    used); the aligned layout keeps the row's ``nvec`` + 1 aligned vectors, the one
+    cut from them, and the intermediates of a lane shift that takes several
+    instructions (AVX2: a permute and two shuffles)."""
+    if not aligned:
+        return rows * nvec * sets + taps + 2
+    return rows * nvec * sets + taps + nvec + 1 + lane_shift_ops
+
+
+def block_fits(target: Target, rows: int, nvec: int, taps: int, sets: int = 1,
+               aligned: bool = False) -> bool:
+    """Whether the block's loop body fits ``target``'s vector registers without spills.
+
+    Where LLVM keeps the order the body is emitted in (``Target.machine_scheduler``
+    off: AArch64), ``block_registers`` is the whole story. On x86 its instruction
+    scheduling (LLVM 19) issues loads ahead of their use, which measurably spills
+    (``tests/test_registers.py``; ``--report``'s ``spills`` column) in two more
+    cases: on 16 registers, blocks of more than 7 rows or 2 vectors per row (the
+    loads of later input rows move up); and with the aligned layout or more than 4
+    taps (a depthwise conv's full window), more than half the registers less 4 as
+    accumulators (12 of 32, 4 of 16: the vectors several rows share stay live).
+    """
+    registers = target.vector_registers
+    accumulators = rows * nvec * sets
+    if block_registers(rows, nvec, taps, sets, aligned, target.lane_shift_ops) > registers:
+        return False
+    if not target.machine_scheduler:
+        return True
+    if registers <= 16 and (rows > 7 or nvec > 2):
+        return False
+    return not (aligned or taps > 4) or accumulators <= registers // 2 - 4
+
+
 def direct_blocks(layer: Conv, ctx: LoweringContext) -> list[str]:
-    """The register blocks this conv can run with, the cost model's cheapest first:
-    ``"<R>r<V>v"`` (R output rows by V vectors) and, for narrow outputs, ``"flat"``."""
-    costs: dict[str, float] = {}
+    """The register blocks this conv can run with on ``ctx.target``, the cost model's
+    cheapest first (``direct_options`` without the estimates)."""
+    return [name for _, name in direct_options(layer, ctx)]
+
+
+def direct_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, str]]:
+    """Every register block this conv can run with on ``ctx.target`` and its
+    estimated cycles (one core), the cheapest first: ``"<R>r<V>v"`` (R output rows by
+    V vectors), for narrow outputs ``"flat"``, and each with ``a`` for the aligned
+    layout. A block is legal when its loop body fits the target's vector registers
+    (``block_fits``), so no generated inner loop spills."""
     _, _, ho, wo = ctx.out_shape(layer)
     vectors = -(-wo // ctx.target.vector_width)
-    names = [f"{min(rows, ho)}r{min(nvec, vectors)}v" for rows, nvec in REGISTER_BLOCKS]
+    names = [f"{rows}r{nvec}v" for rows in range(1, min(MAX_BLOCK_ROWS, ho) + 1)
+             for nvec in range(1, min(MAX_BLOCK_VECTORS, vectors) + 1)]
     if _flat_fits(layer, ctx):
         names.append("flat")
-    for name in dict.fromkeys(names):
+    costs: dict[str, float] = {}
+    for name in names:
         for variant in (name, name + "a"):
-            costs[variant] = _plan(layer, ctx, variant).cycles
-    return sorted(costs, key=costs.__getitem__)
+            plan = _plan(layer, ctx, variant)
+            if plan.fits:
+                costs[variant] = plan.cycles
+    if not costs:  # more taps than registers: the smallest block, weights reloaded
+        costs = {"1r1v": _plan(layer, ctx, "1r1v").cycles}
+    return sorted((cycles, name) for name, cycles in costs.items())
 
 
 def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
@@ -83,11 +140,10 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
     n, c = geometry.n, geometry.c
     rows, nvec, group = geometry.rows, geometry.nvec, geometry.group
     blob = ctx.blob
+    stream, fstart = _kernel_stream(cw, geometry.chan)
     offsets = {
-        "counts": blob.add(cw.counts), "channels": blob.add(cw.channels),
-        "weights": blob.add(cw.weights), "kstart": blob.add(cw.kernel_start),
-        "wstart": blob.add(cw.weight_start), "bias": blob.add(layer.bias),
-        "order": blob.add(cw.filter_order),
+        "counts": blob.add(cw.counts), "stream": blob.add(stream), "fstart": blob.add(fstart),
+        "bias": blob.add(layer.bias), "order": blob.add(cw.filter_order),
     }
     loads, fmas = _loads_per_kernel(taps, rows, nvec, aligned=geometry.aligned,
                                     width=ctx.target.vector_width)
@@ -115,6 +171,30 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
     )
 
 
+def _kernel_stream(cw: CompressedWeights, chan: int) -> tuple[np.ndarray, np.ndarray]:
+    """The compressed weights as the kernel reads them: one int32 stream of entries,
+    one per kept kernel in storage order, each the element offset of its input
+    channel in the padded input (channel x ``chan``) followed by its kept weights
+    (float32 bits); and the word where each filter's entries start. One stream leaves
+    the inner loop one pointer and no multiply per kernel.
+
+    Raises ``PatccError`` when an offset does not fit int32 (a padded input of 8 GiB).
+    """
+    kernels, m = len(cw.channels), len(cw.patterns)
+    if kernels and (int(cw.channels.max()) + 1) * chan >= 2**31:
+        raise PatccError(f"a padded input of {(int(cw.channels.max()) + 1) * chan} elements "
+                         "is too large for the direct convolution kernel")
+    pattern_of = np.repeat(np.tile(np.arange(m), len(cw.counts)), cw.counts.reshape(-1))
+    taps = np.array([len(p) for p in cw.patterns], np.int64)[pattern_of]
+    entry = np.arange(kernels) + np.concatenate([[0], np.cumsum(taps)[:-1]]).astype(np.int64)
+    stream = np.zeros(kernels + len(cw.weights), np.int32)
+    stream[entry] = cw.channels.astype(np.int64) * chan
+    stream[np.arange(len(cw.weights)) + np.repeat(np.arange(kernels), taps) + 1] = \
+        cw.weights.view(np.int32)
+    fstart = (cw.kernel_start.astype(np.int64) + cw.weight_start).astype(np.int32)
+    return stream, fstart
+
+
 @dataclass(frozen=True)
 class _Plan:
     geometry: _Geometry
@@ -122,6 +202,8 @@ class _Plan:
     compressed: CompressedWeights
     cycles: float
     """The cost model's estimate (cycles of one thread for the whole layer)."""
+    fits: bool
+    """Whether the loop body fits the target's registers (``block_fits``)."""
 
 
 def _layer_taps(layer: Conv, cw: CompressedWeights) -> list[list[Tap]]:
@@ -180,12 +262,16 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
         row_blocks = -(-ho // rows)
         hq = row_blocks * rows + max_row
         wq = -(-wo // tile) * tile + max_col
-        if aligned:  # whole vectors per row, the last tile's neighbour vector included
+        if aligned:  # the last tile's neighbour vector included
             last = (-(-wo // tile) - 1) * tile
             wq = max(wq, last + max(_aligned_reach(t.col, nvec, width) for t in all_taps))
-            wq = -(-wq // width) * width
+        # Rows on whole vectors: a tap's loads then sit at the same offset from a
+        # vector boundary on every row and plane, so the addresses of a tile's loads
+        # differ by multiples of the vector size (what AArch64's scaled offsets
+        # reach from one register per column), and the column-0 taps are aligned.
+        wq = -(-wq // width) * width
     plane = hq * wq
-    if aligned:
+    if not flat:
         plane = -(-plane // width) * width
     chan = sh * sw * plane
     # A depthwise conv pads each channel just before its only filter reads it, in one
@@ -198,7 +284,8 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
         group //= 2
     geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
                          rows, nvec, row_blocks, group, fused, flat, sets, aligned)
-    return _Plan(geometry, taps, cw, _cycles(geometry, taps, cw))
+    fits = block_fits(ctx.target, rows, nvec, max(map(len, taps), default=0), sets, aligned)
+    return _Plan(geometry, taps, cw, _cycles(geometry, taps, cw, ctx.target), fits)
 
 
 def _parse_block(block: str) -> tuple[int, int]:
@@ -235,9 +322,12 @@ def _aligned_loads(ptaps: list[Tap], rows: int, nvec: int, width: int
 
 LOOP_OVERHEAD_CYCLES = 2.0
 """Per kept kernel and tile: the channel load, address arithmetic and branch."""
+PATTERN_LOOP_CYCLES = 6.0
+"""Per pattern loop entered (filter, tile, pattern): its count, set-up and the exit
+branch, mispredicted now and then since counts differ between filters."""
 CACHE_LINE_BYTES = 64
 SHUFFLES_PER_CYCLE = 1.0
-"""Lane shuffles (``valignd``) a core issues per cycle."""
+"""Lane shuffles a core issues per cycle (one shuffle port on x86 and most ARM cores)."""
 
 
 def _unaligned_load_cost(width: int) -> float:
@@ -247,16 +337,19 @@ def _unaligned_load_cost(width: int) -> float:
     return 1.0 + max(0, 4 * width - 4) / CACHE_LINE_BYTES
 
 
-def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights) -> float:
-    """Estimated cycles of the convolution on one core (the cost model).
+def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights,
+            target: Target) -> float:
+    """Estimated cycles of the convolution on one core of ``target`` (the cost model).
 
-    Per kept kernel and output tile the inner loop runs at two FMAs and two loads a
-    cycle (AVX-512 and NEON cores alike issue two of each), no faster than the FMA
-    latency (4 cycles) lets each accumulator chain advance, plus the loop's own
-    overhead; every tile adds its epilogue. Partial tiles (the last rows and columns)
-    cost what their vectors cost, so a block that wastes lanes is charged for them.
+    Per kept kernel and output tile the inner loop runs no faster than the target
+    issues its FMAs, its loads and its lane shuffles (``lane_shift_ops`` each), nor
+    than the FMA latency lets each accumulator chain advance; plus the loop's own
+    overhead, and every pattern loop entered and every tile's epilogue. Partial tiles
+    (the last rows and columns) cost what their vectors cost, so a block that wastes
+    lanes is charged for them.
     """
     kernels = cw.counts.sum(axis=0, dtype=np.int64)  # kept kernels per pattern, all filters
+    used = int(np.count_nonzero(cw.counts))  # (filter, pattern) loops that run
     if g.flat:
         shapes = [(1, g.nvec, 1)]
     else:
@@ -268,6 +361,7 @@ def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights) -> float
         shapes = [(r, v, rc * vc) for r, rc in row_tiles for v, vc in col_tiles if rc * vc]
     total = 0.0
     split = 1.0 if g.aligned else _unaligned_load_cost(g.tile // g.nvec)
+    shift_cost = target.lane_shift_ops / SHUFFLES_PER_CYCLE
     for rows, nvec, count in shapes:
         for ptaps, k in zip(taps, kernels, strict=True):
             shuffles = 0
@@ -277,10 +371,16 @@ def _cycles(g: _Geometry, taps: list[list[Tap]], cw: CompressedWeights) -> float
             else:
                 loads = len(_shared_loads(ptaps, rows)) * nvec * split + len(ptaps) + 1
             fmas = len(ptaps) * rows * nvec
-            step = max(fmas / 2, loads / 2, 4 * len(ptaps) / g.sets,
-                       shuffles / SHUFFLES_PER_CYCLE) + LOOP_OVERHEAD_CYCLES
+            if target.shifts_on_fma_pipes:  # the shifts take FMA slots
+                fma_cycles, shift_cycles = (fmas + shuffles * target.lane_shift_ops) \
+                    / target.fma_per_cycle, 0.0
+            else:
+                fma_cycles, shift_cycles = fmas / target.fma_per_cycle, shuffles * shift_cost
+            step = max(fma_cycles, loads / target.loads_per_cycle,
+                       target.fma_latency * len(ptaps) / g.sets,
+                       shift_cycles) + LOOP_OVERHEAD_CYCLES
             total += float(k) * count * step
-        total += g.o * count * 3 * rows * nvec  # bias, epilogue, stores
+        total += count * (g.o * 3 * rows * nvec + used * PATTERN_LOOP_CYCLES)
     return total * g.n
 
 
@@ -425,18 +525,15 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     rb_task = b.sdiv(rest, i64(groups))
     fg = b.srem(rest, i64(groups))
     counts = ops.weights(kb, off["counts"])
-    channels = ops.weights(kb, off["channels"])
-    weights = ops.weights(kb, off["weights"])
-    kstart = ops.weights(kb, off["kstart"])
-    wstart = ops.weights(kb, off["wstart"])
+    stream = ops.weights(kb, off["stream"])
+    fstart = ops.weights(kb, off["fstart"])
     biases = ops.weights(kb, off["bias"])
     order = ops.weights(kb, off["order"])
     i16 = ir.IntType(16)
     xbase = kb.at(ops.scratch, b.mul(b.mul(ni, i64(g.c)), i64(g.chan)))
     acc_slots = [[[kb.entry_alloca(kb.vec, f"acc{s}_{r}_{v}") for v in range(g.nvec)]
                   for r in range(g.rows)] for s in range(g.sets)]
-    kslot = kb.entry_alloca(I64, "k")
-    wslot = kb.entry_alloca(I64, "w")
+    pslot = kb.entry_alloca(I64, "pos")
     full_tiles = g.wo // g.tile
     tail_cols = g.wo - full_tiles * g.tile
     tail_rows = g.ho - (rb_count - 1) * g.rows
@@ -446,45 +543,49 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
         """Filter at storage position ``f``; it writes its original output channel."""
         lanes = [min(width, cols - v * width) for v in range(-(-cols // width))]
         out_ch = b.sext(kb.load(order, f, I32), I64)
-        bias = kb.splat(kb.load(biases, out_ch))
-        for s, slots in enumerate(acc_slots):
+        # Accumulators start at zero (rematerialised for free), the bias is added in
+        # the epilogue: started from one broadcast bias, every accumulator would be
+        # that one value until a pattern loop runs, and LLVM keeps it in a register
+        # through all the loops, one fewer for the block.
+        for slots in acc_slots:
             for r in range(rows):
                 for v in range(len(lanes)):
-                    b.store(bias if s == 0 else kb.const(kb.vec, 0.0), slots[r][v])
-        b.store(b.sext(kb.load(kstart, f, I32), I64), kslot)
-        b.store(b.sext(kb.load(wstart, f, I32), I64), wslot)
+                    b.store(kb.const(kb.vec, 0.0), slots[r][v])
+        b.store(b.sext(kb.load(fstart, f, I32), I64), pslot)
         pix = b.add(b.mul(oh0, i64(g.wq)), ow0)
         for p, ptaps in enumerate(taps):
             count = b.zext(kb.load(counts, b.add(b.mul(f, i64(len(taps))), i64(p)), i16), I64)
+            entry = 1 + len(ptaps)
             with kb.loop(0, count, 1, f"k{p}") as j:
-                k = b.add(b.load(kslot, typ=I64), j)
-                wk = b.add(b.load(wslot, typ=I64), b.mul(j, i64(len(ptaps))))
-                ch = b.zext(kb.load(channels, k, i16), I64)
-                cbase = b.add(b.mul(ch, i64(g.chan)), pix)
-                wv = [kb.splat(kb.load(weights, b.add(wk, i64(t)))) for t in range(len(ptaps))]
+                e = b.add(b.load(pslot, typ=I64), b.mul(j, i64(entry)))
+                cbase = b.add(b.sext(kb.load(stream, e, I32), I64), pix)
+                wv = [kb.splat(kb.load(stream, b.add(e, i64(1 + t))))
+                      for t in range(len(ptaps))]
                 accs = [[[b.load(slots[r][v], typ=kb.vec) for v in range(len(lanes))]
                          for r in range(rows)] for slots in acc_slots]
                 loads = _InputLoads(kb, xbase, cbase, g)
-                for (phase, row, col), users in shared[p].items():
+                # Input rows in order: a row's vectors are dead once its taps are done,
+                # so at most one row's are live (``block_registers``).
+                for (phase, row, col), users in sorted(shared[p].items()):
                     live = [(r, t) for r, t in users if r < rows]
                     if not live:
                         continue
-                    xs = [loads.tap(phase, row, col + v * width) for v in range(len(lanes))]
-                    for r, t in live:
-                        acc = accs[t % g.sets][r]
-                        for v, x in enumerate(xs):
+                    for v in range(len(lanes)):  # each vector used as soon as loaded
+                        x = loads.tap(phase, row, col + v * width)
+                        for r, t in live:
+                            acc = accs[t % g.sets][r]
                             acc[v] = kb.fma(wv[t], x, acc[v])
                 for acc, slots in zip(accs, acc_slots, strict=True):
                     for r in range(rows):
                         for v in range(len(lanes)):
                             b.store(acc[r][v], slots[r][v])
-            b.store(b.add(b.load(kslot, typ=I64), count), kslot)
-            b.store(b.add(b.load(wslot, typ=I64), b.mul(count, i64(len(ptaps)))), wslot)
+            b.store(b.add(b.load(pslot, typ=I64), b.mul(count, i64(entry))), pslot)
+        bias = kb.splat(kb.load(biases, out_ch))
         plane_out = b.mul(b.add(b.mul(ni, i64(g.o)), out_ch), i64(g.ho * g.wo))
         for r in range(rows):
             row_base = b.add(plane_out, b.add(b.mul(b.add(oh0, i64(r)), i64(g.wo)), ow0))
             for v, n_lanes in enumerate(lanes):
-                acc = b.load(acc_slots[0][r][v], typ=kb.vec)
+                acc = b.fadd(b.load(acc_slots[0][r][v], typ=kb.vec), bias)
                 for slots in acc_slots[1:]:
                     acc = b.fadd(acc, b.load(slots[r][v], typ=kb.vec))
                 if g.flat:  # lanes at padding columns (or past the image) are dropped

@@ -12,7 +12,8 @@ vector load serves several FMAs. Two orientations:
   vectors along N would be mostly padding, and where K is large enough to pay for
   the transpose.
 
-``choose_tiling`` picks the orientation and tile by an estimate of their cycles.
+``tiling_candidates`` ranks the orientations and tiles that fit the target's vector
+registers by an estimate of their cycles.
 
 All sizes are static; tiles at the edges of M and N get their own code with masked
 loads and stores, never a branch per element.
@@ -37,6 +38,7 @@ import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import I32, KernelBuilder, i32, i64, prefix_mask
+from patcc.backends.target import Target
 from patcc.ir.layers import Activation
 
 Address = Callable[[KernelBuilder], ir.Value]
@@ -176,37 +178,62 @@ B too and every broadcast is at a constant offset from one pointer; CNN images a
 7 * 2^k pixels wide."""
 
 
-def choose_tiling(m: int, n: int, k: int, taps: int, columns: Columns,
-                  block: tuple[int, int], width: int, min_tasks: int = 16) -> GemmTiling:
-    """The tile and orientation with the fewest estimated cycles, and its task blocks
-    (the first of ``tiling_candidates``)."""
-    return tiling_candidates(m, n, k, taps, columns, block, width, min_tasks)[0]
+MICRO_TILES = ((6, 4), (4, 3), (4, 2), (2, 2), (1, 1))
+"""Register tiles (rows of A, vectors of B) with vectors along N, most FMAs per value
+loaded first."""
+
+
+def register_tile(registers: int) -> tuple[int, int]:
+    """The first of ``MICRO_TILES`` that fits ``registers`` vector registers
+    (``tile_registers``): (6, 4) with 32 (AVX-512, NEON), (4, 3) with 16 (AVX2, SSE).
+
+    On x86 LLVM 19 clusters the loads of a step's neighbouring taps and spills a few
+    of them in these full tiles (``--report``'s ``spills``); the tiles that leave
+    room for that (5 x 4, 6 x 3; 5 x 2, 4 x 2) measured 5-40% slower on Zen 4, so
+    the model counts one step's values only."""
+    return next(t for t in MICRO_TILES if tile_registers(*t) <= registers)
+
+
+def tile_registers(accumulators_per_vector: int, vectors: int, window: int = 1) -> int:
+    """Vector registers a tile of ``vectors`` loaded vectors by
+    ``accumulators_per_vector`` broadcast values needs: its accumulators, the vectors
+    and the broadcast values live at once: one, or with vectors along M a ``window``
+    that the taps of one kernel row share (LLVM loads a value once for every tap
+    that reads it, and keeps it)."""
+    return accumulators_per_vector * vectors + vectors + window
 
 
 def tiling_candidates(m: int, n: int, k: int, taps: int, columns: Columns,
-                      block: tuple[int, int], width: int, min_tasks: int = 16
-                      ) -> list[GemmTiling]:
-    """Every tile and orientation that fits, the fewest estimated cycles first.
+                      target: Target, min_tasks: int = 16, row_taps: int = 1,
+                      row_phases: int = 1) -> list[tuple[float, GemmTiling]]:
+    """Every tile and orientation that fits ``target``'s vector registers with its
+    estimated cycles (one core), the fewest first.
 
-    ``block`` is the target's (MR, NR) with vectors along N; its MR * NR accumulators
-    also bound the ``ROW_TILES`` tried with vectors along M (which need A packed by
-    rows, a bias per row, and tiles no wider than a vector that divide C's rows).
-    ``taps`` is the size of B's groups of rows (K blocks are whole groups).
+    With vectors along N the tile is ``register_tile(registers)``; with vectors along
+    M each of ``ROW_TILES`` whose accumulators, loaded vectors and broadcast fit (they
+    need A packed by rows, a bias per row, and tiles no wider than a vector that
+    divide C's rows). ``taps`` is the size of B's groups of rows (K blocks are whole
+    groups), ``row_taps`` how many of them read neighbouring columns of B's rows (a
+    conv's kernel width) in ``row_phases`` interleaved runs (its stride).
     """
-    mr, nr = block
+    registers, width = target.vector_registers, target.vector_width
+    mr, nr = register_tile(registers)
     span = columns.span(n)
-    ranked = [(_cycles(k, _edges(m, mr), _edges(span, nr * width, width),
+    ranked = [(_cycles(k, _edges(m, mr), _edges(span, nr * width, width), target,
                        per_accumulator=2 if columns.dense else 6),
                gemm_tiling(m, span, mr, nr, width, min_tasks))]
     for cols, vectors in ROW_TILES:
-        if cols > width or cols * vectors > mr * nr or (
+        # each stride phase of a kernel row shares its own run of broadcast values
+        phases = min(row_phases, row_taps)
+        window = phases * cols + row_taps - phases if row_taps > 1 else 1
+        if cols > width or tile_registers(cols, vectors, window) > registers or (
                 not columns.dense and columns.width % cols):
             continue
-        cycles = _cycles(k, _edges(m, vectors * width, width), _edges(n, cols),
+        cycles = _cycles(k, _edges(m, vectors * width, width), _edges(n, cols), target,
                          vector_rows=True)
         ranked.append((cycles, _rows_tiling(m, n, k // taps, taps, cols, vectors, width,
                                             min_tasks)))
-    return [tiling for _, tiling in sorted(ranked, key=lambda pair: pair[0])]
+    return sorted(ranked, key=lambda pair: pair[0])
 
 
 def _edges(size: int, step: int, width: int = 1) -> list[tuple[int, int]]:
@@ -217,16 +244,17 @@ def _edges(size: int, step: int, width: int = 1) -> list[tuple[int, int]]:
 
 
 def _cycles(k: int, m_tiles: list[tuple[int, int]], n_tiles: list[tuple[int, int]],
-            vector_rows: bool = False, per_accumulator: int = 2) -> float:
+            target: Target, vector_rows: bool = False, per_accumulator: int = 2) -> float:
     """Estimated cycles of a product over tiles given by ``_edges`` along M and N:
-    per step of K a tile runs at two FMAs and two loads a cycle, but no faster than
-    the FMA latency (4 cycles) lets each accumulator advance; its epilogue costs
+    per step of K a tile runs no faster than ``target`` issues its FMAs and loads,
+    nor than the FMA latency lets each accumulator advance; its epilogue costs
     ``per_accumulator`` cycles per accumulator (more when the stores skip unused
     columns), or ~40 cycles per vector of rows to transpose."""
     total = 0.0
     for rm, cm in m_tiles:
         for rn, cn in n_tiles:
-            step = max(rm * rn / 2, (rm + rn) / 2, 4)
+            step = max(rm * rn / target.fma_per_cycle, (rm + rn) / target.loads_per_cycle,
+                       target.fma_latency)
             epilogue = 40 * rm if vector_rows else per_accumulator * rm * rn
             total += cm * cn * (k * step + epilogue)
     return total

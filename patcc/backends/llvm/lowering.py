@@ -118,6 +118,9 @@ class LoweringContext:
     target: Target
     blob: WeightBlob
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    memo: dict[tuple[str, str], object] = field(default_factory=dict)
+    """Analyses of a layer kept for the rest of the lowering (key: layer name and
+    what), e.g. its ranked schedules: the cost model runs once per layer."""
 
     def in_shape(self, layer: Layer, i: int = 0) -> Shape:
         return self.shapes[layer.inputs[i]]

@@ -40,6 +40,7 @@ _IR_NAME = re.compile(r"(?://|#)\s*%([^\s]+)")
 _INNER_HEADER = re.compile(r"=>\s*This Inner Loop Header: Depth=(\d+)")
 _IN_LOOP = re.compile(r"in Loop: Header=(BB\d+_\d+) Depth=(\d+)")
 _LAYER_LOOP = re.compile(r"^L(\d+)\.(.+?)(?:\.(?:body|head|end)\b.*)?$")
+_SPILL = re.compile(r"(\d+)-byte (?:Folded )?(Spill|Reload)")
 _FMA_ARM = {"fmla", "fmls", "fmadd", "fmsub", "fnmadd", "fnmsub"}
 _FMA_X86 = ("vfmadd", "vfmsub", "vfnmadd", "vfnmsub")
 
@@ -53,6 +54,13 @@ class InnerLoop:
     name: str
     instructions: tuple[str, ...]
     arch: str
+    spills: int = 0
+    """Registers stored to the stack per iteration (LLVM's ``N-byte Spill`` notes)."""
+    reloads: int = 0
+    """Values read back from the stack per iteration (``N-byte Reload``): with
+    ``spills``, 0 when the loop's values fit the registers."""
+    vector_spills: int = 0
+    """Of the spills and reloads, those of vector registers (16 bytes or more)."""
 
     @property
     def fmas(self) -> int:
@@ -132,6 +140,9 @@ class _Block:
     inner_header: bool
     loop: str | None  # the header of the innermost loop it is in, when not the header
     code: list[str] = field(default_factory=list)
+    spills: int = 0
+    reloads: int = 0
+    vector_spills: int = 0
 
 
 def _blocks(asm: str, arch: str) -> list[_Block]:
@@ -157,9 +168,16 @@ def _blocks(asm: str, arch: str) -> list[_Block]:
             if member:
                 block.loop = member.group(1)
         elif line[0].isspace() and not stripped.startswith("."):  # not a directive
-            code = stripped.split(comment, 1)[0].strip()
-            if code:
-                block.code.append(code)
+            code, _, note = stripped.partition(comment)
+            if code.strip():
+                block.code.append(code.strip())
+                spill = _SPILL.search(note)
+                if spill and spill.group(2) == "Spill":
+                    block.spills += 1
+                elif spill:
+                    block.reloads += 1
+                if spill and int(spill.group(1)) >= 16:
+                    block.vector_spills += 1
     return blocks
 
 
@@ -171,8 +189,12 @@ def parse_inner_loops(asm: str, arch: str) -> list[InnerLoop]:
     for header in blocks:
         named = _LAYER_LOOP.match(header.ir_name) if header.inner_header else None
         if named:
-            body = header.code + [ins for b in blocks if b.loop == header.bb for ins in b.code]
-            loops.append(InnerLoop(int(named.group(1)), named.group(2), tuple(body), arch))
+            members = [header, *(b for b in blocks if b.loop == header.bb)]
+            loops.append(InnerLoop(int(named.group(1)), named.group(2),
+                                   tuple(ins for b in members for ins in b.code), arch,
+                                   spills=sum(b.spills for b in members),
+                                   reloads=sum(b.reloads for b in members),
+                                   vector_spills=sum(b.vector_spills for b in members)))
     return loops
 
 

@@ -48,7 +48,6 @@ from llvmlite import ir
 
 from patcc.backends.llvm.irutil import F32, I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
-from patcc.backends.target import Target
 from patcc.errors import PatccError
 from patcc.ir.layers import Conv
 from patcc.passes.reorder import filter_order
@@ -74,11 +73,6 @@ def supports_sparse_pointwise(layer: Conv) -> bool:
     return (layer.kernel_shape == (1, 1) and layer.strides == (1, 1)
             and not any(layer.pads) and layer.groups == 1
             and bool((layer.weight == 0).any()))
-
-
-def vector_registers(target: Target) -> int:
-    """Vector registers of the target: 32 with AVX-512 or on AArch64, else 16."""
-    return 32 if target.vector_bits >= 512 or target.triple.startswith("aarch64") else 16
 
 
 def _widest(block_filters: int, registers: int) -> int:
@@ -277,7 +271,7 @@ def sparse_pointwise_blocks(layer: Conv, ctx: LoweringContext) -> list[Block]:
     n, c, h, w = ctx.in_shape(layer)
     o = layer.out_channels
     width = ctx.target.vector_width
-    registers = vector_registers(ctx.target)
+    registers = ctx.target.vector_registers
     vectors = -(-h * w // width)
     candidates: list[Block] = []
     for f, min_tasks in CANDIDATES:
@@ -341,7 +335,7 @@ def lower_sparse_pointwise(layer: Conv, ctx: LoweringContext,
     if block is None:
         block = sparse_pointwise_blocks(layer, ctx)[0]
     nvec, f, task_filters, k_chunk = _checked(block, -(-h * w // width), o,
-                                              vector_registers(ctx.target))
+                                              ctx.target.vector_registers)
     tiles = _Tiles.split(h * w, width, nvec)
     g = _Geometry(n, c, o, tiles, f, -(-min(task_filters, o) // f), min(k_chunk, c),
                   len(layer.inputs) > 1)
