@@ -27,8 +27,10 @@ TEST_WORKERS ?= auto
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
+# make bench TARGET=x86_64-avx2: patcc's code for that tag, tuned and timed here.
+TARGET ?= x86_64
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --target $(TARGET)
 
 bench-pruning: install
 	$(PY) benchmarks/pruning.py

@@ -2,9 +2,11 @@
 
 What is measured, for each model of ``patcc.models.BENCHMARK_VARIANTS`` (or ``--models``):
 
-- compile: export to ONNX, ``patcc.compile`` for x86_64, load; the compiler's own
-  ``timings`` (import, codegen, llvm, link) and the wall time of compile + load, and
-  the workspace the compiled model needs.
+- compile: export to ONNX, ``patcc.compile`` for ``--target`` (default ``x86_64``,
+  this CPU; ``x86_64-avx2`` measures the AVX2 build on a wider CPU), tuned here
+  unless ``PATCC_TUNE=0``, load; the compiler's own ``timings`` (import, tune,
+  codegen, llvm, link) and the wall time of compile + load, and the workspace the
+  compiled model needs. The tables name the target and the host's ISA.
 - correctness, once: the patcc output against onnxruntime's on the same input,
   ``max|patcc - ort| / max|ort|`` <= 1e-4; a row that fails is marked ``!`` (timing a
   wrong result means nothing) and the script exits with status 1.
@@ -25,6 +27,10 @@ What is measured, for each model of ``patcc.models.BENCHMARK_VARIANTS`` (or ``--
   figures from different machines compare. The best, not numpy's alone: on an AMD
   Zen 5 machine numpy's OpenBLAS and torch's MKL reach about 230-260 GFLOP/s and
   onnxruntime about twice that, and a peak below what an engine reaches is no peak.
+  Also patcc's share of its target's FMA peak (``benchmarks/peak.py``: independent
+  FMAs of the target's vectors on every thread), and the clock that implies.
+- tuning: per model, the layers tuned, those the tuner changed or kept within the
+  noise, and how close the cost model's own choice came to the fastest candidate.
 - thread scaling (``--scaling``, default resnet18 6x): patcc at 1 thread against
   ``--threads`` threads, again alternately.
 - time by kernel: a profiling build of the same schedules times each layer
@@ -38,7 +44,7 @@ Prints the main table, then the spread of the runs and the compile times, and wr
 the per-run ``times`` kept in the JSON; the 1-minute load average is recorded too.
 
 Usage: ``python benchmarks/run.py [--runs 30] [--threads 2] [--models resnet18:6x,...]
-[--scaling resnet18:6x] [--out-dir DIR]``
+[--scaling resnet18:6x] [--target x86_64-avx2] [--out-dir DIR]``
 """
 
 from __future__ import annotations
@@ -147,12 +153,14 @@ def relative_error(actual: Any, reference: Any) -> float:
 
 # --- one model ---------------------------------------------------------------------
 
-def compile_patcc(path: Path, threads: int) -> tuple[Any, Any, dict[str, Any]]:
-    """Compile and load an ONNX file; returns (compiled, loaded model, compile record)."""
+def compile_patcc(path: Path, threads: int, target: str = "x86_64"
+                  ) -> tuple[Any, Any, dict[str, Any]]:
+    """Compile for ``target`` (tuned here unless ``PATCC_TUNE=0``) and load an ONNX
+    file; returns (compiled, loaded model, compile record)."""
     import patcc
 
     start = time.perf_counter()
-    compiled = patcc.compile(path)
+    compiled = patcc.compile(path, target=target, tune=os.environ.get("PATCC_TUNE") != "0")
     model = compiled.load(num_threads=threads)
     total = time.perf_counter() - start
     record = {"seconds": dict(compiled.timings), "total_s": total,
@@ -176,7 +184,7 @@ def efficiency(nonzero_gmacs: float, ms: float, peak: float) -> dict[str, float]
 
 
 def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
-                scaling: bool = False) -> dict[str, Any]:
+                scaling: bool = False, target: str = "x86_64") -> dict[str, Any]:
     """Compile, check and time one model against its peers; returns its JSON row.
 
     ``nonzero_gflops`` / ``fraction_of_peak`` are added later, once the peak is known.
@@ -192,7 +200,7 @@ def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
     path = workdir / f"{name}-{variant}.onnx"
     export_onnx(module, path, INPUT_SHAPES[name])
     export_s = time.perf_counter() - start
-    compiled, model, compile_record = compile_patcc(path, threads)
+    compiled, model, compile_record = compile_patcc(path, threads, target)
     compile_record["export_s"] = export_s
     totals = model_stats(compiled.graph)["totals"]
 
@@ -224,8 +232,25 @@ def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
     if scaling and threads > 1:
         row["thread_scaling"] = thread_scaling(model, x, runs, threads)
     row["kernels"] = kernel_times(compiled, runs, threads)
+    row["tuning"] = tuning_record(compiled)
     model.num_threads = threads
     return row
+
+
+def tuning_record(compiled: Any) -> dict[str, Any]:
+    """What tuning decided per layer: the verdicts, and how far the cost model's own
+    choice was from the fastest candidate (its time over the fastest's)."""
+    layers = {code.layer.name: {"verdict": code.notes["tuning"],
+                                "schedule": code.notes["schedule"],
+                                "model_over_fastest": code.notes["model_ms"]
+                                / code.notes["fastest_ms"]}
+              for code in compiled.plan.codes if "tuning" in code.notes}
+    ratios = [layer["model_over_fastest"] for layer in layers.values()]
+    return {"layers": layers, "tuned": len(layers),
+            "changed": sum(1 for v in layers.values() if v["verdict"] == "tuned"),
+            "within_noise": sum(1 for v in layers.values() if v["verdict"] == "noise"),
+            "model_within_15pct": sum(1 for r in ratios if r <= 1.15),
+            "model_worst": max(ratios, default=1.0)}
 
 
 def thread_scaling(model: Any, x: Any, runs: int, threads: int) -> dict[str, Any]:
@@ -282,36 +307,58 @@ def machine_info() -> dict[str, Any]:
         names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
                  if ln.startswith("model name")]
         cpu = names[0] if names else cpu
+    from patcc.backends.target import host_features
+
+    features = host_features()
+    isa = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"),
+                                        ("AVX", "avx")) if flag in features), "SSE")
     return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
-            "python": platform.python_version(),
+            "isa": isa, "python": platform.python_version(),
             "versions": {"patcc": patcc.__version__, "onnxruntime": onnxruntime.__version__,
                          "torch": torch.__version__, "numpy": np.__version__}}
 
 
-def add_efficiency(row: dict[str, Any], peak: float) -> None:
-    """Non-zero GFLOP/s and fraction of the sgemm peak, per engine, into ``row``."""
+def add_efficiency(row: dict[str, Any], peak: float, fma_peak: float) -> None:
+    """Non-zero GFLOP/s and fraction of the sgemm peak, per engine, and patcc's
+    fraction of its target's FMA peak, into ``row``."""
     for key in ("nonzero_gflops", "fraction_of_peak"):
         row[key] = {}
     for engine in ENGINES:
         e = efficiency(row["nonzero_gmacs"], row["latency_ms"][engine]["median"], peak)
         for key, value in e.items():
             row[key][engine] = value
+    row["fraction_of_fma_peak"] = row["nonzero_gflops"]["patcc"] / fma_peak
 
 
-def format_kernels(rows: list[dict[str, Any]], peak: float) -> str:
-    """Time by kernel, from the profiling build: share of the model, nz GFLOP/s."""
+def format_kernels(rows: list[dict[str, Any]], peak: float, fma_peak: float) -> str:
+    """Time by kernel, from the profiling build: share of the model, nz GFLOP/s, and
+    that as a share of the sgemm peak and of the target's FMA peak."""
     lines = [f"{'model':<32}{'kernel':<14}{'layers':>7}{'ms':>8}{'share':>8}"
-             f"{'nz GF/s':>9}{'% peak':>8}"]
+             f"{'nz GF/s':>9}{'% peak':>8}{'% FMA pk':>10}"]
     for r in rows:
         total = sum(k["ms"] for k in r["kernels"].values()) or 1.0
         for name, k in sorted(r["kernels"].items(), key=lambda kv: -kv[1]["ms"]):
             rate = 2 * k["nonzero_macs"] / (k["ms"] / 1e3) / 1e9 if k["ms"] else 0.0
             lines.append(f"{label(r):<32}{name:<14}{k['layers']:>7}{k['ms']:>8.3f}"
                          f"{100 * k['ms'] / total:>7.1f}%"
-                         + (f"{rate:>9.1f}{100 * rate / peak:>7.1f}%" if k["nonzero_macs"]
-                            else ""))
+                         + (f"{rate:>9.1f}{100 * rate / peak:>7.1f}%"
+                            f"{100 * rate / fma_peak:>9.1f}%" if k["nonzero_macs"] else ""))
     lines.append("(per-layer times of a profiling build; they sum a little above the "
                  "model's median)")
+    return "\n".join(lines)
+
+
+def format_tuning(rows: list[dict[str, Any]]) -> str:
+    """Per model: layers tuned, how many the tuner changed or kept within the noise,
+    and how close the cost model's own choices came to the fastest candidates."""
+    lines = [f"{'model':<32}{'tuned':>7}{'changed':>9}{'noise':>7}{'model<=1.15x':>14}"
+             f"{'worst':>8}"]
+    for r in rows:
+        t = r["tuning"]
+        lines.append(f"{label(r):<32}{t['tuned']:>7}{t['changed']:>9}{t['within_noise']:>7}"
+                     f"{t['model_within_15pct']:>14}{t['model_worst']:>7.2f}x")
+    lines.append("(model<=1.15x: layers whose cost-model choice ran within 15% of the "
+                 "fastest candidate; worst: its largest time over the fastest's)")
     return "\n".join(lines)
 
 
@@ -324,7 +371,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The main table: size, median latencies, speed-ups and patcc efficiency."""
     lines = [f"{'model':<32}{'GMAC dense':>11}{'GMAC nz':>9}{'patcc ms':>10}{'ort ms':>9}"
              f"{'torch ms':>10}{'ort/patcc':>11}{'torch/patcc':>13}{'patcc nz GF/s':>15}"
-             f"{'% peak':>8}"]
+             f"{'% peak':>8}{'% FMA pk':>10}"]
     for r in rows:
         ms = {e: r["latency_ms"][e]["median"] for e in ENGINES}
         lines.append(
@@ -332,7 +379,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{ms['patcc']:>10.2f}{ms['onnxruntime']:>9.2f}{ms['torch']:>10.2f}"
             f"{r['speedup']['onnxruntime']:>11.2f}{r['speedup']['torch']:>13.2f}"
             f"{r['nonzero_gflops']['patcc']:>15.1f}"
-            f"{100 * r['fraction_of_peak']['patcc']:>7.1f}%")
+            f"{100 * r['fraction_of_peak']['patcc']:>7.1f}%"
+            f"{100 * r['fraction_of_fma_peak']:>9.1f}%")
     if not all(r["correctness"]["ok"] for r in rows):
         lines.append(f"! patcc output differs from onnxruntime by more than {TOLERANCE:g} "
                      "of max|ref|: its timing is not meaningful")
@@ -380,9 +428,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", default=DEFAULT_SCALING,
                         help="models to time at 1 thread too, e.g. resnet18:6x ('' for none)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--target", default="x86_64",
+                        help="patcc's target tag, e.g. x86_64-avx2: its code is tuned and "
+                             "timed here, so this CPU must run it (default: this CPU's own)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.threads < 1:
         parser.error(f"--runs and --threads must be >= 1, got {args.runs} and {args.threads}")
+    from patcc.backends.target import get_target
+    from patcc.errors import PatccError
+
+    try:
+        target = get_target(args.target)
+    except PatccError as e:
+        parser.error(str(e))
+    if not target.runs_here:
+        parser.error(f"--target {args.target}: this CPU cannot run its code (it lacks "
+                     f"{', '.join(target.missing_features()) or 'the architecture'})")
 
     chosen, scaling = parse_models(args.models), set(parse_models(args.scaling, "--scaling"))
 
@@ -401,39 +462,56 @@ def main(argv: list[str] | None = None) -> int:
     if load_start > 0.5:
         print(f"warning: load average {load_start:.2f} before the run: other work on this "
               "machine will add noise (see the IQR columns)")
+    from peak import fma_peak, nominal_flop_per_cycle  # benchmarks/peak.py
+
+    info = machine_info()
+    print(f"patcc compiled for {target.tag} ({target.cpu}, {target.vector_registers} x "
+          f"{target.vector_bits}-bit registers), tuned and timed on a {info['isa']} host "
+          f"({info['cpu']})")
     rates_start = sgemm_rates(args.threads)
     peak_start = max(rates_start.values())
+    fma_start = fma_peak(target, args.threads)
     print(f"sgemm peak ({args.threads} threads) at start: {peak_start:.1f} GFLOP/s ("
-          + ", ".join(f"{k} {v:.0f}" for k, v in rates_start.items()) + ")")
+          + ", ".join(f"{k} {v:.0f}" for k, v in rates_start.items()) + "); "
+          f"{target.tag} FMA peak {fma_start:.1f} GFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, variant in models:
             row = bench_model(name, variant, args.runs, args.threads, Path(tmp),
-                              scaling=(name, variant) in scaling)
+                              scaling=(name, variant) in scaling, target=target.tag)
             print(f"  {name} {variant}: compiled in {row['compile']['total_s']:.1f} s, "
                   f"rel error {row['correctness']['max_rel_error']:.1e}, "
                   f"patcc {row['latency_ms']['patcc']['median']:.2f} ms", flush=True)
             rows.append(row)
     rates_end = sgemm_rates(args.threads)
     peak_end = max(rates_end.values())
+    fma = max(fma_start, fma_peak(target, args.threads))
     load = {"start": load_start, "end": os.getloadavg()[0]}
     peak = max(peak_start, peak_end)
-    print(f"sgemm peak at end: {peak_end:.1f} GFLOP/s; peak used: {peak:.1f} GFLOP/s")
+    clock = fma / args.threads / nominal_flop_per_cycle(target)
+    print(f"sgemm peak at end: {peak_end:.1f} GFLOP/s; peak used: {peak:.1f} GFLOP/s; "
+          f"{target.tag} FMA peak {fma:.1f} GFLOP/s ({clock:.2f} GHz at "
+          f"{nominal_flop_per_cycle(target)} FLOP/cycle per core)")
     for row in rows:
-        add_efficiency(row, peak)
+        add_efficiency(row, peak, fma)
 
-    for table in (format_table(rows), format_spread(rows), format_kernels(rows, peak),
-                  format_compile(rows)):
+    tables = [format_table(rows), format_spread(rows), format_kernels(rows, peak, fma),
+              format_compile(rows)]
+    if any(r["tuning"]["tuned"] for r in rows):
+        tables.append(format_tuning(rows))
+    for table in tables:
         print()
         print(table)
     write_results(args, rows, {"start": peak_start, "end": peak_end, "peak": peak,
-                               "providers_start": rates_start, "providers_end": rates_end},
-                  load)
+                               "providers_start": rates_start, "providers_end": rates_end,
+                               "fma": fma, "fma_clock_ghz": clock},
+                  load, info, target)
     return 0 if all(r["correctness"]["ok"] for r in rows) else 1
 
 
 def write_results(args: argparse.Namespace, rows: list[dict[str, Any]],
-                  peak: dict[str, Any], load: dict[str, float]) -> None:
+                  peak: dict[str, Any], load: dict[str, float], info: dict[str, Any],
+                  target: Any) -> None:
     """``bench.json`` and its chart ``bench.png`` in ``args.out_dir``."""
     from chart import make_chart  # benchmarks/chart.py; this script's directory is on sys.path
 
@@ -441,7 +519,9 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, Any]],
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "bench.json"
     json_path.write_text(json.dumps({
-        "machine": {**machine_info(), "load_average_1min": load},
+        "machine": {**info, "load_average_1min": load},
+        "target": {"tag": target.tag, "cpu": target.cpu, "vector_bits": target.vector_bits,
+                   "vector_registers": target.vector_registers},
         "sgemm_peak_gflops": peak,
         "threads": args.threads, "runs": args.runs, "warmup_runs": WARMUP_RUNS,
         "environment": {v: os.environ.get(v) for v in

@@ -203,7 +203,11 @@ def compile(
                      timings)
     for code in compiled.plan.codes:
         if code.layer.name in tuning:
-            code.notes["tuned_ms"] = tuning[code.layer.name].best_ms
+            tuned = tuning[code.layer.name]
+            code.notes["tuned_ms"] = tuned.best_ms
+            code.notes["tuning"] = tuned.verdict
+            code.notes["model_ms"] = tuned.model_ms
+            code.notes["fastest_ms"] = min(tuned.times_ms.values())
     return compiled
 
 
