@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     print(f"patcc compiled for {target.tag} ({target.cpu}, {target.vector_registers} x "
-          f"{target.vector_bits}-bit registers), tuned and timed on a {info['isa']} host "
+          f"{target.vector_bits}-bit registers), tuned and timed on an {info['isa']} host "
           f"({info['cpu']})")
     rates_start = sgemm_rates(args.threads)
     peak_start = max(rates_start.values())

@@ -190,9 +190,11 @@ def compile(
     tuning: dict[str, Any] = {}
     if tune is None:  # the host's own tag; portable tags may deploy to other CPUs
         tune = "host" in tgt.tags and os.environ.get("PATCC_TUNE") != "0"
-    if tune and not tgt.is_host:
-        raise PatccError(f"cannot tune for {tgt.tag}: its code does not run on this machine "
-                         "(tuning times candidates here); compile without --tune")
+    if tune and not tgt.runs_here:
+        lacks = tgt.missing_features()
+        raise PatccError(f"cannot tune for {tgt.tag}: its code does not run on this machine"
+                         + (f" (it lacks {', '.join(lacks)})" if lacks else "")
+                         + "; tuning times candidates here: compile without --tune")
     if tune:
         from patcc.tuning import tune_graph
 

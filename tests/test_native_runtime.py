@@ -25,6 +25,7 @@ from onnx_gen import CENTRE_PLUS_3_MASKS
 
 import patcc
 from conftest import require_tool
+from patcc.backends.target import X86_AVX512_ISA
 from patcc.cli import main
 from patcc.compiler import CompiledModel
 from patcc.frontends.onnx import import_onnx
@@ -151,6 +152,7 @@ def test_loaded_signature(native: NativeModel, compiled: CompiledModel) -> None:
 EMIT_ALL = """
 import sys
 import patcc
+from patcc.backends.target import X86_AVX512_ISA
 model = patcc.compile(sys.argv[1])
 for kind in ("so", "obj", "llvm", "asm", "header"):
     model.save(f"{sys.argv[2]}.{kind}", kind)
@@ -393,6 +395,7 @@ LOAD_AND_RUN = """
 import sys
 import numpy as np
 import patcc
+from patcc.backends.target import X86_AVX512_ISA
 try:
     model = patcc.load(sys.argv[1])
 except patcc.PatccError as e:
@@ -494,6 +497,7 @@ def test_load_with_thread_count(so_path: Path) -> None:
 DEFAULT_THREADS = """
 import os, sys
 import patcc
+from patcc.backends.target import X86_AVX512_ISA
 os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # as under taskset -c
 print(patcc.load(sys.argv[1]).num_threads, patcc.load(sys.argv[1], num_threads=0).num_threads)
 """
@@ -512,6 +516,7 @@ THREAD_AFFINITIES = """
 import json, os, sys
 import numpy as np
 import patcc
+from patcc.backends.target import X86_AVX512_ISA
 before = set(os.listdir("/proc/self/task"))
 caller = sorted(os.sched_getaffinity(0))
 model = patcc.load(sys.argv[1], num_threads=int(sys.argv[2]))
@@ -706,3 +711,36 @@ def test_header_escapes_names(tmp_path: Path) -> None:
     exe = tmp_path / "use"
     subprocess.run([cc, "-std=c11", f"-I{tmp_path}", str(source), "-o", str(exe)], check=True)
     assert subprocess.run([str(exe)], check=False).returncode == 0
+
+
+def test_a_model_for_a_wider_cpu_is_refused_before_it_runs(
+        onnx_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # AVX-512 code on a machine that passes for an AVX2 one: one clear error naming
+    # what is missing, never an illegal instruction.
+    path = tmp_path / "wide.so"
+    wide = patcc.compile(onnx_path, target="x86_64-avx512")
+    wide.save(path)
+    assert wide.info["target"]["isa"] == list(X86_AVX512_ISA)
+    monkeypatch.setenv("PATCC_HOST_TARGET", "x86_64-avx2")
+    with pytest.raises(patcc.PatccError, match=r"x86_64-avx512, whose code needs CPU "
+                                               r"features this CPU lacks: avx512bw"):
+        patcc.load(path)
+    narrow = tmp_path / "narrow.so"
+    patcc.compile(onnx_path, target="x86_64-avx2").save(narrow)
+    assert patcc.load(narrow).info["target"]["tag"] == "x86_64-avx2"
+
+
+def test_outputs_can_be_written_in_place(native: NativeModel) -> None:
+    feeds = random_feeds(5)
+    expected = native.run(feeds)
+    out = {name: np.full(a.shape, np.nan, np.float32) for name, a in expected.items()}
+    got = native.run(feeds, out)
+    for name, a in expected.items():
+        assert got[name] is out[name]
+        np.testing.assert_array_equal(out[name], a)
+    name = next(iter(expected))
+    bad = {**out, name: np.zeros(expected[name].shape, np.float64)}
+    with pytest.raises(patcc.PatccError, match=rf"out\['{name}'\] must be a writable"):
+        native.run(feeds, bad)
+    with pytest.raises(patcc.PatccError, match="out= names"):
+        native.run(feeds, {})

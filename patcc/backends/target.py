@@ -43,7 +43,9 @@ class Target:
     neighbouring ones costs in shuffle instructions (``valignd`` on AVX-512, ``ext``
     on NEON: one; AVX2 has no lane shift across its two 128-bit halves: a permute and
     two shuffles); ``shifts_on_fma_pipes``, that they issue to the pipes the FMAs
-    use (the Cortex-A76's EXT), else to a shuffle port of their own; the cost model
+    use (the Cortex-A76's EXT), else to a shuffle port of their own;
+    ``fma_memory_operand``, that an FMA can read one operand from memory (x86), so a
+    value the registers cannot hold costs no extra instruction; the cost model
     reads them with ``fma_per_cycle``, ``loads_per_cycle`` and ``fma_latency``.
     ``isa`` lists the CPU features code for the target needs (LLVM's names of the x86
     flags of ``/proc/cpuinfo``): it runs on this machine only if it has them all
@@ -76,6 +78,7 @@ class Target:
     isa: tuple[str, ...] = ()
     lane_shift_ops: int = 1
     shifts_on_fma_pipes: bool = False
+    fma_memory_operand: bool = False
     fma_per_cycle: int = 2
     loads_per_cycle: int = 2
     fma_latency: int = 4
@@ -135,7 +138,7 @@ def _x86_target(tag: str, cpu: str, features: str, shape: str, **more: object) -
     """An x86-64 Linux target; ``shape`` are the features that decide its vectors."""
     base = Target(tag=tag, triple="x86_64-unknown-linux-gnu", cpu=cpu, features=features,
                   vector_bits=128, vector_registers=16, elf_arch="x86_64",
-                  **more)  # type: ignore[arg-type]
+                  fma_memory_operand=True, **more)  # type: ignore[arg-type]
     return _x86(base, shape)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from patcc.backends.abi import ABI_VERSION, ERROR_CODES
+from patcc.backends.target import host_features
 from patcc.errors import PatccError
 from patcc.ir.graph import TensorType
 from patcc.runtime.interpreter import bind_inputs
@@ -158,6 +159,13 @@ class NativeModel(CompiledModelRunner):
                              "recompile the model", where=str(path))
         info_fn.restype = ctypes.c_char_p
         self.info: dict[str, Any] = json.loads(info_fn())
+        needs = set(self.info.get("target", {}).get("isa", []))
+        if needs - host_features():
+            raise PatccError(
+                f"compiled for {self.info['target']['tag']}, whose code needs CPU features "
+                f"this CPU lacks: {', '.join(sorted(needs - host_features()))}; recompile "
+                "for this CPU (--target x86_64) or a narrower tag (e.g. x86_64-avx2)",
+                where=str(path))
         self._run.restype = ctypes.c_int32
         self._run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                               ctypes.c_size_t]
@@ -192,11 +200,18 @@ class NativeModel(CompiledModelRunner):
             self._local.workspace = ws
         return ws
 
-    def run(self, inputs: Mapping[str, np.ndarray] | list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on inputs (by name or position); returns output name -> array."""
+    def run(self, inputs: Mapping[str, np.ndarray] | list[np.ndarray],
+            out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run on inputs (by name or position); returns output name -> array.
+
+        ``out`` (output name -> a C-contiguous float32 array of the output's shape)
+        receives the outputs instead of new arrays: a caller that runs a model in a
+        loop then pays no page faults for fresh output memory on every run (large
+        outputs are fresh pages from the allocator each time)."""
         bound = bind_inputs(self.inputs, inputs)
         arrays = [np.ascontiguousarray(bound[n]) for n in self.inputs]
-        outs = {n: np.empty(t.shape, np.float32) for n, t in self.outputs.items()}
+        outs = {n: np.empty(t.shape, np.float32) for n, t in self.outputs.items()} \
+            if out is None else self._check_out(out)
         in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs.values()])
         ws_ptr, _keep = self._workspace()
@@ -205,6 +220,19 @@ class NativeModel(CompiledModelRunner):
             name, text = ERROR_CODES.get(rc, (f"error {rc}", "unknown error"))
             raise PatccError(f"patcc_run failed with {name}: {text}", where=self.path)
         return outs
+
+    def _check_out(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if set(out) != set(self.outputs):
+            raise PatccError(f"out= names {sorted(out)}; the model's outputs are "
+                             f"{sorted(self.outputs)}", where=self.path)
+        for name, t in self.outputs.items():
+            a = out[name]
+            if not (isinstance(a, np.ndarray) and a.dtype == np.float32
+                    and a.shape == tuple(t.shape) and a.flags.c_contiguous
+                    and a.flags.writeable):
+                raise PatccError(f"out[{name!r}] must be a writable C-contiguous float32 "
+                                 f"array of shape {tuple(t.shape)}", where=self.path)
+        return {name: out[name] for name in self.outputs}
 
     def layer_times(self) -> np.ndarray:
         """Seconds spent in each layer over all runs so far (profiling builds only)."""

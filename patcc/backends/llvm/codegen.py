@@ -156,7 +156,8 @@ def model_info(plan: ModulePlan) -> dict[str, object]:
         "abi_version": ABI_VERSION,
         "model": g.name,
         "target": {"tag": plan.target.tag, "triple": plan.target.triple,
-                   "cpu": plan.target.cpu, "vector_bits": plan.target.vector_bits},
+                   "cpu": plan.target.cpu, "vector_bits": plan.target.vector_bits,
+                   "isa": list(plan.target.isa)},
         "inputs": [{"name": n, "shape": list(t.shape), "dtype": t.dtype}
                    for n, t in g.inputs.items()],
         "outputs": [{"name": n, "shape": list(g.shapes[n]), "dtype": "float32"}

@@ -50,7 +50,7 @@ from patcc.backends.llvm.sparse import (
     block_name,
     lower_sparse_pointwise,
     parse_block,
-    sparse_pointwise_blocks,
+    sparse_pointwise_options,
     supports_sparse_pointwise,
 )
 from patcc.errors import PatccError
@@ -74,13 +74,6 @@ across cache lines cost Zen 5 and Skylake-SP two loads, Zen 4 about one)."""
 
 LISTED_SCHEDULES = 12
 """How many valid schedules an error about an invalid one lists."""
-
-SPARSE_DENSITY_CUTOFF = 0.55
-"""The sparse pointwise kernel's cost relative to the GEMM's at the same layer: it
-breaks even at this fraction of non-zero weights. On Zen 5 the sparse kernel reaches
-about 250 non-zero GFLOP/s (2 threads) where the GEMM does 440 dense, so they break
-even near 57%; at 50% the sparse kernel was faster on every MobileNetV2 1x1 layer."""
-
 
 def conv_schedules(layer: Conv, ctx: LoweringContext, every: bool = False) -> list[Schedule]:
     """The schedules the tuner times for this conv, the cost model's choice first:
@@ -139,11 +132,8 @@ def _options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedule]]:
         return sorted(direct + ([] if layer.is_depthwise else gemm),
                       key=lambda option: option[0])
     if supports_sparse_pointwise(layer):
-        # Relative to the GEMM's best estimate; the blocks in the order they won.
-        density = np.count_nonzero(layer.weight) / layer.weight.size
-        base = gemm[0][0] * density / SPARSE_DENSITY_CUTOFF
-        sparse = [(base * (1 + 0.01 * i), Schedule("sparse", block_name(b)))
-                  for i, b in enumerate(sparse_pointwise_blocks(layer, ctx))]
+        sparse = [(cycles, Schedule("sparse", block_name(b)))
+                  for cycles, b in sparse_pointwise_options(layer, ctx)]
         return sorted(sparse + gemm, key=lambda option: option[0])
     return gemm
 

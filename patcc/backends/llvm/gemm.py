@@ -223,9 +223,15 @@ def tiling_candidates(m: int, n: int, k: int, taps: int, columns: Columns,
                        per_accumulator=2 if columns.dense else 6),
                gemm_tiling(m, span, mr, nr, width, min_tasks))]
     for cols, vectors in ROW_TILES:
-        # each stride phase of a kernel row shares its own run of broadcast values
+        # Each stride phase of a kernel row shares its own run of broadcast values.
+        # Where an FMA takes a memory operand (x86), LLVM reads those of a 3-wide
+        # kernel that do not fit back into the FMAs, which measured cheaper than the
+        # smaller tiles that hold them (MobileNetV2's first conv on Zen 4: 0.15 ms
+        # with 2 vectors x 8 columns, 0.4 ms with the largest tile that fits); wider
+        # kernels spill several vectors per tap.
         phases = min(row_phases, row_taps)
-        window = phases * cols + row_taps - phases if row_taps > 1 else 1
+        window = phases * cols + row_taps - phases \
+            if row_taps > 3 or (row_taps > 1 and not target.fma_memory_operand) else 1
         if cols > width or tile_registers(cols, vectors, window) > registers or (
                 not columns.dense and columns.width % cols):
             continue

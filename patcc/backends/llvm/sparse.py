@@ -188,6 +188,7 @@ class _SparseWeights:
     nonzeros: int
     loads: int  # of the inner loops, summed over entries, for ``nvec`` vectors
     fmas: int
+    iterations: int  # of the inner loops: (channel, subset) pairs
 
     @property
     def nbytes(self) -> int:
@@ -239,7 +240,7 @@ def _sparse_weights(layer: Conv, g: _Geometry) -> _SparseWeights:
     nvec = g.tiles.widest
     return _SparseWeights(order, start, words, int(np.count_nonzero(layer.weight)),
                           loads=int(len(ch) * (nvec + 1) + used.sum()),
-                          fmas=int(used.sum()) * nvec)
+                          fmas=int(used.sum()) * nvec, iterations=len(ch))
 
 
 def _blocks_per_task(blocks: int, tile_tasks: int, min_tasks: int) -> int:
@@ -265,9 +266,44 @@ short loops; more tasks lose up to 45% on 7x7 and 14x14 layers, because every ta
 copies its tile's chunks, and are there for machines with more threads."""
 
 
+ENTRY_CYCLES = 1.0
+"""Per inner-loop iteration: the offset load's latency into the address, the branch."""
+SUBSET_LOOP_CYCLES = 6.0
+"""Per subset loop entered (tile, chunk, block): its bounds and the exit branch."""
+
+
+def sparse_pointwise_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Block]]:
+    """The candidate blocks (``sparse_pointwise_blocks``) with their estimated cycles
+    on one core of ``ctx.target``, the cheapest first.
+
+    Per tile: the copy of its chunks (a load and a store per vector, for each task
+    that copies them), the inner loops at the rate the target issues their FMAs and
+    loads (weights, offsets and input vectors, from the block's own weight layout),
+    each iteration's overhead, every subset loop entered, and each block's partial
+    sums read and written per chunk.
+    """
+    n, c, h, w = ctx.in_shape(layer)
+    o = layer.out_channels
+    target = ctx.target
+    ranked = []
+    for block in sparse_pointwise_blocks(layer, ctx):
+        nvec, f, task_filters, k_chunk = block
+        tiles = _Tiles.split(h * w, target.vector_width, nvec)
+        g = _Geometry(n, c, o, tiles, f, -(-min(task_filters, o) // f), min(k_chunk, c),
+                      len(layer.inputs) > 1)
+        sw = _sparse_weights(layer, g)
+        inner = max(sw.fmas / target.fma_per_cycle, sw.loads / target.loads_per_cycle) \
+            + sw.iterations * ENTRY_CYCLES
+        loops = g.chunks * g.blocks * len(g.subsets) * SUBSET_LOOP_CYCLES
+        partial = g.chunks * g.blocks * f * tiles.widest * 2
+        copy = g.groups * c * tiles.widest
+        ranked.append((n * tiles.count * (inner + loops + partial + copy), block))
+    return sorted(ranked, key=lambda pair: pair[0])
+
+
 def sparse_pointwise_blocks(layer: Conv, ctx: LoweringContext) -> list[Block]:
-    """Legal block candidates (see ``Block``) for this layer, best guess first, for a
-    tuner to time (``CANDIDATES``)."""
+    """Legal block candidates (see ``Block``) for this layer, in ``CANDIDATES`` order:
+    for each block of filters the widest tile the registers allow."""
     n, c, h, w = ctx.in_shape(layer)
     o = layer.out_channels
     width = ctx.target.vector_width
