@@ -266,21 +266,29 @@ short loops; more tasks lose up to 45% on 7x7 and 14x14 layers, because every ta
 copies its tile's chunks, and are there for machines with more threads."""
 
 
-ENTRY_CYCLES = 1.0
+ENTRY_CYCLES = 2.2
 """Per inner-loop iteration: the offset load's latency into the address, the branch."""
-SUBSET_LOOP_CYCLES = 6.0
+SUBSET_LOOP_CYCLES = 0.5
 """Per subset loop entered (tile, chunk, block): its bounds and the exit branch."""
+PARTIAL_VECTOR_CYCLES = 6.0
+"""Per vector of a block's partial sums read and written back between chunks."""
+COPY_VECTOR_CYCLES = 0.6
+"""Per vector copied into a chunk buffer.
+
+The constants are a least-squares fit to the measured times of every block of
+MobileNetV2's 1x1 convs on Zen 4 (AVX2 build, 2 threads): the partial sums, which
+go to the output tensor, cost ten times a copied vector."""
 
 
 def sparse_pointwise_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Block]]:
     """The candidate blocks (``sparse_pointwise_blocks``) with their estimated cycles
     on one core of ``ctx.target``, the cheapest first.
 
-    Per tile: the copy of its chunks (a load and a store per vector, for each task
-    that copies them), the inner loops at the rate the target issues their FMAs and
-    loads (weights, offsets and input vectors, from the block's own weight layout),
-    each iteration's overhead, every subset loop entered, and each block's partial
-    sums read and written per chunk.
+    Per tile: the inner loops at the rate the target issues their FMAs and loads
+    (weights, offsets and input vectors, from the block's own weight layout), each
+    iteration's overhead, every subset loop entered, and the memory traffic: the copy
+    of its chunks (for each task that copies them) and each block's partial sums read
+    and written per chunk.
     """
     n, c, h, w = ctx.in_shape(layer)
     o = layer.out_channels
@@ -295,8 +303,8 @@ def sparse_pointwise_options(layer: Conv, ctx: LoweringContext) -> list[tuple[fl
         inner = max(sw.fmas / target.fma_per_cycle, sw.loads / target.loads_per_cycle) \
             + sw.iterations * ENTRY_CYCLES
         loops = g.chunks * g.blocks * len(g.subsets) * SUBSET_LOOP_CYCLES
-        partial = g.chunks * g.blocks * f * tiles.widest * 2
-        copy = g.groups * c * tiles.widest
+        partial = g.chunks * g.blocks * f * 2 * tiles.widest * PARTIAL_VECTOR_CYCLES
+        copy = g.groups * c * tiles.widest * COPY_VECTOR_CYCLES
         ranked.append((n * tiles.count * (inner + loops + partial + copy), block))
     return sorted(ranked, key=lambda pair: pair[0])
 
