@@ -60,6 +60,10 @@ def main(out_dir: str = "build/demo") -> int:
     x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES["resnet18"]).astype(np.float32)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    # onnxruntime's threads otherwise spin after each run and take the cores from the
+    # patcc run that follows (as in benchmarks/run.py): patcc measured 2x slower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x}
     (ref,) = session.run(None, feed)
