@@ -61,8 +61,8 @@ def model_stats(graph: Graph) -> dict[str, Any]:
 
     Returns ``{"model", "inputs", "outputs", "layers": [...], "totals": {...}}`` where
     totals hold dense_macs, nonzero_macs, conv_compression (all conv weights over
-    non-zero conv weights), num_patterns, pattern_library (masks as 0/1 grids),
-    kernels kept/total, pattern_layers and weight bytes.
+    non-zero conv weights; None without a non-zero conv weight), num_patterns,
+    pattern_library (masks as 0/1 grids), kernels kept/total, pattern_layers and weight bytes.
     """
     layers = [_layer_row(graph, layer) for layer in graph.layers]
     convs = list(graph.convs())
@@ -75,7 +75,7 @@ def model_stats(graph: Graph) -> dict[str, Any]:
         "nonzero_macs": sum(r["nonzero_macs"] for r in layers),
         "conv_weights": conv_weights,
         "conv_nonzero_weights": conv_nonzero,
-        "conv_compression": conv_weights / conv_nonzero if conv_nonzero else math.inf,
+        "conv_compression": conv_weights / conv_nonzero if conv_nonzero else None,
         "kernels_kept": sum(r.get("kernels_kept", 0) for r in layers),
         "kernels_total": sum(r.get("kernels_total", 0) for r in layers),
         "pattern_layers": sum(1 for c in convs if c.pattern is not None),
@@ -125,9 +125,11 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"MACs per image: dense {_si(t['dense_macs'])}, non-zero {_si(t['nonzero_macs'])} "
         f"({ratio:.2f}x fewer)"
     )
+    compression = t["conv_compression"]
     lines.append(
-        f"conv compression {t['conv_compression']:.2f}x "
-        f"({t['conv_weights']} weights, {t['conv_nonzero_weights']} non-zero); "
+        ("conv compression - " if compression is None
+         else f"conv compression {compression:.2f}x ")
+        + f"({t['conv_weights']} weights, {t['conv_nonzero_weights']} non-zero); "
         f"kernels kept {t['kernels_kept']}/{t['kernels_total']}; "
         f"weights {t['weight_bytes'] / 2**20:.2f} MiB"
     )

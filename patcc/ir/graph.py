@@ -7,13 +7,22 @@ Tensor shapes are not stored: they follow from the input shapes and the layers, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from patcc.ir.layers import Conv, IRError, Layer, Shape, format_shape
+from patcc.ir.layers import (
+    MAX_TOTAL_ELEMENTS,
+    Conv,
+    IRError,
+    Layer,
+    Shape,
+    check_size,
+    format_shape,
+)
 from patcc.ir.node import IRNode
 from patcc.ir.patterns import PatternLibrary
 
@@ -52,10 +61,14 @@ class Graph(IRNode):
     def shapes(self) -> Mapping[str, Shape]:
         """Shape of every tensor (inputs, constants, layer outputs).
 
-        Raises ``IRError`` when a layer reads an undefined tensor or its shapes are
-        inconsistent.
+        Raises ``IRError`` when a layer reads an undefined tensor, its shapes are
+        inconsistent, or a tensor is empty or larger than ``check_size`` allows.
         """
         shapes: dict[str, Shape] = {n: tuple(t.shape) for n, t in self.inputs.items()}
+        total = 0
+        for n, s in shapes.items():
+            check_size(f"input {n!r}", s)
+            total += math.prod(s)
         shapes.update({n: tuple(int(d) for d in c.shape) for n, c in self.constants.items()})
         for layer in self.layers:
             missing = [t for t in layer.inputs if t not in shapes]
@@ -67,6 +80,12 @@ class Graph(IRNode):
             for t, s in zip(layer.outputs, outs, strict=True):
                 if t in shapes:
                     raise IRError(f"{layer.op} {layer.name!r} redefines tensor {t!r}")
+                check_size(f"{layer.op} {layer.name!r}: output {t!r}", s)
+                total += math.prod(s)
+                if total > MAX_TOTAL_ELEMENTS:
+                    raise IRError(f"{layer.op} {layer.name!r}: with output {t!r} the graph's "
+                                  f"tensors hold {total} elements, more than patcc's limit "
+                                  f"of {MAX_TOTAL_ELEMENTS} (2^34)")
                 shapes[t] = s
         return shapes
 

@@ -29,6 +29,27 @@ class IRError(Exception):
     """An IR invariant does not hold (a bug in a frontend or pass, or a bad model)."""
 
 
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+"""The most elements one tensor (or a padded copy of one) may have: kernels index
+within a tensor with 32-bit offsets, and 8 GiB of float32 is more than any device
+patcc targets holds for one activation."""
+
+
+MAX_TOTAL_ELEMENTS = 2**34
+"""The most elements all of a graph's tensors may have together (64 GiB of float32):
+a bound on the workspace a compiled model asks for, whatever the memory plan."""
+
+
+def check_size(what: str, shape: Shape) -> None:
+    """Raise ``IRError`` unless every dim of ``shape`` is >= 1 and the tensor has at
+    most ``MAX_TENSOR_ELEMENTS`` elements; ``what`` names it in the message."""
+    if any(d < 1 for d in shape):
+        raise IRError(f"{what} has shape {format_shape(shape)}; every dimension must be >= 1")
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise IRError(f"{what} of shape {format_shape(shape)} has {math.prod(shape)} elements, "
+                      f"more than patcc's limit of {MAX_TENSOR_ELEMENTS} (2^31 - 1)")
+
+
 def format_shape(shape: Shape) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
@@ -108,6 +129,36 @@ class Layer(IRNode):
             raise IRError(
                 f"{self.op} {self.name!r} expects a rank-{rank} input, got {format_shape(shape)}"
             )
+
+
+def _check_window(layer: Layer, strides: Sequence[int], pads: Sequence[int],
+                  dilations: Sequence[int]) -> None:
+    """Strides and dilations: two integers >= 1; pads: four integers >= 0."""
+    if (len(strides) != 2 or len(dilations) != 2 or len(pads) != 4
+            or min(strides) < 1 or min(dilations) < 1 or min(pads) < 0):
+        raise IRError(f"{layer.op} {layer.name!r}: strides {tuple(strides)}, dilations "
+                      f"{tuple(dilations)} (two integers >= 1) or pads {tuple(pads)} (four "
+                      "integers >= 0) out of range")
+
+
+def _padding_only_window(size: int, out: int, kernel: int, stride: int, pad: int,
+                         dilation: int) -> int | None:
+    """The first output position whose window reads only padding, or None.
+
+    Only windows that start before the input or end after it can; each is checked in
+    constant time, so the cost does not grow with the size of an attribute.
+    """
+    span = (kernel - 1) * dilation
+    left = min(out, -(-pad // stride))  # windows starting in the leading padding
+    first_inside_end = max(0, (size - 1 - span + pad) // stride + 1)  # end past the input
+    edge = np.unique(np.concatenate([np.arange(left, dtype=np.int64),
+                                     np.arange(min(first_inside_end, out), out,
+                                               dtype=np.int64)]))
+    start = edge * stride - pad
+    lo = np.maximum(0, -(start // dilation))  # first tap index at or after 0
+    hi = np.minimum(kernel - 1, (size - 1 - start) // dilation)  # last tap before size
+    bad = edge[lo > hi]
+    return int(bad[0]) if bad.size else None
 
 
 def _window_out(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int, dilation: int,
@@ -195,8 +246,12 @@ class Conv(Layer):
             )
         if self.bias.shape != (self.out_channels,):
             raise IRError(f"Conv {self.name!r}: bias shape {self.bias.shape}")
+        if self.groups < 1:
+            raise IRError(f"Conv {self.name!r}: groups {self.groups}")
+        _check_window(self, self.strides, self.pads, self.dilations)
         kh, kw = self.kernel_shape
         pt, pl, pb, pr = self.pads
+        check_size(f"Conv {self.name!r}: the padded input", (n, c, h + pt + pb, w + pl + pr))
         ho = _window_out(h, kh, self.strides[0], pt, pb, self.dilations[0])
         wo = _window_out(w, kw, self.strides[1], pl, pr, self.dilations[1])
         out = (n, self.out_channels, ho, wo)
@@ -314,7 +369,11 @@ class Pool(Layer):
         if self.kind not in ("max", "avg"):
             raise IRError(f"Pool {self.name!r}: kind {self.kind!r}")
         n, c, h, w = x
+        _check_window(self, self.strides, self.pads, self.dilations)
+        if len(self.kernel) != 2 or min(self.kernel) < 1:
+            raise IRError(f"Pool {self.name!r}: kernel {self.kernel}")
         pt, pl, pb, pr = self.pads
+        check_size(f"Pool {self.name!r}: the padded input", (n, c, h + pt + pb, w + pl + pr))
         ho = _window_out(h, self.kernel[0], self.strides[0], pt, pb, self.dilations[0],
                          self.ceil_mode)
         wo = _window_out(w, self.kernel[1], self.strides[1], pl, pr, self.dilations[1],
@@ -323,11 +382,11 @@ class Pool(Layer):
         # -FLT_MAX or 0/0); reject it rather than pick a value.
         for axis, size, out, pad in ((2, h, ho, pt), (3, w, wo, pl)):
             k, s, d = self.kernel[axis - 2], self.strides[axis - 2], self.dilations[axis - 2]
-            for i in range(out):
-                if not any(0 <= i * s - pad + j * d < size for j in range(k)):
-                    raise IRError(
-                        f"Pool {self.name!r}: output {i} on axis {axis} reads only padding "
-                        f"(kernel {k}, dilation {d}, padding {pad}); reduce the padding")
+            i = _padding_only_window(size, out, k, s, pad, d)
+            if i is not None:
+                raise IRError(
+                    f"Pool {self.name!r}: output {i} on axis {axis} reads only padding "
+                    f"(kernel {k}, dilation {d}, padding {pad}); reduce the padding")
         return ((n, c, ho, wo),)
 
     def describe(self) -> str:
@@ -604,6 +663,7 @@ LAYER_TYPES: tuple[type[Layer], ...] = (
 
 __all__ = [
     "ACTIVATION_KINDS", "Activation", "BINARY_OPS", "Binary", "Concat", "Conv", "Dense",
-    "GlobalPool", "IRError", "LAYER_TYPES", "Layer", "PAD_MODES", "Pad", "Pool", "Reshape",
-    "ScaleShift", "Shape", "Slice", "Softmax", "Split", "Transpose", "Unary", "broadcast",
+    "GlobalPool", "IRError", "LAYER_TYPES", "Layer", "MAX_TENSOR_ELEMENTS",
+    "MAX_TOTAL_ELEMENTS", "PAD_MODES", "Pad", "Pool", "Reshape", "ScaleShift", "Shape",
+    "Slice", "Softmax", "Split", "Transpose", "Unary", "broadcast", "check_size",
 ]

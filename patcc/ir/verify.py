@@ -12,7 +12,8 @@ from patcc.ir.patterns import MAX_LIBRARY_SIZE, REMOVED, Sparsity
 def verify(graph: Graph) -> Graph:
     """Check the graph's invariants; return it unchanged, or raise ``IRError``.
 
-    Checked: unique layer names; every tensor defined once before use; shapes
+    Checked: unique layer names; unique graph outputs, none of them a graph input;
+    every tensor defined once before use; shapes
     consistent (``Graph.shapes``); graph outputs defined; weights float32 and finite;
     pattern style consistent with the weights (ids in range, removed kernels all zero,
     no weight outside its kernel's mask) and one library shared by all layers. A kept
@@ -25,6 +26,13 @@ def verify(graph: Graph) -> Graph:
     clash = set(graph.inputs) & set(graph.constants)
     if clash:
         raise IRError(f"tensor {sorted(clash)[0]!r} is both an input and a constant")
+    if len(set(graph.outputs)) != len(graph.outputs):
+        dup = next(n for n in graph.outputs if graph.outputs.count(n) > 1)
+        raise IRError(f"graph output {dup!r} listed twice")
+    passed = set(graph.outputs) & set(graph.inputs)
+    if passed:
+        raise IRError(f"graph output {sorted(passed)[0]!r} is a graph input (outputs own "
+                      "their buffers: copy it)")
     shapes = graph.shapes
     for out in graph.outputs:
         if out not in shapes:

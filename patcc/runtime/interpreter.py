@@ -81,9 +81,12 @@ def run(graph: Graph, inputs: Inputs) -> dict[str, np.ndarray]:
     """
     env: dict[str, np.ndarray] = dict(graph.constants)
     env.update(bind_inputs(graph.inputs, inputs))
-    for layer in graph.layers:
-        outs = evaluate(layer, [env[t] for t in layer.inputs])
-        env.update(zip(layer.outputs, outs, strict=True))
+    # Overflow to infinity and NaN from inf - inf are IEEE results the compiled code
+    # gives silently too, not errors worth a warning on stderr.
+    with np.errstate(all="ignore"):
+        for layer in graph.layers:
+            outs = evaluate(layer, [env[t] for t in layer.inputs])
+            env.update(zip(layer.outputs, outs, strict=True))
     return {name: env[name] for name in graph.outputs}
 
 

@@ -19,7 +19,7 @@ from onnx.reference import ReferenceEvaluator
 
 from patcc.errors import PatccError
 from patcc.ir.graph import Graph, TensorType
-from patcc.ir.layers import IRError, Layer, Reshape, Shape
+from patcc.ir.layers import IRError, Layer, Reshape, Shape, check_size
 from patcc.ir.verify import verify
 
 
@@ -72,7 +72,12 @@ class Importer:
 
         g = self.proto.graph
         for init in g.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            try:
+                self.consts[init.name] = numpy_helper.to_array(init)
+            except (ValueError, TypeError, KeyError, OSError) as e:
+                raise PatccError(f"cannot read its data ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})"[:300],
+                                 f"initializer {init.name!r}") from e
         self.shapes.update(self.input_shapes)
         for index, proto_node in enumerate(g.node):
             node = self._node(proto_node, index)
@@ -166,6 +171,8 @@ class Importer:
     def add(self, layer: Layer) -> None:
         """Append a layer, inferring and recording its output shapes."""
         shapes = layer.infer_shapes([self.shape(t) for t in layer.inputs])
+        for tensor, shape in zip(layer.outputs, shapes, strict=True):
+            check_size(f"output {tensor!r}", shape)
         self.shapes.update(zip(layer.outputs, shapes, strict=True))
         self.layers.append(layer)
 
@@ -173,12 +180,19 @@ class Importer:
 
     def _node(self, proto_node: onnx.NodeProto, index: int) -> Node:
         name = proto_node.name or f"{proto_node.op_type}_{index}"
+        attrs = {}
+        for a in proto_node.attribute:
+            try:
+                attrs[a.name] = _decode(a)
+            except (UnicodeDecodeError, ValueError, TypeError) as e:
+                raise PatccError(f"attribute {a.name!r} cannot be read ({type(e).__name__})",
+                                 f"node {name!r} ({proto_node.op_type})") from e
         return Node(
             name=name,
             op_type=proto_node.op_type,
             inputs=[self.alias.get(i, i) for i in proto_node.input],
             outputs=list(proto_node.output),
-            attrs={a.name: _decode(a) for a in proto_node.attribute},
+            attrs=attrs,
             proto=proto_node,
         )
 
@@ -215,18 +229,33 @@ class Importer:
             i.name: TensorType(self.input_shapes[i.name])
             for i in g.input if i.name not in initializers
         }
+        if not g.output:
+            raise PatccError("the graph has no outputs", "model")
         outputs = []
         output_names = {out.name for out in g.output}
         produced = {t for layer in self.layers for t in layer.outputs}
         renames: dict[str, str] = {}
         copies: list[Layer] = []
+        seen: set[str] = set()
         for out in g.output:
+            if out.name in seen:
+                raise PatccError("is listed twice among the graph outputs (outputs are "
+                                 "returned by name)", f"output {out.name!r}")
+            seen.add(out.name)
             source = self.alias.get(out.name, out.name)
             if source in self.consts:
                 raise PatccError("is a constant: the model computes nothing from its inputs",
                                  f"output {out.name!r}")
             if source not in self.shapes:
                 raise PatccError("is never produced", f"output {out.name!r}")
+            if out.name in inputs:
+                # A graph output that is a graph input by name: the IR names tensors,
+                # not slots, so the two cannot be told apart. (Through an Identity to
+                # another name, the output is a copy, below.)
+                raise PatccError("is also a graph input: the model passes it through "
+                                 "unchanged; compute outputs from the inputs, or name the "
+                                 "output differently (an Identity node)",
+                                 f"output {out.name!r}")
             if source != out.name:
                 # An alias (Identity, Dropout) named the output: the producing layer takes
                 # the output's name, unless its own tensor must survive (a graph input or

@@ -10,6 +10,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from patcc.errors import PatccError
+from patcc.ir.layers import IRError, check_size
 
 MIN_OPSET = 11
 MAX_OPSET = 21
@@ -23,11 +24,19 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
     """
     if isinstance(model, onnx.ModelProto):
         proto, where = model, "model"
+        _check_names(proto, where)
+        external = [t.name for t in proto.graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL]
+        if external:
+            raise PatccError(f"initializer {external[0]!r} keeps its data in an external file; "
+                             "pass the model's path (or load it with onnx.load) so that "
+                             "the data is read", where=where)
     else:
         where = str(model)
         path = Path(model)
         if not path.is_file():
-            raise PatccError("no such file", where=where)
+            raise PatccError("not a regular file (a pipe, device or directory)"
+                             if path.exists() else "no such file", where=where)
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -40,11 +49,14 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
                              where=where) from e
         if not proto.graph.node and not proto.graph.output:
             raise PatccError("not an ONNX model (no graph in the file)", where=where)
+        _check_names(proto, where)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            _check_external_data(proto, path.parent, where)
             try:
                 onnx.load_external_data_for_model(proto, str(path.parent))
-            except (OSError, ValueError) as e:
-                raise PatccError(f"cannot load external weights: {e}", where=where) from e
+            except (OSError, ValueError, onnx.checker.ValidationError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PatccError(f"cannot load external weights: {first}", where=where) from e
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
@@ -58,6 +70,57 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
             where=where,
         )
     return proto
+
+
+def _check_names(proto: onnx.ModelProto, where: str) -> None:
+    """Every name the importer reads must be text: protobuf hands a string field that is
+    not valid UTF-8 over as bytes."""
+    g = proto.graph
+    fields: list[object] = [g.name]
+    for node in g.node:
+        fields += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        fields += [a.name for a in node.attribute]
+    for value in (*g.input, *g.output, *g.value_info, *g.initializer):
+        fields.append(value.name)
+    fields += [imp.domain for imp in proto.opset_import]
+    if not all(isinstance(f, str) for f in fields):
+        raise PatccError("not an ONNX model (a name in the graph is not valid UTF-8 text; "
+                         "corrupted?)", where=where)
+
+
+def _check_external_data(proto: onnx.ModelProto, directory: Path, where: str) -> None:
+    """External tensor data may only come from regular files inside the model's
+    directory (after resolving links), within the file's bounds: a model must not
+    make patcc read ``/dev/zero``, a FIFO or another user's file."""
+    root = directory.resolve()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        what = f"initializer {tensor.name!r}: external data"
+        location = info.get("location", "")
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise PatccError(f"{what} location {location[:100]!r} must be a relative path inside "
+                             "the model's directory", where=where)
+        try:
+            file = (root / location).resolve()
+            regular = file.is_file()
+            size = file.stat().st_size if regular else 0
+        except (OSError, ValueError) as e:  # a NUL, a name too long, a link loop
+            raise PatccError(f"{what} location {location[:100]!r} cannot be used: {e}",
+                             where=where) from e
+        if not file.is_relative_to(root):
+            raise PatccError(f"{what} location {location[:100]!r} leads outside the model's "
+                             "directory", where=where)
+        if not regular:
+            raise PatccError(f"{what} {location[:100]!r} is not a regular file", where=where)
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+        except ValueError:
+            raise PatccError(f"{what} offset or length is not an integer", where=where) from None
+        if offset < 0 or offset > size or length < -1 or (length >= 0 and offset + length > size):
+            raise PatccError(f"{what} offset {offset} and length {length} do not lie inside "
+                             f"{location[:100]!r} ({size} bytes)", where=where)
 
 
 def default_opset(proto: onnx.ModelProto) -> int:
@@ -106,7 +169,9 @@ def resolve_input_shapes(
         if not value.type.HasField("tensor_type"):
             raise PatccError("only tensor inputs are supported", where=where)
         if tt.elem_type != onnx.TensorProto.FLOAT:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            dtype = (onnx.TensorProto.DataType.Name(tt.elem_type).lower()
+                     if tt.elem_type in onnx.TensorProto.DataType.values() else
+                     f"code {tt.elem_type}")
             raise PatccError(f"has dtype {dtype}; patcc compiles float32 models", where=where)
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if not tt.HasField("shape"):
@@ -123,7 +188,7 @@ def resolve_input_shapes(
                     f"shape {declared}",
                     where=where,
                 )
-            shapes[value.name] = tuple(given)
+            shapes[value.name] = _checked(tuple(given), where)
             continue
         if not tt.HasField("shape"):
             raise PatccError(
@@ -141,5 +206,13 @@ def resolve_input_shapes(
                 f"--input-shape {value.name}=" + "x".join(str(d or "N") for d in dims),
                 where=where,
             )
-        shapes[value.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        shapes[value.name] = _checked(tuple(int(d) for d in dims), where)  # type: ignore[arg-type]
     return shapes
+
+
+def _checked(shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+    try:
+        check_size("the input", shape)
+    except IRError as e:
+        raise PatccError(str(e), where=where) from e
+    return shape

@@ -49,6 +49,27 @@ def _ints(values: object, default: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)  # type: ignore[attr-defined]
 
 
+def _int_list(node: Node, key: str, default: tuple[int, ...], length: int,
+              minimum: int) -> tuple[int, ...]:
+    """Attribute ``key`` as ``length`` integers, each at least ``minimum``."""
+    value = node.attr(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise PatccError(f"{key} must be a list of integers, got {value!r}"[:200], node.where)
+    if len(value) != length or min(value) < minimum:
+        raise PatccError(f"{key} {value} must be {length} integers >= {minimum}"[:200],
+                         node.where)
+    return tuple(value)
+
+
+def _window_attrs(node: Node) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(strides, dilations) of a 2-D conv or pool: two integers >= 1 each."""
+    strides = _int_list(node, "strides", (1, 1), 2, 1)
+    dilations = _int_list(node, "dilations", (1, 1), 2, 1)
+    return strides, dilations  # type: ignore[return-value]
+
+
 def _axis(node: Node, axis: int, rank: int) -> int:
     if not -rank <= axis < rank:
         raise PatccError(f"axis {axis} out of range for a rank-{rank} tensor", node.where)
@@ -68,10 +89,7 @@ def _window_pads(node: Node, hw: tuple[int, int], kernel: tuple[int, int],
     """(top, left, bottom, right) from ``pads`` or ``auto_pad``."""
     auto = node.attr("auto_pad", "NOTSET")
     if auto == "NOTSET":
-        pads = _ints(node.attr("pads"), (0, 0, 0, 0))
-        if len(pads) != 4 or min(pads) < 0:
-            raise PatccError(f"pads {list(pads)} are not 4 non-negative values", node.where)
-        return pads
+        return _int_list(node, "pads", (0, 0, 0, 0), 4, 0)
     if auto == "VALID":
         return (0, 0, 0, 0)
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
@@ -98,19 +116,21 @@ def conv(ctx: Importer, node: Node) -> None:
         unsupported(node, f"only 2-D convolution is supported (weight rank {weight.ndim})")
     bias = ctx.weight(node, 2, "bias") if len(node.inputs) > 2 and node.inputs[2] else None
     kernel = (int(weight.shape[2]), int(weight.shape[3]))
-    if _ints(node.attr("kernel_shape"), kernel) != kernel:
+    if _int_list(node, "kernel_shape", kernel, 2, 1) != kernel:
         raise PatccError(f"kernel_shape {node.attr('kernel_shape')} does not match the "
                          f"weight {weight.shape}", node.where)
-    strides = _ints(node.attr("strides"), (1, 1))
-    dilations = _ints(node.attr("dilations"), (1, 1))
+    strides, dilations = _window_attrs(node)
+    groups = node.attr("group", 1)
+    if not isinstance(groups, int) or groups < 1:
+        raise PatccError(f"group {groups!r} must be a positive integer", node.where)
     ctx.add(Conv(
         name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
         weight=weight,
         bias=np.zeros(weight.shape[0], np.float32) if bias is None else bias,
-        strides=strides,  # type: ignore[arg-type]
+        strides=strides,
         pads=_window_pads(node, (h, w), kernel, strides, dilations),  # type: ignore[arg-type]
-        dilations=dilations,  # type: ignore[arg-type]
-        groups=int(node.attr("group", 1)),
+        dilations=dilations,
+        groups=groups,
     ))
 
 
@@ -133,6 +153,11 @@ def gemm(ctx: Importer, node: Node) -> None:
     extra = None
     if c is not None:
         c = ctx.weight(node, 2, "C") * np.float32(node.attr("beta", 1.0))
+        try:
+            np.broadcast_shapes(c.shape, (m, n))
+        except ValueError:
+            raise PatccError(f"C of shape {c.shape} does not broadcast to the output "
+                             f"{m}x{n}", node.where) from None
         if c.size in (1, n) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1):
             bias = np.broadcast_to(c.reshape(-1), (n,)).astype(np.float32)
         else:
@@ -167,9 +192,20 @@ def batch_norm(ctx: Importer, node: Node) -> None:
                           "(export the model in eval mode)")
     if any(node.outputs[1:]):
         unsupported(node, "BatchNormalization running-statistics outputs are not supported")
+    shape = ctx.shape(node.inputs[0])
+    channels = shape[1] if len(shape) >= 2 else 0
     scale, shift, mean, var = (ctx.weight(node, i, what) for i, what in
                                enumerate(("scale", "B", "mean", "var"), start=1))
+    for what, value in zip(("scale", "B", "mean", "var"), (scale, shift, mean, var),
+                           strict=True):
+        if value.shape != (channels,):
+            raise PatccError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
+                             f"({channels},)", node.where)
     eps = np.float64(node.attr("epsilon", 1e-5))
+    if not np.isfinite(eps) or not (var.astype(np.float64) + eps > 0).all():
+        bad = int(np.argmin(var.astype(np.float64) + eps))
+        raise PatccError(f"var + epsilon must be positive, but channel {bad} has var "
+                         f"{float(var[bad]):g} and epsilon is {float(eps):g}", node.where)
     factor = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     ctx.add(ScaleShift(
         name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
@@ -190,17 +226,16 @@ def pool(kind: str) -> Callable[[Importer, Node], None]:
             unsupported(node, "MaxPool with an Indices output is not supported")
         if node.attr("storage_order", 0):
             unsupported(node, "MaxPool storage_order=1 is not supported")
-        kernel = _ints(node.attr("kernel_shape"), ())
-        if len(kernel) != 2:
-            raise PatccError(f"kernel_shape {list(kernel)} is not 2-D", node.where)
-        strides = _ints(node.attr("strides"), (1, 1))
-        dilations = _ints(node.attr("dilations"), (1, 1))
+        if node.attr("kernel_shape") is None:
+            raise PatccError("kernel_shape is missing", node.where)
+        kernel = _int_list(node, "kernel_shape", (), 2, 1)
+        strides, dilations = _window_attrs(node)
         ctx.add(Pool(
             name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
-            kind=kind, kernel=kernel,
-            strides=strides,  # type: ignore[arg-type]
+            kind=kind, kernel=kernel,  # type: ignore[arg-type]
+            strides=strides,
             pads=_window_pads(node, (h, w), kernel, strides, dilations),  # type: ignore[arg-type]
-            dilations=dilations,  # type: ignore[arg-type]
+            dilations=dilations,
             ceil_mode=bool(node.attr("ceil_mode", 0)),
             count_include_pad=bool(node.attr("count_include_pad", 0)),
         ))
@@ -273,13 +308,23 @@ def activation(kind: str) -> Callable[[Importer, Node], None]:
         elif kind == "hard_sigmoid":
             alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
         elif kind == "clip":
-            lo = ctx.optional_const(node, 1, "min")
-            hi = ctx.optional_const(node, 2, "max")
-            alpha = -math.inf if lo is None else float(lo)
-            beta = math.inf if hi is None else float(hi)
+            lo, hi = ctx.optional_const(node, 1, "min"), ctx.optional_const(node, 2, "max")
+            alpha, beta = _clip_bound(node, lo, -math.inf), _clip_bound(node, hi, math.inf)
         ctx.add(Unary(name=ctx.layer_name(node), inputs=(node.inputs[0],),
                       outputs=(node.outputs[0],), activation=Activation(kind, alpha, beta)))
     return convert
+
+
+def _clip_bound(node: Node, value: object, default: float) -> float:
+    """A Clip bound as a float; a missing or NaN bound is no bound (as onnxruntime)."""
+    if value is None:
+        return default
+    array = np.asarray(value)
+    if array.size != 1 or not np.issubdtype(array.dtype, np.number):
+        raise PatccError(f"a Clip bound must be one number, got shape {array.shape}",
+                         node.where)
+    bound = float(array.reshape(-1)[0])
+    return default if math.isnan(bound) else bound
 
 
 def softmax(ctx: Importer, node: Node) -> None:
@@ -313,20 +358,32 @@ def _reshape_to(ctx: Importer, node: Node, shape: tuple[int, ...]) -> None:
 def flatten(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     axis = int(node.attr("axis", 1))
+    if not -len(shape) <= axis <= len(shape):
+        raise PatccError(f"axis {axis} out of range for a rank-{len(shape)} tensor", node.where)
     axis = axis + len(shape) if axis < 0 else axis
     _reshape_to(ctx, node, (math.prod(shape[:axis]), math.prod(shape[axis:])))
 
 
 def reshape(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
-    target = [int(d) for d in ctx.const(node, 1, "shape").reshape(-1)]
+    value = ctx.const(node, 1, "shape")
+    if not np.issubdtype(value.dtype, np.integer):
+        raise PatccError(f"the shape input has dtype {value.dtype}; ONNX requires int64",
+                         node.where)
+    target = [int(d) for d in value.reshape(-1)]
     if not node.attr("allowzero", 0):
+        if any(d == 0 for d in target[len(shape):]):
+            raise PatccError(f"shape {target[:8]}: a 0 (copy the input's dimension) past the "
+                             f"input's rank {len(shape)}", node.where)
         target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
-    if target.count(-1) > 1:
-        raise PatccError(f"shape {target} has more than one -1", node.where)
+    if target.count(-1) > 1 or min(target, default=0) < -1:
+        raise PatccError(f"shape {target[:8]} has more than one -1 or a dimension below -1",
+                         node.where)
     if -1 in target:
         known = math.prod(d for d in target if d != -1)
-        target[target.index(-1)] = math.prod(shape) // known if known else 0
+        if not known or math.prod(shape) % known:
+            raise PatccError(f"cannot reshape {list(shape)} to {target[:8]}", node.where)
+        target[target.index(-1)] = math.prod(shape) // known
     _reshape_to(ctx, node, tuple(target))
 
 
