@@ -60,6 +60,7 @@ from patcc.ir import (
     Transpose,
     Unary,
 )
+from patcc.text import identifier, module_id
 
 WORKSPACE_ALIGN = 64
 
@@ -132,16 +133,21 @@ def plan_module(graph: Graph, target: Target,
             last[root(t)] = step
     buffers = [Buffer(t, 4 * math.prod(shapes[t]), first[t], last[t])
                for t in first if t not in locations]
-    buffers += [Buffer(f"scratch:{c.layer.name}", c.scratch_bytes, s, s)
-                for s, c in enumerate(codes) if c.scratch_bytes]
+    scratch_keys: dict[str, str] = {}  # buffer name -> layer; no tensor has that name
+    for step, code in enumerate(codes):
+        if code.scratch_bytes:
+            key = f"scratch:{step}"
+            while key in shapes:
+                key = "_" + key
+            scratch_keys[key] = code.layer.name
+            buffers.append(Buffer(key, code.scratch_bytes, step, step))
     memory = plan_memory(buffers, WORKSPACE_ALIGN)
     for buf in buffers:
-        if not buf.name.startswith("scratch:"):
+        if buf.name not in scratch_keys:
             locations[buf.name] = Location("workspace", memory.offsets[buf.name])
     for t, r in alias.items():
         locations[t] = locations[r]
-    scratch = {b.name.removeprefix("scratch:"): memory.offsets[b.name]
-               for b in buffers if b.name.startswith("scratch:")}
+    scratch = {layer: memory.offsets[key] for key, layer in scratch_keys.items()}
     plan = ModulePlan(graph, target, codes, locations, scratch, memory.peak,
                       naive_peak(buffers, WORKSPACE_ALIGN), blob)
     plan.info = model_info(plan)
@@ -191,7 +197,7 @@ def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
     through the extra export ``int32_t patcc_profile_ns(int64_t *ns, int32_t n)``.
     """
     target = plan.target
-    module = ir.Module(name=plan.graph.name)
+    module = ir.Module(name=module_id(plan.graph.name))  # the real name: in the info JSON
     module.triple = target.triple
     blob_type = ir.ArrayType(I8, max(plan.blob.size, 1))
     blob = ir.GlobalVariable(module, blob_type, BLOB_SYMBOL)
@@ -211,8 +217,7 @@ def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
                              f"_{phase.name}")
             fn.linkage = "internal"
             fn.attributes.add("nounwind")
-            if not phase.inline:
-                fn.attributes.add("noinline")
+            fn.attributes.add("noinline")  # see Phase: compile time linear in layers
             kb = KernelBuilder(ir.IRBuilder(fn.append_basic_block("entry")), target)
             ops = load_operands(kb, fn.args[0], len(code.layer.inputs),
                                 len(code.layer.outputs), blob)
@@ -234,7 +239,8 @@ def emit_module(plan: ModulePlan, profile: bool = False) -> ir.Module:
 
 
 def _ident(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name)[:40]
+    """A layer's name as a part of a function name (ASCII ``[A-Za-z0-9_]``, bounded)."""
+    return identifier(name, 40)
 
 
 def _emit_constant_fn(module: ir.Module, name: str, typ: ir.Type, value: ir.Constant) -> None:

@@ -206,12 +206,20 @@ class _Plan:
     """Whether the loop body fits the target's registers (``block_fits``)."""
 
 
-def _layer_taps(layer: Conv, cw: CompressedWeights) -> list[list[Tap]]:
+def _layer_taps(layer: Conv, cw: CompressedWeights
+                ) -> tuple[list[list[Tap]], tuple[tuple[int, int], ...]]:
+    """The taps of each pattern and the stride phases (row, column) they read, in
+    order: ``Tap.phase`` indexes that tuple. Only phases some tap reads get a plane,
+    so the pad phase's code and buffer grow with the kernel, not with the stride."""
     sh, sw = layer.strides
     dh, dw = layer.dilations
-    return [[Tap(phase=((dy * dh) % sh) * sw + (dx * dw) % sw,
+    phases = sorted({((dy * dh) % sh, (dx * dw) % sw)
+                     for pattern in cw.patterns for dy, dx in pattern}) or [(0, 0)]
+    index = {p: i for i, p in enumerate(phases)}
+    taps = [[Tap(phase=index[(dy * dh) % sh, (dx * dw) % sw],
                  row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
             for pattern in cw.patterns]
+    return taps, tuple(phases)
 
 
 def _flat_fits(layer: Conv, ctx: LoweringContext) -> bool:
@@ -231,7 +239,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
     pt, pl = layer.pads[0], layer.pads[1]
     width = ctx.target.vector_width
     cw = layer.compressed if layer.compressed is not None else compress_conv(layer)
-    taps = _layer_taps(layer, cw)
+    taps, phases = _layer_taps(layer, cw)
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
     max_row, max_col = max(t.row for t in all_taps), max(t.col for t in all_taps)
     aligned = block.endswith("a")
@@ -273,7 +281,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
     plane = hq * wq
     if not flat:
         plane = -(-plane // width) * width
-    chan = sh * sw * plane
+    chan = len(phases) * plane
     # A depthwise conv pads each channel just before its only filter reads it, in one
     # task (image, group of filters): the padded copy is still in L1/L2 when read,
     # instead of a separate pass over memory and a barrier between them.
@@ -282,8 +290,8 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
     group = 16
     while group > 1 and n * blocks * -(-o // group) < 32:
         group //= 2
-    geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, pt, pl, hq, wq, plane, chan, tile,
-                         rows, nvec, row_blocks, group, fused, flat, sets, aligned)
+    geometry = _Geometry(n, c, h, w, o, ho, wo, sh, sw, phases, pt, pl, hq, wq, plane, chan,
+                         tile, rows, nvec, row_blocks, group, fused, flat, sets, aligned)
     fits = block_fits(ctx.target, rows, nvec, max(map(len, taps), default=0), sets, aligned)
     return _Plan(geometry, taps, cw, _cycles(geometry, taps, cw, ctx.target), fits)
 
@@ -428,6 +436,8 @@ class _Geometry:
     wo: int
     sh: int
     sw: int
+    phases: tuple[tuple[int, int], ...]
+    """The stride phases (row, column) that have a plane, in plane order."""
     pt: int
     pl: int
     hq: int
@@ -461,15 +471,14 @@ class _Geometry:
 
 def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
     """Task (n, c) (flat index ``n * C + c``): zero-padded, stride-split copy of one
-    input channel, its ``sh * sw`` planes one after the other."""
+    input channel, the planes of its read stride phases one after the other."""
     b = kb.b
     src = kb.at(ops.inputs[0], b.mul(task, i64(g.h * g.w)))
     dst = b.mul(task, i64(g.chan))
-    for a in range(g.sh):
-        for bb in range(g.sw):
-            plane = kb.at(ops.scratch, b.add(dst, i64((a * g.sw + bb) * g.plane)))
-            fill_plane(kb, src, plane, (g.h, g.w), (g.hq, g.wq), (g.sh, g.sw), (a, bb),
-                       (g.pt, g.pl))
+    for index, phase in enumerate(g.phases):
+        plane = kb.at(ops.scratch, b.add(dst, i64(index * g.plane)))
+        fill_plane(kb, src, plane, (g.h, g.w), (g.hq, g.wq), (g.sh, g.sw), phase,
+                   (g.pt, g.pl))
 
 
 class _InputLoads:

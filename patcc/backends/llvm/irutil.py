@@ -225,7 +225,7 @@ class KernelBuilder:
         zero, one = self.const(t, 0.0), self.const(t, 1.0)
         kind = act.kind
         if kind == "relu":
-            return self.intrinsic("llvm.maxnum", t, [x, zero])
+            return self.clamp(x, 0.0, float("inf"))
         if kind == "clip":
             return self.clamp(x, act.alpha, act.beta)
         if kind == "leaky_relu":
@@ -253,11 +253,19 @@ class KernelBuilder:
         return self.b.fdiv(one, self.b.fadd(one, e))
 
     def clamp(self, x: ir.Value, lo: float, hi: float) -> ir.Value:
-        t = x.type
+        """``x`` limited to [lo, hi]; NaN stays NaN (as onnxruntime's Relu and Clip).
+
+        ``x < lo ? lo : x`` is false for NaN, so NaN passes through; it is one
+        ``maxps``/``fmax``-class instruction with the NaN operand in the right place,
+        where ``llvm.maxnum`` would turn NaN into the bound.
+        """
+        b, t = self.b, x.type
         if lo != float("-inf"):
-            x = self.intrinsic("llvm.maxnum", t, [x, self.const(t, lo)])
+            bound = self.const(t, lo)
+            x = b.select(b.fcmp_ordered("<", x, bound), bound, x)
         if hi != float("inf"):
-            x = self.intrinsic("llvm.minnum", t, [x, self.const(t, hi)])
+            bound = self.const(t, hi)
+            x = b.select(b.fcmp_ordered(">", x, bound), bound, x)
         return x
 
 

@@ -395,7 +395,7 @@ def lower_sparse_pointwise(layer: Conv, ctx: LoweringContext,
         details.append(f"{g.k_chunk}k")
     return LayerCode(
         # The chunk buffer is on each task's stack, so the phase stays out of line.
-        layer, [Phase("sparse", g.tasks, body, inline=False)], kernel="sparse",
+        layer, [Phase("sparse", g.tasks, body)], kernel="sparse",
         scratch_bytes=0,
         notes={"block": " x ".join(details), "tasks": g.tasks,
                "loads_per_fma": sw.loads / sw.fmas if sw.fmas else 0.0,

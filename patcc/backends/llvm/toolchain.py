@@ -34,6 +34,7 @@ from patcc.backends.elf import ELF_ARCHES, blob_object, read_symbols
 from patcc.backends.llvm.lowering import BLOB_ALIGN, BLOB_SYMBOL
 from patcc.backends.target import Target
 from patcc.errors import PatccError
+from patcc.text import module_id
 
 EXPORTS = (
     "patcc_run", "patcc_workspace_size", "patcc_model_info", "patcc_set_num_threads",
@@ -177,7 +178,7 @@ def _run_linker(cmd: list[str]) -> None:
 
 def _stub_library(target: Target, soname: str, symbols: list[str], path: Path) -> None:
     """A shared object named ``soname`` that defines ``symbols``, to link against."""
-    module = ir.Module(name=soname)
+    module = ir.Module(name=module_id(soname))
     module.triple = target.triple
     for name in symbols:
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), []), name)

@@ -34,7 +34,6 @@ device's ``cl_khr_fp16``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -63,6 +62,7 @@ from patcc.ir.layers import (
     Unary,
 )
 from patcc.ir.patterns import Sparsity
+from patcc.text import c_comment, identifier
 
 PRECISIONS = ("fp32", "fp16")
 ALIGN = 16  # bytes, of every array in the weights blob and every workspace buffer
@@ -138,23 +138,33 @@ def _f(value: float) -> str:
     return f"{float(np.float32(value))!r}f"
 
 
+NAN_HELPERS = [
+    "/* max, min and clamp that keep NaN, as onnxruntime's Relu, Clip, Max, Min and the",
+    " * interpreter do (fmax/fmin return the other operand). */",
+    "float patcc_max(float a, float b) { return (a > b || isnan(a)) ? a : b; }",
+    "float patcc_min(float a, float b) { return (a < b || isnan(a)) ? a : b; }",
+    "float patcc_clamp(float x, float lo, float hi) "
+    "{ return x < lo ? lo : (x > hi ? hi : x); }",
+]
+
+
 def activation_expr(act: Activation | None, v: str) -> str:
     """``act`` applied to the float expression ``v`` (evaluated once: pass a name)."""
     if act is None:
         return v
     kind, a, b = act.kind, _f(act.alpha), _f(act.beta)
     if kind == "relu":
-        return f"fmax({v}, 0.0f)"
+        return f"patcc_max({v}, 0.0f)"
     if kind == "clip":
-        return f"fmin(fmax({v}, {a}), {b})"
+        return f"patcc_clamp({v}, {a}, {b})"
     if kind == "leaky_relu":
         return f"({v} >= 0.0f ? {v} : {v} * {a})"
     if kind == "sigmoid":
         return f"(1.0f / (1.0f + exp(-{v})))"
     if kind == "hard_sigmoid":
-        return f"fmin(fmax({v} * {a} + {b}, 0.0f), 1.0f)"
+        return f"patcc_clamp({v} * {a} + {b}, 0.0f, 1.0f)"
     if kind == "hard_swish":
-        return f"({v} * fmin(fmax({v} / 6.0f + 0.5f, 0.0f), 1.0f))"
+        return f"({v} * patcc_clamp({v} / 6.0f + 0.5f, 0.0f, 1.0f))"
     if kind == "tanh":
         return f"tanh({v})"
     if kind == "silu":
@@ -163,7 +173,9 @@ def activation_expr(act: Activation | None, v: str) -> str:
 
 
 def _ident(name: str, index: int) -> str:
-    return f"L{index}_" + (re.sub(r"\W", "_", name).strip("_")[:40] or "layer")
+    """The kernel name of the ``index``-th launch: unique by its prefix, then as much
+    of the layer's name as ASCII ``[A-Za-z0-9_]`` shows (names come from the model)."""
+    return f"L{index}_" + (identifier(name, 40).strip("_") or "layer")
 
 
 class _Renderer:
@@ -223,7 +235,7 @@ class _Renderer:
         index = len(self.launches)
         name = _ident(layer.name + name_suffix, index)
         self.kernels.append(
-            f"/* {layer.op} {layer.name} */\n"
+            f"/* {layer.op} {c_comment(layer.name)} */\n"
             f"__kernel void {name}(__global real* restrict ws, "
             f"__global const uchar* restrict wb)\n{{\n{body}}}\n")
         if global_size is None:
@@ -251,6 +263,7 @@ class _Renderer:
             header += ["#pragma OPENCL EXTENSION cl_khr_fp16 : enable", "typedef half real;"]
         else:
             header += ["typedef float real;"]
+        header += NAN_HELPERS
         source = "\n".join(header) + "\n\n" + "\n".join(self.kernels)
         g = self.graph
         return Program(
@@ -503,7 +516,7 @@ class _Renderer:
         a_shape, b_shape = (self.shapes[t] for t in layer.inputs)
         total = math.prod(out_shape)
         op = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b",
-              "max": "fmax(a, b)", "min": "fmin(a, b)"}[layer.binop]
+              "max": "patcc_max(a, b)", "min": "patcc_min(a, b)"}[layer.binop]
         body = (
             f"  const float a = (float){self.ws(layer.inputs[0])}"
             f"[{self._broadcast_index(a_shape, out_shape, 'i')}];\n"
@@ -523,7 +536,7 @@ class _Renderer:
         pt, pl, pb, pr = layer.pads
         total = n * c * ho * wo
         if layer.kind == "max":  # a window wholly in padding gives -inf, as numpy's
-            init, update, finish, count = "-INFINITY", "acc = fmax(acc, v);", "acc", ""
+            init, update, finish, count = "-INFINITY", "acc = patcc_max(acc, v);", "acc", ""
         else:
             # Positions an average counts: inside the input, or (count_include_pad)
             # inside the explicit padding -- never the ceil-mode extension.
@@ -554,7 +567,7 @@ class _Renderer:
         rows = shape[0] * shape[1]
         size = math.prod(shape[2:])
         if layer.kind == "max":
-            init, update, finish = "-INFINITY", "acc = fmax(acc, (float)xr[j]);", "acc"
+            init, update, finish = "-INFINITY", "acc = patcc_max(acc, (float)xr[j]);", "acc"
         else:
             init, update, finish = "0.0f", "acc += (float)xr[j];", f"acc / {size}.0f"
         body = (
