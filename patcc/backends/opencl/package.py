@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,17 +70,55 @@ def files(program: Program, target: str, model_name: str) -> dict[str, bytes]:
     }
 
 
+def _foreign_entries(directory: Path, contents: dict[str, bytes]) -> list[str]:
+    """The entries of ``directory`` (an existing package) that the package does not
+    own: anything but a regular file named as one of ``contents`` or of a package's
+    files."""
+    owned = set(contents) | {MANIFEST, SOURCE, WEIGHTS, HOST_C, HOST_H}
+    return sorted(entry.name for entry in directory.iterdir()
+                  if entry.name not in owned or not stat.S_ISREG(entry.lstat().st_mode))
+
+
+def _is_package(directory: Path) -> bool:
+    """Whether ``directory`` holds a manifest of ours (``format: "patcc-opencl"``)."""
+    try:
+        doc = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def write_package(path: str | os.PathLike[str], contents: dict[str, bytes]) -> None:
     """Write the package directory all or nothing: into a temporary directory beside
-    ``path``, then renamed over it (an existing package there is replaced; any other
-    existing file or non-package directory is refused)."""
+    ``path``, then renamed over it.
+
+    An existing patcc package at ``path`` is replaced whole, but only when it holds
+    nothing else: files or directories a user put in it (a host program built from
+    the old ``patcc_model.c``, notes) are never deleted or moved, and the write is
+    refused, naming them. Any other existing file or directory is refused too. Raises
+    ``PatccError`` (``path`` untouched) for these and when the parent directory is
+    missing or not writable.
+    """
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise PatccError("the directory does not exist", where=str(target))
-    if target.exists() and not (target.is_dir() and (target / MANIFEST).is_file()):
-        raise PatccError("exists and is not an OpenCL package; an OpenCL target writes a "
-                         "package directory (e.g. -o model.ocl)", where=str(target))
+    if target.exists() or target.is_symlink():
+        if not (target.is_dir() and _is_package(target)):
+            raise PatccError("exists and is not an OpenCL package; an OpenCL target writes "
+                             "a package directory (e.g. -o model.ocl)", where=str(target))
+        try:
+            extra = _foreign_entries(target, contents)
+        except OSError as e:
+            raise PatccError(f"cannot read the existing package: {e.strerror}",
+                             where=str(target)) from e
+        if extra:
+            shown = ", ".join(repr(name) for name in extra[:5])
+            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+            raise PatccError(f"holds files that are not part of the OpenCL package ({shown}"
+                             f"{more}); a package is replaced whole and they would be lost: "
+                             f"move them out, or write the package elsewhere "
+                             f"(e.g. -o other.ocl)", where=str(target))
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     except OSError as e:
