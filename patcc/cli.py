@@ -1,17 +1,22 @@
 """The ``patcc`` command line: compile, run, inspect and prune.
 
 User errors print one line (``patcc: error: WHERE: WHAT``) and exit with status 2;
-``--debug`` adds the traceback.
+``--debug`` adds the traceback. Mistakes in the command line itself (an unknown
+option, a value of the wrong type) are user errors too: one line, status 2, and
+``--help`` for the usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -19,6 +24,58 @@ from patcc import __version__
 from patcc.errors import PatccError
 
 EXIT_USER_ERROR = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line, found by argparse; ``where`` is the subcommand."""
+
+    def __init__(self, message: str, where: str) -> None:
+        self.where = where
+        super().__init__(message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error raises ``UsageError`` for ``main`` to print
+    as one line, instead of printing the whole usage and exiting (subparsers are made
+    of the same class, so every subcommand behaves alike)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise ``UsageError`` with argparse's one-line ``message``."""
+        raise UsageError(" ".join(message.split()), self.prog)
+
+
+def check_output(output: str, inputs: Sequence[str | os.PathLike[str]], example: str,
+                 package: bool = False) -> None:
+    """Refuse, before any work, an ``-o OUTPUT`` that cannot be written or would lose
+    something.
+
+    Refused: an empty name; an existing directory (unless ``package``: an OpenCL
+    target writes a package directory, and ``write_package`` decides which existing
+    one it may replace), or one holding an input; a file that is one of ``inputs``
+    under any name (the same path, a symbolic or a hard link). ``example`` is a file
+    name to suggest. Raises ``PatccError``.
+    """
+    if not output:
+        raise PatccError(f"the output name is empty; name the file to write (e.g. -o {example})",
+                         where="-o")
+    out = Path(output)
+    if out.is_dir():
+        if not package:
+            raise PatccError("is a directory; -o names the file to write (e.g. -o "
+                             f"{out / example})", where=output)
+        for source in inputs:
+            if out.resolve() in Path(source).resolve().parents:
+                raise PatccError(f"holds the input {os.fspath(source)!r}, which replacing "
+                                 "the package would delete; choose another output directory",
+                                 where=output)
+    for source in inputs:
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:  # the output does not exist yet (or the input does not)
+            continue
+        if same:
+            raise PatccError(f"is also the input {os.fspath(source)!r}: writing it would "
+                             "destroy the input; choose another output name", where=output)
 
 
 def _input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -42,6 +99,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_spec(spec: str) -> tuple[str | None, str]:
+    """``-i NAME=FILE`` -> (NAME, FILE); ``-i FILE`` -> (None, FILE), also when FILE's
+    own name has an ``=`` in it."""
+    name, sep, file = spec.partition("=")
+    if sep and not Path(spec).exists():
+        return name, file
+    return None, spec
+
+
 def _read_inputs(specs: Sequence[str], names: Sequence[str]) -> dict[str, np.ndarray]:
     """``-i FILE`` fills inputs in order; ``-i NAME=FILE`` names one."""
     from patcc.fileio import load_npy
@@ -49,14 +115,14 @@ def _read_inputs(specs: Sequence[str], names: Sequence[str]) -> dict[str, np.nda
     named: dict[str, np.ndarray] = {}
     positional: list[np.ndarray] = []
     for spec in specs:
-        name, sep, file = spec.partition("=")
-        if sep and not Path(spec).exists():
+        name, file = _input_spec(spec)
+        if name is not None:
             if name not in names:
                 raise PatccError(f"-i {spec!r} names input {name!r}, but the model's inputs "
                                  f"are {list(names)}")
             named[name] = load_npy(file)
         else:
-            positional.append(load_npy(spec))
+            positional.append(load_npy(file))
     free = [n for n in names if n not in named]
     if len(positional) > len(free):
         raise PatccError(f"{len(specs)} input files given for the model's inputs {list(names)}")
@@ -72,6 +138,34 @@ def _is_elf(path: str) -> bool:
         return False
 
 
+def _artifact_kind(path: str) -> str:
+    """What ``patcc run`` was given: ``"so"``, ``"package"`` or ``"onnx"``.
+
+    Anything but a regular file or a package directory is refused before it is
+    opened: reading a named pipe would block, a device such as ``/dev/zero`` never
+    ends. Raises ``PatccError``.
+    """
+    from patcc.runtime.opencl import MANIFEST, is_package
+
+    what = "give a compiled .so, an OpenCL package directory or an .onnx model"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PatccError("no such file", where=path) from None
+    except OSError as e:
+        raise PatccError(f"cannot read: {e.strerror}", where=path) from e
+    if stat.S_ISDIR(mode):
+        if is_package(path):
+            return "package"
+        raise PatccError(f"is a directory but not an OpenCL package (it has no {MANIFEST}); "
+                         f"{what}", where=path)
+    if stat.S_ISFIFO(mode):
+        raise PatccError(f"is a named pipe, not a file; {what}", where=path)
+    if not stat.S_ISREG(mode):
+        raise PatccError(f"is not a regular file (a device or a socket); {what}", where=path)
+    return "so" if _is_elf(path) else "onnx"
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     import time
 
@@ -85,6 +179,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.report and opencl:
         raise PatccError("--report reads CPU assembly; for an OpenCL package, time the "
                          "kernels with patcc.load(PACKAGE, profile=True).layer_times()")
+    example = "model.ocl" if opencl else {"obj": "model.o", "llvm": "model.ll", "asm": "model.s",
+                                          "header": "model.h"}.get(emit, "model.so")
+    check_output(args.output, [args.model], example, package=opencl)
     model = compile_model(args.model, args.target, _input_shapes(args.input_shape),
                           tune=args.tune, progress=not args.quiet and sys.stderr.isatty(),
                           cpu=args.cpu, features=args.features, precision=args.precision)
@@ -105,15 +202,19 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from patcc.fileio import save_npz
-    from patcc.runtime.opencl import is_package
 
-    if _is_elf(args.artifact):
+    kind = _artifact_kind(args.artifact)
+    sources = [args.artifact, *(_input_spec(spec)[1] for spec in args.input)]
+    if kind == "package":  # its files, which an output must not overwrite either
+        sources += sorted(Path(args.artifact).iterdir())
+    check_output(args.output, sources, "outputs.npz")
+    if kind == "so":
         from patcc.runtime.native import load
 
         model = load(args.artifact, args.threads)
         inputs = _read_inputs(args.input, list(model.inputs))
         outputs = model.run(inputs)
-    elif is_package(args.artifact):
+    elif kind == "package":
         from patcc.runtime.opencl import load as load_package
 
         package = load_package(args.artifact)
@@ -135,7 +236,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``patcc`` command."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="patcc", description="Compile pattern-pruned CNNs into fast native code.")
     parser.add_argument("--version", action="version", version=f"patcc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -206,7 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``patcc`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        command = e.where.removeprefix(parser.prog).strip()
+        where = f"{command}: " if command else ""
+        print(f"patcc: error: {where}{e} (see {e.where} --help)", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         return int(args.func(args))
     except PatccError as e:

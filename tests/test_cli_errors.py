@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -202,3 +209,335 @@ def test_console_script_exit_status_and_debug(tmp_path: Path) -> None:
     debug = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True,
                            check=False)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs: -o never destroys anything it should not (issue 17)
+# ---------------------------------------------------------------------------------------
+
+COMMANDS = ("compile", "run", "prune")
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Everything under ``root``: file bytes and modes, link targets, kinds of the rest."""
+    found: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            found[key] = ("link", os.readlink(path))
+        elif path.is_file():
+            found[key] = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+        else:
+            found[key] = stat.S_IFMT(path.lstat().st_mode)
+    return found
+
+
+def argv(command: str, model: Path, x: Path, out: str) -> list[str]:
+    """The cheapest invocation of ``command`` on the tiny model writing ``-o out``."""
+    if command == "compile":
+        return ["compile", str(model), "-o", out, "--target", "x86_64-avx2", "-q"]
+    if command == "run":
+        return ["run", str(model), "-i", str(x), "-o", out, "-q"]
+    return ["prune", str(model), "-o", out, "--method", "project", "--rate", "2.25", "-q"]
+
+
+def assert_output_written(command: str, path: Path) -> None:
+    """``path`` holds what ``command`` writes: an ELF object, an .npz, an ONNX model."""
+    data = path.read_bytes()
+    if command == "compile":
+        assert data[:4] == b"\x7fELF"
+    elif command == "run":
+        with np.load(path) as outputs:
+            assert outputs["y"].shape == (1, 4, 8, 8)
+    else:
+        assert onnx.load_from_string(data).graph.node
+
+
+@pytest.fixture()
+def model_onnx(tmp_path: Path) -> Path:
+    return save(tiny_model(), tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_output_that_is_a_directory(command: str, tmp_path: Path, model_onnx: Path,
+                                    x_npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "outdir").mkdir()
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *argv(command, model_onnx, x_npy, str(tmp_path / "outdir")))
+    assert_user_error(code, err, "outdir", "is a directory")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_empty_output_name(command: str, tmp_path: Path, model_onnx: Path, x_npy: Path,
+                           capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *argv(command, model_onnx, x_npy, ""))
+    assert_user_error(code, err, "-o", "empty")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("command", "spelling"), [
+    *((command, spelling) for command in COMMANDS
+      for spelling in ("same path", "symlink", "hard link")),
+    ("run", "named input"),
+])
+def test_output_onto_an_input_is_refused(command: str, spelling: str, tmp_path: Path,
+                                         model_onnx: Path, x_npy: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    victim = x_npy if command == "run" else model_onnx
+    out = victim
+    if spelling == "symlink":
+        out = tmp_path / "alias"
+        out.symlink_to(victim)
+    elif spelling == "hard link":
+        out = tmp_path / "alias"
+        os.link(victim, out)
+    args = argv(command, model_onnx, x_npy, str(out))
+    if spelling == "named input":
+        args[args.index(str(x_npy))] = f"x={x_npy}"
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *args)
+    assert_user_error(code, err, str(out), "is also the input", victim.name)
+    assert snapshot(tmp_path) == before
+
+
+def test_run_output_onto_the_model_is_refused(tmp_path: Path, model_onnx: Path, x_npy: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *argv("run", model_onnx, x_npy, str(model_onnx)))
+    assert_user_error(code, err, "is also the input", "m.onnx")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_output_through_a_symlink_writes_its_target(command: str, tmp_path: Path,
+                                                    model_onnx: Path, x_npy: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    target = real / "target"
+    target.write_bytes(b"old contents")
+    target.chmod(0o640)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    code, _, err = run_cli(capsys, *argv(command, model_onnx, x_npy, str(link)))
+    assert code == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link is kept
+    assert_output_written(command, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # and the target's mode
+    assert [p.name for p in real.iterdir()] == ["target"]  # no temporary file left
+    # A dangling link: its target is created.
+    target.unlink()
+    code, _, err = run_cli(capsys, *argv(command, model_onnx, x_npy, str(link)))
+    assert code == 0, err
+    assert link.is_symlink()
+    assert_output_written(command, target)
+
+
+def test_new_output_gets_the_usual_permissions(tmp_path: Path, model_onnx: Path, x_npy: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    umask = os.umask(0o022)
+    try:
+        code, _, err = run_cli(capsys, *argv("run", model_onnx, x_npy, str(tmp_path / "o.npz")))
+    finally:
+        os.umask(umask)
+    assert code == 0, err
+    # as any tool creates a file (0666 less the umask), not mkstemp's private 0600
+    assert stat.S_IMODE((tmp_path / "o.npz").stat().st_mode) == 0o644
+
+
+def test_output_onto_a_fifo_is_written_in_place(tmp_path: Path, model_onnx: Path, x_npy: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Not a regular file (a pipe, /dev/null, /dev/stdout): written through, never
+    # replaced by a regular file.
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    try:
+        code, _, err = run_cli(capsys, *argv("run", model_onnx, x_npy, str(fifo)))
+    finally:
+        try:  # release a reader still waiting for a writer
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        reader.join(timeout=10)
+    assert code == 0, err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode), "the pipe was replaced by a file"
+    with np.load(io.BytesIO(received[0])) as outputs:
+        assert outputs["y"].shape == (1, 4, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs that are not regular files never block or read without bound (issue 17)
+# ---------------------------------------------------------------------------------------
+
+
+def test_run_refuses_a_fifo_model_at_once(tmp_path: Path, x_npy: Path) -> None:
+    fifo = tmp_path / "model.so"
+    os.mkfifo(fifo)
+    out = tmp_path / "o.npz"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "patcc.cli", "run", str(fifo), "-i",
+                               str(x_npy), "-o", str(out)], capture_output=True, text=True,
+                              check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("patcc run blocked reading a named pipe")
+    assert_user_error(proc.returncode, proc.stderr, "model.so", "named pipe")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "device"])
+def test_run_refuses_a_model_that_is_not_a_file(kind: str, tmp_path: Path, x_npy: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = "/dev/zero" if kind == "device" else str(tmp_path)
+    code, _, err = run_cli(capsys, "run", artifact, "-i", str(x_npy),
+                           "-o", str(tmp_path / "o.npz"))
+    needles = ("/dev/zero", "not a regular file") if kind == "device" else \
+        (str(tmp_path), "is a directory", "manifest.json")
+    assert_user_error(code, err, *needles)
+    assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_input_that_is_not_a_regular_file(kind: str, tmp_path: Path, model_onnx: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    if kind == "fifo":
+        source = tmp_path / "x.npy"
+        os.mkfifo(source)
+        needle = "named pipe"
+    elif kind == "directory":
+        source = tmp_path / "x.npy"
+        source.mkdir()
+        needle = "is a directory"
+    else:
+        source, needle = Path("/dev/zero"), "not a regular file"
+    out = tmp_path / "o.npz"
+    code, _, err = run_cli(capsys, "run", str(model_onnx), "-i", str(source), "-o", str(out))
+    assert_user_error(code, err, str(source), needle)
+    assert not out.exists()
+
+
+def test_npy_header_promising_more_than_the_file_holds(tmp_path: Path, model_onnx: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    # A few bytes whose header claims 4 PiB: refused from the header, nothing allocated.
+    huge = tmp_path / "huge.npy"
+    with huge.open("wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (1 << 50,)})
+        f.write(bytes(64))
+    out = tmp_path / "o.npz"
+    code, _, err = run_cli(capsys, "run", str(model_onnx), "-i", str(huge), "-o", str(out))
+    assert_user_error(code, err, "huge.npy", "truncated", "4503599627370496 bytes")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Command-line syntax errors are one line too (issue 17)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["prune", "m.onnx", "-o", "p.onnx", "--method", "project", "--rate", "six"],
+     ["prune", "--rate", "'six'"]),
+    (["prune", "m.onnx", "-o", "p.onnx", "--method", "bogus"], ["--method", "'bogus'", "admm"]),
+    (["prune", "m.onnx", "--method", "admm"], ["prune", "-o"]),
+    (["compile", "m.onnx", "-o", "m.so", "--emit", "exe"], ["compile", "--emit", "'exe'"]),
+    (["run", "m.onnx", "-i", "x.npy", "-o", "o.npz", "--threads", "many"],
+     ["run", "--threads", "'many'"]),
+    (["inspect"], ["inspect", "MODEL.onnx"]),
+    (["frobnicate"], ["'frobnicate'", "compile"]),
+    ([], ["COMMAND"]),
+    (["--no-such-flag", "inspect", "m.onnx"], ["--no-such-flag"]),
+])
+def test_usage_errors_are_one_line(args: list[str], needles: list[str],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, *args)
+    assert_user_error(code, err, *needles)
+    assert out == ""
+    assert "--help" in err  # where to look for the usage
+
+
+def test_help_still_prints_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["--help"], ["prune", "--help"], ["run", "-h"]):
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: patcc") and "options:" in out
+
+
+# ---------------------------------------------------------------------------------------
+# A corrupt OpenCL package manifest (issue 17)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("corrupt", "needles"), [
+    (lambda m: m.pop("precision"), ["'precision'"]),
+    (lambda m: m.update(kernels={"a": 1}), ["'kernels'", "list"]),
+    (lambda m: m["inputs"]["x"].pop("offset"), ["inputs", "'x'", "'offset'"]),
+    (lambda m: m.update(weights="../../etc/passwd"), ["'weights'", "file name"]),
+])
+def test_corrupt_package_manifest(corrupt: Callable[[dict[str, Any]], object],
+                                  needles: list[str], tmp_path: Path, model_onnx: Path,
+                                  x_npy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    package = tmp_path / "m.ocl"
+    code, _, err = run_cli(capsys, "compile", str(model_onnx), "-o", str(package), "--target",
+                           "opencl-adreno", "-q")
+    assert code == 0, err
+    manifest = package / "manifest.json"
+    document = json.loads(manifest.read_text())
+    corrupt(document)
+    manifest.write_text(json.dumps(document))
+    out = tmp_path / "o.npz"
+    code, _, err = run_cli(capsys, "run", str(package), "-i", str(x_npy), "-o", str(out))
+    assert_user_error(code, err, "manifest.json", *needles)
+    assert not out.exists()
+    manifest.write_text("{\"format\": \"patcc-opencl\", ")  # cut short
+    code, _, err = run_cli(capsys, "run", str(package), "-i", str(x_npy), "-o", str(out))
+    assert_user_error(code, err, "manifest.json", "JSON")
+
+
+def test_atomic_write_from_python_refuses_or_keeps_the_old_file(tmp_path: Path) -> None:
+    # What CompiledModel.save and the tuning cache meet without the CLI's checks.
+    from patcc.errors import PatccError
+    from patcc.fileio import atomic_write
+
+    for path, needle in ((tmp_path, "is a directory"), ("", "empty")):
+        with pytest.raises(PatccError, match=needle):
+            atomic_write(path, lambda f: f.write(b"new"))
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"old")
+
+    def fail(f: Any) -> None:
+        f.write(b"half")
+        raise RuntimeError("a bug halfway")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(old, fail)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.bin"] and old.read_bytes() == b"old"
+
+
+def test_package_whose_weights_are_a_pipe(tmp_path: Path, model_onnx: Path,
+                                          x_npy: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    package = tmp_path / "m.ocl"
+    code, _, err = run_cli(capsys, "compile", str(model_onnx), "-o", str(package), "--target",
+                           "opencl-adreno", "-q")
+    assert code == 0, err
+    (package / "weights.bin").unlink()
+    os.mkfifo(package / "weights.bin")
+    out = tmp_path / "o.npz"
+    try:
+        proc = subprocess.run([sys.executable, "-m", "patcc.cli", "run", str(package), "-i",
+                               str(x_npy), "-o", str(out)], capture_output=True, text=True,
+                              check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("patcc run blocked reading a package's weights from a named pipe")
+    assert_user_error(proc.returncode, proc.stderr, "weights.bin", "not a regular file")
+    assert not out.exists()

@@ -7,6 +7,7 @@ The oracle for the model's numbers is the reference interpreter; binutils
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -467,6 +468,48 @@ def test_load_a_truncated_model(so_path: Path, tmp_path: Path,
     assert "cut.so" in outcome
 
 
+def corrupt_model_info(so_path: Path, tmp_path: Path, old: bytes, new: bytes) -> Path:
+    """A copy of the model whose embedded model-info JSON (a constant string) has
+    ``old`` replaced by ``new`` of the same length."""
+    assert len(old) == len(new)
+    data = so_path.read_bytes()
+    start = data.rfind(b"{", 0, data.index(b'"abi_version"'))
+    end = data.index(b"\0", start)
+    info = data[start:end]
+    assert info.count(old) >= 1, info
+    path = tmp_path / "corrupt.so"
+    path.write_bytes(data[:start] + info.replace(old, new, 1) + data[end:])
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "needles"), [
+    (b'{"abi_version"', b'["abi_version"', ["not valid JSON"]),
+    (b'{"abi_version"', b'\xff"abi_version"', ["not valid JSON"]),
+    (b'"inputs"', b'"inpXts"', ["'inputs' is missing"]),
+    (b'"name": "x"', b'"name": 123', ["inputs[0]: 'name' is 123, expected str"]),
+    (b'"shape": [1', b'"shape": {1', ["not valid JSON"]),
+    (b'"dtype": "float32"', b'"dtype": "floaX32"', ["'dtype'", "not a numpy type"]),
+    (b'"tag"', b'"taX"', ["target: 'tag' is missing"]),
+    (b'"workspace_size": ', b'"workspace_size":-', ["'workspace_size' is -"]),
+    (b'"layers": ', b'"layers":"', ["not valid JSON"]),
+])
+def test_load_a_model_with_corrupt_info(so_path: Path, tmp_path: Path, old: bytes, new: bytes,
+                                        needles: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = corrupt_model_info(so_path, tmp_path, old, new)
+    with pytest.raises(patcc.PatccError) as info:
+        patcc.load(path)
+    for needle in [str(path), "corrupt model info", "recompile", *needles]:
+        assert needle in str(info.value)
+    x, z = tmp_path / "x.npy", tmp_path / "z.npy"
+    np.save(x, np.zeros(X_SHAPE, np.float32))
+    np.save(z, np.zeros(Z_SHAPE, np.float32))
+    code, _, err = cli(capsys, "run", str(path), "-i", str(x), "-i", str(z), "-o",
+                       str(tmp_path / "o.npz"))
+    assert_user_error(code, err, "corrupt.so", "corrupt model info")
+    assert not (tmp_path / "o.npz").exists()
+
+
 # ---------------------------------------------------------------------------------------
 # Threads
 # ---------------------------------------------------------------------------------------
@@ -492,6 +535,29 @@ def test_load_with_thread_count(so_path: Path) -> None:
     assert one.num_threads == 1
     with pytest.raises(patcc.PatccError, match="65"):
         patcc.load(so_path, num_threads=65)
+
+
+def test_two_loads_of_one_file_keep_their_own_thread_counts(so_path: Path) -> None:
+    # The loader maps a file once, so both objects drive one library, whose thread
+    # count is a global: each must set its own before it runs (issue 17).
+    one = patcc.load(so_path, num_threads=1)
+    two = patcc.load(so_path, num_threads=2)
+    assert (one.num_threads, two.num_threads) == (1, 2)
+    library = ctypes.CDLL(str(so_path))  # the very library both objects run
+    library.patcc_get_num_threads.restype = ctypes.c_int32
+    feeds = random_feeds(7)
+    by_one = one.run(feeds)
+    assert library.patcc_get_num_threads() == 1
+    by_two = two.run(feeds)
+    assert library.patcc_get_num_threads() == 2
+    one.run(feeds)
+    assert library.patcc_get_num_threads() == 1
+    one.num_threads = 3
+    assert (one.num_threads, two.num_threads) == (3, 2)
+    two.run(feeds)
+    assert library.patcc_get_num_threads() == 2
+    for name, value in by_one.items():  # splitting the work changes no bit
+        np.testing.assert_array_equal(by_two[name], value, err_msg=name)
 
 
 DEFAULT_THREADS = """

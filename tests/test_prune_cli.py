@@ -105,9 +105,18 @@ def test_filter_pruning_writes_the_compact_model(dense: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--method", "project", "--rate", "-1"], "positive number"),
+    (["--method", "project", "--rate", "-1"], r"--rate -1 is impossible.*2\.25"),
     (["--method", "fpgm"], "needs --ratio"),
     (["--method", "l2", "--ratio", "1.5"], r"ratio must be in \[0, 1\)"),
+    # issue 17: no longer taken silently as 2.25, or as the defaults
+    (["--method", "project", "--rate", "1"], r"--rate 1 is impossible.*2\.25 \(patterns alone\)"),
+    (["--method", "admm", "--rate", "2"], r"--rate 2 is impossible.*2\.25"),
+    (["--method", "project", "--rate", "nan"], r"--rate nan is impossible"),
+    (["--method", "admm", "--epochs", "0"], r"--epochs 0: .*1 epoch or more.*--method project"),
+    (["--method", "admm", "--epochs", "-3"], r"--epochs -3: .*1 epoch or more"),
+    (["--method", "admm", "--batch-size", "0"], r"--batch-size 0: must be 1 or more"),
+    (["--method", "project", "--patterns", "0"], r"--patterns 0: .*1 to 56"),
+    (["--method", "project", "--patterns", "57"], r"--patterns 57: .*1 to 56"),
 ])
 def test_bad_options_exit_2_without_output(dense: Path, tmp_path: Path, extra: list[str],
                                            message: str,

@@ -16,7 +16,6 @@ anything peculiar to Android's loader itself.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ import numpy as np
 from patcc.backends.abi import ABI_VERSION
 from patcc.errors import PatccError
 from patcc.runtime.interpreter import bind_inputs
-from patcc.runtime.native import CompiledModelRunner
+from patcc.runtime.native import CompiledModelRunner, parse_model_info
 
 
 class Emulator:
@@ -170,7 +169,7 @@ class EmulatedModel(CompiledModelRunner):
         for bionic, glibc in BIONIC_NAMES.items():
             (Path(self._links.name) / bionic).symlink_to(lib / glibc)
         self.where = f", under {self.emulator.qemu}"
-        self.info = json.loads(self._harness("info"))
+        self.info = parse_model_info(self._harness("info"), self.path)
         self._read_signature()
         # One per CPU it may run on, as patcc_set_num_threads(0) decides (qemu-user
         # passes the affinity mask through).
@@ -181,7 +180,8 @@ class EmulatedModel(CompiledModelRunner):
         env = {**os.environ, "LD_LIBRARY_PATH": self._links.name}
         proc = subprocess.run([self.emulator.qemu, "-L", self.emulator.sysroot,
                                str(self.harness), self.path, *args],
-                              capture_output=True, text=True, check=False, env=env)
+                              capture_output=True, text=True, errors="replace", check=False,
+                              env=env)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             raise PatccError(f"running under {self.emulator.qemu} failed: {last}",

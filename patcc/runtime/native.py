@@ -5,6 +5,16 @@ ctypes releases the GIL for the call; each Python thread gets its own workspace
 (thread-local) and output arrays; the library serialises runs internally (a mutex
 around ``patcc_run``), so concurrent calls are safe, though not run in parallel —
 the parallelism is inside each run, across the model's own threads.
+
+Loading one file twice gives two objects over one library (the dynamic loader maps
+a file once), and the thread count is the library's. Each ``NativeModel`` keeps its
+own count and sets it on the library before a run that needs another, under a lock
+that every load of the library shares: runs through different objects were
+serialised by the library already, so the lock costs only the switch (one
+``patcc_set_num_threads`` call, when the counts differ). A private copy of the file
+per load would give each load its own library instead, at the price of the weights
+mapped once per load and pools of threads competing for the same cores. The
+profiling counters (``layer_times``) stay the library's: they sum every load's runs.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -28,6 +38,76 @@ from patcc.runtime.interpreter import bind_inputs
 
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
 _WORKSPACE_ALIGN = 64
+
+
+def parse_model_info(raw: str | bytes | None, where: str) -> dict[str, Any]:
+    """The JSON document ``patcc_model_info`` returned, checked field by field (every
+    one the runtimes read). Raises ``PatccError`` naming ``where`` and what is wrong
+    (a model whose bytes were damaged after it was compiled)."""
+
+    def fail(what: str) -> NoReturn:
+        raise PatccError(f"corrupt model info: {what}; recompile the model", where=where)
+
+    def field(document: dict[str, Any], key: str, kind: type, at: str = "") -> Any:
+        if key not in document:
+            fail(f"{at}{key!r} is missing")
+        value = document[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            fail(f"{at}{key!r} is {json.dumps(value)[:40]}, expected {kind.__name__}")
+        if isinstance(value, int) and value < 0:
+            fail(f"{at}{key!r} is {value}")
+        return value
+
+    if raw is None:
+        fail("patcc_model_info returned nothing")
+    try:
+        info = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        fail(f"not valid JSON ({e})")
+    if not isinstance(info, dict):
+        fail(f"{json.dumps(info)[:40]} is not a JSON object")
+    target = field(info, "target", dict)
+    field(target, "tag", str, "target: ")
+    if "isa" in target and not all(isinstance(f, str)
+                                   for f in field(target, "isa", list, "target: ")):
+        fail(f"target: 'isa' is {json.dumps(target['isa'])[:40]}, expected CPU feature names")
+    field(info, "workspace_size", int)
+    field(info, "layers", int)
+    for side in ("inputs", "outputs"):
+        for i, tensor in enumerate(field(info, side, list)):
+            at = f"{side}[{i}]: "
+            if not isinstance(tensor, dict):
+                fail(f"{at}is {json.dumps(tensor)[:40]}, expected an object")
+            field(tensor, "name", str, at)
+            shape = field(tensor, "shape", list, at)
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                       for n in shape):
+                fail(f"{at}'shape' is {json.dumps(shape)[:40]}, expected dimensions")
+            try:
+                np.dtype(field(tensor, "dtype", str, at))
+            except (TypeError, ValueError):
+                fail(f"{at}'dtype' is {json.dumps(tensor['dtype'])[:40]}, not a numpy type")
+    return info
+
+
+class _SharedLibrary:
+    """What every ``NativeModel`` over one loaded library shares: the lock under which
+    one sets its thread count and runs, and the count the library has now."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.num_threads: int | None = None
+
+
+_LIBRARIES: dict[int, _SharedLibrary] = {}
+"""By dlopen handle: loads of the same file get the same handle (ctypes never closes
+one, so a handle is never reused for another library)."""
+_LIBRARIES_LOCK = threading.Lock()
+
+
+def _shared_library(lib: ctypes.CDLL) -> _SharedLibrary:
+    with _LIBRARIES_LOCK:
+        return _LIBRARIES.setdefault(int(lib._handle), _SharedLibrary())
 
 
 def elf_machine(path: str | os.PathLike[str]) -> str:
@@ -158,8 +238,8 @@ class NativeModel(CompiledModelRunner):
             raise PatccError(f"ABI version {abi()} is not this runtime's {ABI_VERSION}; "
                              "recompile the model", where=str(path))
         info_fn.restype = ctypes.c_char_p
-        self.info: dict[str, Any] = json.loads(info_fn())
-        needs = set(self.info.get("target", {}).get("isa", []))
+        self.info: dict[str, Any] = parse_model_info(info_fn(), str(path))
+        needs = set(self.info["target"].get("isa", []))
         if needs - host_features():
             raise PatccError(
                 f"compiled for {self.info['target']['tag']}, whose code needs CPU features "
@@ -176,20 +256,32 @@ class NativeModel(CompiledModelRunner):
         get_threads.restype = ctypes.c_int32
         self._get_threads = get_threads
         self._lib = lib
+        self._shared = _shared_library(lib)
         self._read_signature()
         self.workspace_size = int(self.info["workspace_size"])
         self._local = threading.local()
+        self._num_threads = 0
         self.num_threads = num_threads if num_threads is not None else 0  # one per CPU
 
     @property
     def num_threads(self) -> int:
-        return int(self._get_threads())
+        """The threads this model's runs use: its own count, whatever another load of
+        the same file asked for. Setting 0 means one per CPU the process may run on."""
+        return self._num_threads
 
     @num_threads.setter
     def num_threads(self, n: int) -> None:
-        rc = self._set_threads(int(n))
+        with self._shared.lock:
+            self._use_threads(int(n))
+
+    def _use_threads(self, n: int) -> None:
+        """Set ``n`` threads on the library and remember the count it gave (0 becomes
+        the CPU count); the caller holds the shared lock."""
+        rc = self._set_threads(n)
         if rc:
-            raise PatccError(f"cannot use {n} threads: {ERROR_CODES[rc][1]}")
+            reason = ERROR_CODES.get(rc, (f"error {rc}", "unknown error"))[1]
+            raise PatccError(f"cannot use {n} threads: {reason}", where=self.path)
+        self._num_threads = self._shared.num_threads = int(self._get_threads())
 
     def _workspace(self) -> tuple[int, np.ndarray]:
         ws = getattr(self._local, "workspace", None)
@@ -215,7 +307,10 @@ class NativeModel(CompiledModelRunner):
         in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs.values()])
         ws_ptr, _keep = self._workspace()
-        rc = self._run(in_ptrs, out_ptrs, ws_ptr, self.workspace_size)
+        with self._shared.lock:  # another load of the library may have set another count
+            if self._shared.num_threads != self._num_threads:
+                self._use_threads(self._num_threads)
+            rc = self._run(in_ptrs, out_ptrs, ws_ptr, self.workspace_size)
         if rc:
             name, text = ERROR_CODES.get(rc, (f"error {rc}", "unknown error"))
             raise PatccError(f"patcc_run failed with {name}: {text}", where=self.path)

@@ -9,9 +9,10 @@ queue records an event per kernel and ``layer_times()`` gives each layer's time.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -80,17 +81,86 @@ def has_fp16(device: Any) -> bool:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The package's manifest, checked; ``PatccError`` naming the file otherwise."""
+    """The package's manifest, checked field by field (every one the runtime reads);
+    ``PatccError`` naming the file and the field otherwise."""
     file = Path(path) / MANIFEST
+    if not file.is_file():  # missing, or a pipe that would block the read
+        raise PatccError("no such file (an OpenCL package holds one)", where=str(file))
     try:
-        manifest = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise PatccError(f"cannot read the OpenCL package manifest: {e}", where=str(file)) \
+        manifest = json.loads(file.read_bytes())
+    except OSError as e:
+        raise PatccError(f"cannot read the OpenCL package manifest: {e.strerror}",
+                         where=str(file)) from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise PatccError(f"not valid JSON ({e}); recompile the package", where=str(file)) \
             from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PatccError(f"not a patcc OpenCL package (format {FORMAT!r} expected)",
                          where=str(file))
+    _check_manifest(manifest, str(file))
+    for key in ("source", "weights"):  # read whole later: a pipe would block, a device never end
+        if not (Path(path) / manifest[key]).is_file():
+            raise PatccError(f"the package's {key} file is missing or not a regular file; "
+                             "recompile the package", where=str(Path(path) / manifest[key]))
     return manifest
+
+
+_KINDS = {
+    "count": ("a whole number >= 0",
+              lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "sizes": ("a list of whole numbers >= 0",
+              lambda v: isinstance(v, list) and all(isinstance(n, int) and not isinstance(n, bool)
+                                                    and n >= 0 for n in v)),
+    "text": ("a string", lambda v: isinstance(v, str)),
+    "list": ("a list", lambda v: isinstance(v, list)),
+    "object": ("an object", lambda v: isinstance(v, dict)),
+    "file": ("a file name in the package",
+             lambda v: isinstance(v, str) and v not in ("", ".", "..") and "/" not in v
+             and "\\" not in v),
+}
+
+
+def _check_manifest(manifest: dict[str, Any], where: str) -> None:
+    """Raise ``PatccError`` unless every field the runtime reads is there, of its type,
+    and the inputs and outputs lie inside the workspace."""
+
+    def fail(what: str) -> NoReturn:
+        raise PatccError(f"corrupt manifest: {what}; recompile the package", where=where)
+
+    def field(document: Any, key: str, kind: str, at: str = "") -> Any:
+        if key not in document:
+            fail(f"{at}{key!r} is missing")
+        value = document[key]
+        expected, ok = _KINDS[kind]
+        if not ok(value):
+            fail(f"{at}{key!r} is {json.dumps(value)[:40]}, expected {expected}")
+        return value
+
+    if field(manifest, "precision", "text") not in ("fp32", "fp16"):
+        fail(f"'precision' is {json.dumps(manifest['precision'])[:40]}, expected \"fp32\" "
+             "or \"fp16\"")
+    workspace = field(manifest, "workspace_elements", "count")
+    field(manifest, "source", "file")
+    field(manifest, "weights", "file")
+    field(manifest, "weights_bytes", "count")
+    if "build_options" in manifest:
+        field(manifest, "build_options", "text")
+    for side in ("inputs", "outputs"):
+        for name, slot in field(manifest, side, "object").items():
+            at = f"{side}[{name!r}]: "
+            if not isinstance(slot, dict):
+                fail(f"{at}is {json.dumps(slot)[:40]}, expected an object")
+            end = field(slot, "offset", "count", at) + math.prod(field(slot, "shape", "sizes", at))
+            if end > workspace:
+                fail(f"{at}ends at element {end}, past the workspace's {workspace}")
+    for i, launch in enumerate(field(manifest, "kernels", "list")):
+        at = f"kernels[{i}]: "
+        if not isinstance(launch, dict):
+            fail(f"{at}is {json.dumps(launch)[:40]}, expected an object")
+        field(launch, "name", "text", at)
+        field(launch, "layer", "text", at)
+        field(launch, "global", "sizes", at)
+        field(launch, "local", "sizes", at)
 
 
 class OpenCLModel:
@@ -98,9 +168,9 @@ class OpenCLModel:
 
     def __init__(self, path: str | os.PathLike[str], device: Any = None,
                  profile: bool = False) -> None:
-        cl = _pyopencl()
         self.path = Path(path)
-        self.manifest = read_manifest(path)
+        self.manifest = read_manifest(path)  # a corrupt package is told, driver or not
+        cl = _pyopencl()
         m = self.manifest
         self.precision = m["precision"]
         self.dtype = np.float16 if self.precision == "fp16" else np.float32

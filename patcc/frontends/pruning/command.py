@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -40,15 +41,46 @@ class PruneOptions:
     recipe: str = "patcc"  # or "published": AdmmConfig.published()
 
 
-def prune_onnx(path: str, options: PruneOptions) -> tuple[onnx.ModelProto, list[dict[str, Any]],
-                                                          list[str]]:
-    """Prune the model at ``path``: (the new model, one summary row per pruned layer,
-    warnings about layers left alone). Raises ``PatccError`` for bad input."""
-    from patcc.frontends.pruning.onnx_bridge import import_for_pruning
+def check_options(options: PruneOptions) -> None:
+    """Raise ``PatccError`` for options no pruning can honour, before any work.
+
+    A ``--rate`` below 2.25 is impossible (a pattern keeps 4 of a 3x3 kernel's 9
+    weights, so patterns alone compress 2.25x) and is refused rather than taken as
+    2.25. ``--epochs``/``--batch-size`` of 0 or less are refused rather than taken
+    as the defaults: ADMM needs at least one epoch and one input (pruning without
+    ADMM is ``--method project``).
+    """
+    from patcc.frontends.pruning import PATTERN_ONLY_RATE, AdmmConfig
 
     if options.method not in PATTERN_METHODS + FILTER_METHODS:
         raise PatccError(f"unknown --method {options.method!r}; expected one of "
                          f"{', '.join(PATTERN_METHODS + FILTER_METHODS)}")
+    if options.method in PATTERN_METHODS:
+        if not (math.isfinite(options.rate) and options.rate >= PATTERN_ONLY_RATE):
+            raise PatccError(f"--rate {options.rate:g} is impossible: a pattern keeps 4 of a "
+                             f"3x3 kernel's 9 weights, so the compression is {PATTERN_ONLY_RATE:g}"
+                             f" (patterns alone) or more, e.g. --rate 6")
+        if not 1 <= options.patterns <= 56:
+            raise PatccError(f"--patterns {options.patterns}: a pattern library holds 1 to 56 "
+                             "patterns (each keeps the centre and 3 of the 8 other weights), "
+                             "e.g. --patterns 8")
+    defaults = AdmmConfig()
+    if options.epochs is not None and options.epochs < 1:
+        raise PatccError(f"--epochs {options.epochs}: ADMM runs 1 epoch or more (default "
+                         f"{defaults.epochs}); to prune without ADMM, use --method project")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise PatccError(f"--batch-size {options.batch_size}: must be 1 or more (default "
+                         f"{defaults.batch_size})")
+
+
+def prune_onnx(path: str, options: PruneOptions) -> tuple[onnx.ModelProto, list[dict[str, Any]],
+                                                          list[str]]:
+    """Prune the model at ``path``: (the new model, one summary row per pruned layer,
+    warnings about layers left alone). Raises ``PatccError`` for bad input (options
+    first, see ``check_options``)."""
+    from patcc.frontends.pruning.onnx_bridge import import_for_pruning
+
+    check_options(options)
     proto, model = import_for_pruning(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -80,9 +112,10 @@ def _pattern(proto: onnx.ModelProto, model: Any, options: PruneOptions
     original = copy.deepcopy(model.module)
     if options.method == "admm":
         recipe = AdmmConfig.published() if options.recipe == "published" else AdmmConfig()
-        config = dataclasses.replace(recipe, epochs=options.epochs or recipe.epochs,
-                                     batch_size=options.batch_size or recipe.batch_size,
-                                     seed=options.seed)
+        config = dataclasses.replace(
+            recipe, seed=options.seed,
+            epochs=recipe.epochs if options.epochs is None else options.epochs,
+            batch_size=recipe.batch_size if options.batch_size is None else options.batch_size)
         report = admm_prune(model.module, model.input_shape, options.rate, options.patterns,
                             config, progress=options.progress)
     else:
@@ -144,8 +177,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def run(args: Any) -> int:
     """The ``patcc prune`` subcommand."""
+    from patcc.cli import check_output
     from patcc.fileio import atomic_write
 
+    check_output(args.output, [args.model], "pruned.onnx")
     options = PruneOptions(args.method, args.patterns, args.rate, args.ratio, args.epochs,
                            args.batch_size, args.seed,
                            progress=not args.quiet and sys.stderr.isatty(),
@@ -170,13 +205,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--method", required=True, choices=PATTERN_METHODS + FILTER_METHODS,
                    help="admm: data-free ADMM on synthetic inputs; project: projection "
                         "only; fpgm, l1, l2: filter pruning, physically removed")
-    p.add_argument("--patterns", type=int, default=8, help="pattern library size (default 8)")
+    p.add_argument("--patterns", type=int, default=8,
+                   help="pattern library size, 1 to 56 (default 8)")
     p.add_argument("--rate", type=float, default=6.0,
-                   help="3x3 conv compression for admm/project: 2.25 is patterns alone "
-                        "(default 6)")
+                   help="3x3 conv compression for admm/project, 2.25 (patterns alone) or "
+                        "more; each layer keeps at least one kernel (default 6)")
     p.add_argument("--ratio", type=float, help="fraction of filters to remove (fpgm, l1, l2)")
-    p.add_argument("--epochs", type=int, help="ADMM epochs per layer (default 44)")
-    p.add_argument("--batch-size", type=int, help="synthetic batch size (default 32)")
+    p.add_argument("--epochs", type=int,
+                   help="ADMM epochs per layer, 1 or more (default 44; no ADMM at all is "
+                        "--method project)")
+    p.add_argument("--batch-size", type=int,
+                   help="synthetic batch size, 1 or more (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     p.add_argument("--recipe", choices=("patcc", "published"), default="patcc",
                    help="admm: patcc's (inputs matched to the batch-norm statistics, "
