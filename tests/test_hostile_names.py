@@ -202,6 +202,29 @@ def test_native_model_keeps_names_as_data(kind: str, tmp_path: Path) -> None:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.needs_tool
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_native_header_keeps_names_in_strings_and_comments(kind: str, tmp_path: Path) -> None:
+    """``--emit header``: names go into comments and ``#define ..._NAME "..."``
+    literals only; the header compiles warning-free and holds no name as code."""
+    cc = require_tool("cc", "apt-get install build-essential")
+    name = HOSTILE[kind]
+    header = patcc.compile(two_output_model(name), "x86_64-avx2").emit("header")
+    assert re.fullmatch(rb"[\x20-\x7e\n]*", header) and b"??" not in header
+    # the NAME literals hold the exact names; comments show them shortened
+    assert len(re.sub(rb'"(\\.|[^"\\])*"', b'""', header)) < 8000
+    path = tmp_path / "model.h"
+    path.write_bytes(header)
+    proc = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-trigraphs", "-fsyntax-only",
+                           "-x", "c", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([cc, "-E", "-P", "-dD", "-trigraphs", "-x", "c", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    code = re.sub(r'"(\\.|[^"\\])*"', '""', proc.stdout)  # string literals emptied
+    assert INJECTED not in re.findall(r"\w+", code)
+
+
 # -- patcc run: the .npz's member names ---------------------------------------------------
 
 
