@@ -2,8 +2,9 @@
 
 One function per operator family; each reads a resolved ``Node`` and appends layers
 through the ``Importer``. Semantics follow the ONNX operator specification for
-opsets 11-21, including where attributes moved to inputs (Clip 11, Split/Squeeze/
-Unsqueeze 13, Reduce* 18, Pad axes 18).
+opsets 11-28 (later than 21 only element types changed for these operators),
+including where attributes moved to inputs (Clip 11, Split/Squeeze/Unsqueeze 13,
+Reduce* 18, Pad axes 18).
 """
 
 from __future__ import annotations
