@@ -250,3 +250,18 @@ def test_random_graphs_on_aarch64_match_the_interpreter(case: OnnxCase) -> None:
         got = patcc.load(so, num_threads=2).run(case.feeds)
     for name in case.output_names:
         assert_close(got[name], expected[name], f"{name} on aarch64 vs interpreter")
+
+
+def test_pointwise_operators_under_qemu(tmp_path: Path) -> None:
+    """exp, log, pow and the polynomial erf of the new point-wise operators, linked
+    against the phone's libm and run under emulation."""
+    from test_pointwise import feeds, pointwise_model
+
+    from patcc.runtime import run
+
+    require_emulation()
+    compiled = patcc.compile(pointwise_model(), "aarch64-android", tune=False)
+    compiled.save(tmp_path / "m.so")
+    got = patcc.load(tmp_path / "m.so").run(feeds())
+    for name, value in run(compiled.graph, feeds()).items():
+        assert_close(got[name], value, name)

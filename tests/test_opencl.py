@@ -311,3 +311,13 @@ def test_nan_goes_through_activations_max_min_and_pooling() -> None:
     got = compiled.load().run(FEEDS)
     for name, value in run(compiled.graph, FEEDS).items():
         assert_same_nans(got[name], value, name)
+
+
+def test_pointwise_operators_match_the_interpreter() -> None:
+    """Elu ... Pow, standalone and fused into a conv, in OpenCL C."""
+    from test_pointwise import feeds, pointwise_model
+
+    compiled = patcc.compile(pointwise_model(), target="opencl")
+    got = compiled.load().run(feeds())
+    for name, value in run(compiled.graph, feeds()).items():
+        assert_close(got[name], value, name)

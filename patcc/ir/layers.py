@@ -71,6 +71,20 @@ ACTIVATION_KINDS = (
     "hard_swish",  # x * max(0, min(1, x / 6 + 1 / 2))
     "tanh",
     "silu",  # x * sigmoid(x)
+    "elu",  # x if x > 0 else alpha * (exp(x) - 1)
+    "selu",  # beta * (x if x > 0 else alpha * (exp(x) - 1)); beta is ONNX's gamma
+    "softplus",  # log(1 + exp(x))
+    "mish",  # x * tanh(softplus(x))
+    "gelu",  # x * (1 + erf(x / sqrt(2))) / 2
+    "gelu_tanh",  # x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) / 2
+    "erf",
+    "exp",
+    "log",
+    "sqrt",
+    "neg",
+    "abs",
+    "reciprocal",  # 1 / x
+    "pow",  # x ** alpha (a constant exponent)
 )
 
 
@@ -91,8 +105,10 @@ class Activation:
             return f"clip({self.alpha:g},{self.beta:g})"
         if self.kind == "leaky_relu":
             return f"leaky_relu({self.alpha:g})"
-        if self.kind == "hard_sigmoid":
-            return f"hard_sigmoid({self.alpha:g},{self.beta:g})"
+        if self.kind in ("hard_sigmoid", "selu"):
+            return f"{self.kind}({self.alpha:g},{self.beta:g})"
+        if self.kind in ("elu", "pow"):
+            return f"{self.kind}({self.alpha:g})"
         return self.kind
 
 

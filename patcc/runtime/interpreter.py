@@ -8,6 +8,7 @@ so the oracle is at least as accurate as any fp32 backend it judges. A ResNet-50
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -129,7 +130,39 @@ def apply_activation(act: Activation | None, x: np.ndarray) -> np.ndarray:
         return np.tanh(x)
     if kind == "silu":
         return x * _sigmoid(x)
-    raise AssertionError(kind)  # Activation validates kind on construction
+    return _MATH[kind](x, act.alpha, act.beta)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64))
+
+
+def _expm1_below_zero(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+_MATH: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
+    "elu": lambda x, a, b: _expm1_below_zero(x, a),
+    "selu": lambda x, a, b: b * _expm1_below_zero(x, a),
+    "softplus": lambda x, a, b: _softplus(x),
+    "mish": lambda x, a, b: x * np.tanh(_softplus(x)),
+    "gelu": lambda x, a, b: 0.5 * x * (1 + _erf(x / math.sqrt(2))),
+    "gelu_tanh": lambda x, a, b: 0.5 * x * (
+        1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "erf": lambda x, a, b: _erf(x),
+    "exp": lambda x, a, b: np.exp(x),
+    "log": lambda x, a, b: np.log(x),
+    "sqrt": lambda x, a, b: np.sqrt(x),
+    "neg": lambda x, a, b: -x,
+    "abs": lambda x, a, b: np.abs(x),
+    "reciprocal": lambda x, a, b: 1 / x,
+    "pow": lambda x, a, b: np.power(x, np.float32(a)),
+}
+"""The point-wise functions of ``ACTIVATION_KINDS`` beyond the classic activations."""
 
 
 # ---------------------------------------------------------------------------------------

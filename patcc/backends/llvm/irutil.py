@@ -6,6 +6,7 @@ type, so no kernel names a vector width itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -222,7 +223,7 @@ class KernelBuilder:
         if act is None:
             return x
         b, t = self.b, x.type
-        zero, one = self.const(t, 0.0), self.const(t, 1.0)
+        zero = self.const(t, 0.0)
         kind = act.kind
         if kind == "relu":
             return self.clamp(x, 0.0, float("inf"))
@@ -240,12 +241,88 @@ class KernelBuilder:
             gate = self.clamp(self.fma(x, self.const(t, 1 / 6), self.const(t, 0.5)), 0.0, 1.0)
             return b.fmul(x, gate)
         if kind == "tanh":
-            # tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf, no overflow to NaN
-            e = self.intrinsic("llvm.exp", t, [b.fadd(x, x)])
-            return b.fsub(one, b.fdiv(self.const(t, 2.0), b.fadd(e, one)))
+            return self.tanh(x)
         if kind == "silu":
             return b.fmul(x, self.sigmoid(x))
-        raise AssertionError(kind)
+        return self._math(act, x)
+
+    def _math(self, act: Activation, x: ir.Value) -> ir.Value:
+        """The point-wise functions beyond the classic activations (ACTIVATION_KINDS)."""
+        b, t, kind = self.b, x.type, act.kind
+        zero, one, half = self.const(t, 0.0), self.const(t, 1.0), self.const(t, 0.5)
+        if kind in ("exp", "log", "sqrt"):
+            return self.intrinsic(f"llvm.{kind}", t, [x])
+        if kind == "neg":
+            return b.fneg(x)
+        if kind == "abs":
+            return self.intrinsic("llvm.fabs", t, [x])
+        if kind == "reciprocal":
+            return b.fdiv(one, x)
+        if kind == "pow":
+            return self.power(x, act.alpha)
+        if kind in ("elu", "selu"):
+            # x > 0 ? x : alpha * (exp(x) - 1); NaN takes the x branch
+            e = self.intrinsic("llvm.exp", t, [self.clamp(x, float("-inf"), 0.0)])
+            y = b.select(b.fcmp_ordered("<=", x, zero),
+                         b.fmul(self.const(t, act.alpha), b.fsub(e, one)), x)
+            return y if kind == "elu" else b.fmul(self.const(t, act.beta), y)
+        if kind == "softplus":
+            return self.softplus(x)
+        if kind == "mish":
+            return b.fmul(x, self.tanh(self.softplus(x)))
+        if kind == "erf":
+            return self.erf(x)
+        if kind == "gelu":
+            return b.fmul(b.fmul(half, x),
+                          b.fadd(one, self.erf(b.fmul(x, self.const(t, 1 / math.sqrt(2))))))
+        if kind == "gelu_tanh":
+            inner = b.fmul(self.const(t, math.sqrt(2 / math.pi)),
+                           self.fma(b.fmul(x, x), b.fmul(x, self.const(t, 0.044715)), x))
+            return b.fmul(b.fmul(half, x), b.fadd(one, self.tanh(inner)))
+        raise AssertionError(kind)  # Activation validates kind on construction
+
+    def tanh(self, x: ir.Value) -> ir.Value:
+        """tanh(x) = 1 - 2 / (exp(2x) + 1): exact limits at +-inf, no overflow to NaN."""
+        b, one = self.b, self.const(x.type, 1.0)
+        e = self.intrinsic("llvm.exp", x.type, [b.fadd(x, x)])
+        return b.fsub(one, b.fdiv(self.const(x.type, 2.0), b.fadd(e, one)))
+
+    def softplus(self, x: ir.Value) -> ir.Value:
+        """log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): no overflow for large x."""
+        b, t = self.b, x.type
+        e = self.intrinsic("llvm.exp", t, [b.fneg(self.intrinsic("llvm.fabs", t, [x]))])
+        return b.fadd(self.clamp(x, 0.0, float("inf")),
+                      self.intrinsic("llvm.log", t, [b.fadd(self.const(t, 1.0), e)]))
+
+    def erf(self, x: ir.Value) -> ir.Value:
+        """erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7):
+        sign(x) (1 - t (a1 + t (a2 + ... a5)) exp(-x^2)), t = 1 / (1 + p |x|)."""
+        b, t = self.b, x.type
+        ax = self.intrinsic("llvm.fabs", t, [x])
+        one = self.const(t, 1.0)
+        q = b.fdiv(one, self.fma(ax, self.const(t, 0.3275911), one))
+        poly = self.const(t, 1.061405429)
+        for a in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+            poly = self.fma(poly, q, self.const(t, a))
+        e = self.intrinsic("llvm.exp", t, [b.fneg(b.fmul(ax, ax))])
+        y = b.fsub(one, b.fmul(b.fmul(poly, q), e))
+        return self.intrinsic("llvm.copysign", t, [y, x])
+
+    def power(self, x: ir.Value, exponent: float) -> ir.Value:
+        """x ** exponent for a constant exponent: products for small integers, a square
+        root for 0.5, llvm.pow otherwise."""
+        b, t = self.b, x.type
+        if exponent == 1:
+            return x
+        if exponent == 2:
+            return b.fmul(x, x)
+        if exponent == 3:
+            return b.fmul(b.fmul(x, x), x)
+        if exponent == 0.5:
+            return self.intrinsic("llvm.sqrt", t, [x])
+        if exponent == -1:
+            return b.fdiv(self.const(t, 1.0), x)
+        return self.intrinsic("llvm.pow", t, [x, self.const(t, exponent)])
 
     def sigmoid(self, x: ir.Value) -> ir.Value:
         one = self.const(x.type, 1.0)

@@ -145,6 +145,8 @@ NAN_HELPERS = [
     "float patcc_min(float a, float b) { return (a < b || isnan(a)) ? a : b; }",
     "float patcc_clamp(float x, float lo, float hi) "
     "{ return x < lo ? lo : (x > hi ? hi : x); }",
+    "/* log(1 + exp(x)) without overflow for large x */",
+    "float patcc_softplus(float x) { return patcc_max(x, 0.0f) + log(1.0f + exp(-fabs(x))); }",
 ]
 
 
@@ -169,6 +171,29 @@ def activation_expr(act: Activation | None, v: str) -> str:
         return f"tanh({v})"
     if kind == "silu":
         return f"({v} / (1.0f + exp(-{v})))"
+    if kind in ("exp", "log", "sqrt", "erf"):
+        return f"{kind}({v})"
+    if kind == "neg":
+        return f"(-{v})"
+    if kind == "abs":
+        return f"fabs({v})"
+    if kind == "reciprocal":
+        return f"(1.0f / {v})"
+    if kind == "pow":
+        return f"pow({v}, {a})"
+    if kind == "elu":
+        return f"({v} <= 0.0f ? {a} * (exp({v}) - 1.0f) : {v})"
+    if kind == "selu":
+        return f"({b} * ({v} <= 0.0f ? {a} * (exp({v}) - 1.0f) : {v}))"
+    if kind == "softplus":
+        return f"patcc_softplus({v})"
+    if kind == "mish":
+        return f"({v} * tanh(patcc_softplus({v})))"
+    if kind == "gelu":
+        return f"(0.5f * {v} * (1.0f + erf({v} * 0.70710678118654752f)))"
+    if kind == "gelu_tanh":
+        return (f"(0.5f * {v} * (1.0f + tanh(0.79788456080286536f * ({v} + 0.044715f * {v}"
+                f" * {v} * {v}))))")
     raise AssertionError(kind)
 
 

@@ -303,7 +303,7 @@ def binary(op: str) -> Callable[[Importer, Node], None]:
 
 def activation(kind: str) -> Callable[[Importer, Node], None]:
     def convert(ctx: Importer, node: Node) -> None:
-        alpha, beta = 0.0, 0.0
+        alpha, beta, chosen = 0.0, 0.0, kind
         if kind == "leaky_relu":
             alpha = float(node.attr("alpha", 0.01))
         elif kind == "hard_sigmoid":
@@ -311,8 +311,24 @@ def activation(kind: str) -> Callable[[Importer, Node], None]:
         elif kind == "clip":
             lo, hi = ctx.optional_const(node, 1, "min"), ctx.optional_const(node, 2, "max")
             alpha, beta = _clip_bound(node, lo, -math.inf), _clip_bound(node, hi, math.inf)
+        elif kind == "elu":
+            alpha = float(node.attr("alpha", 1.0))
+        elif kind == "selu":
+            alpha = float(node.attr("alpha", 1.67326319217681884765625))
+            beta = float(node.attr("gamma", 1.05070102214813232421875))
+        elif kind == "gelu":
+            approximate = node.attr("approximate", "none")
+            if approximate not in ("none", "tanh"):
+                raise PatccError(f"unknown approximate {approximate!r}", node.where)
+            chosen = "gelu_tanh" if approximate == "tanh" else kind
+        elif kind == "pow":
+            exponent = ctx.optional_const(node, 1, "exponent")
+            if exponent is None or np.asarray(exponent).size != 1:
+                unsupported(node, "Pow with an exponent that is not one constant number "
+                                  "is not supported")
+            alpha = float(np.asarray(exponent).reshape(-1)[0])
         ctx.add(Unary(name=ctx.layer_name(node), inputs=(node.inputs[0],),
-                      outputs=(node.outputs[0],), activation=Activation(kind, alpha, beta)))
+                      outputs=(node.outputs[0],), activation=Activation(chosen, alpha, beta)))
     return convert
 
 
@@ -545,6 +561,19 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "HardSigmoid": activation("hard_sigmoid"),
     "HardSwish": activation("hard_swish"),
     "Tanh": activation("tanh"),
+    "Elu": activation("elu"),
+    "Selu": activation("selu"),
+    "Softplus": activation("softplus"),
+    "Mish": activation("mish"),
+    "Gelu": activation("gelu"),
+    "Erf": activation("erf"),
+    "Exp": activation("exp"),
+    "Log": activation("log"),
+    "Sqrt": activation("sqrt"),
+    "Neg": activation("neg"),
+    "Abs": activation("abs"),
+    "Reciprocal": activation("reciprocal"),
+    "Pow": activation("pow"),
     "Softmax": softmax,
     "Flatten": flatten,
     "Reshape": reshape,

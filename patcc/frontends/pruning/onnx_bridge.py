@@ -148,7 +148,19 @@ def _activation(g: fx.Graph, act: Activation | None, x: fx.Node) -> fx.Node:
         return g.call_function(torch.tanh, (x,))
     if kind == "silu":
         return g.call_function(F.silu, (x,))
-    raise AssertionError(kind)
+    if kind == "elu":
+        return g.call_function(F.elu, (x, act.alpha))
+    if kind == "selu":
+        return g.call_function(operator.mul, (g.call_function(F.elu, (x, act.alpha)), act.beta))
+    if kind == "gelu_tanh":
+        return g.call_function(F.gelu, (x,), {"approximate": "tanh"})
+    if kind == "pow":
+        return g.call_function(torch.pow, (x, act.alpha))
+    functions: dict[str, Callable[..., Any]] = {
+        "softplus": F.softplus, "mish": F.mish, "gelu": F.gelu, "erf": torch.erf,
+        "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "neg": torch.neg,
+        "abs": torch.abs, "reciprocal": torch.reciprocal}
+    return g.call_function(functions[kind], (x,))
 
 
 _BINARY: dict[str, Callable[..., Any]] = {

@@ -1,0 +1,90 @@
+"""The point-wise operators beyond the classic activations (Elu, Selu, Softplus, Mish,
+Gelu, Erf, Exp, Log, Sqrt, Neg, Abs, Reciprocal, Pow): standalone and fused into a
+conv's epilogue, against onnxruntime, on the interpreter and every x86 build."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from compiled_helpers import assert_close, run_onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+import patcc
+from conftest import X86_TAGS, runnable_target
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Conv
+from patcc.runtime import run
+
+OPSET = 20  # Gelu arrived in opset 20
+SHAPE = (1, 3, 9, 11)
+
+OPERATORS: dict[str, dict[str, object]] = {
+    "Elu": {"alpha": 0.7}, "Selu": {}, "Softplus": {}, "Mish": {}, "Gelu": {},
+    "Gelu_tanh": {"approximate": "tanh"}, "Erf": {}, "Exp": {}, "Neg": {}, "Abs": {},
+    "Reciprocal": {}, "Pow2": {}, "Pow3.5": {}, "Log": {}, "Sqrt": {},
+}
+"""Test label -> attributes; the op is the label up to '_' or a digit."""
+
+POSITIVE_ONLY = {"Log", "Sqrt", "Pow3.5", "Reciprocal"}  # fed |x| + 0.5
+
+
+def _op(label: str) -> str:
+    return label.split("_")[0].rstrip("0123456789.")
+
+
+def pointwise_model() -> onnx.ModelProto:
+    """For each operator: on the input (standalone) and on a conv's output (fused)."""
+    nodes, outputs, inits = [], [], []
+    w = np.random.default_rng(7).standard_normal((3, 3, 3, 3)).astype(np.float32) * 0.4
+    inits.append(numpy_helper.from_array(w, "w"))
+    nodes.append(helper.make_node("Abs", ["x"], ["ax"]))
+    inits.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    nodes.append(helper.make_node("Add", ["ax", "half"], ["pos"]))
+    nodes.append(helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Conv", ["pos", "w"], ["cp"], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("Abs", ["cp"], ["cpa"]))
+    for label, attrs in OPERATORS.items():
+        op = _op(label)
+        sources = ("pos", "cpa") if label in POSITIVE_ONLY else ("x", "c")
+        for where, source in zip(("alone", "fused"), sources, strict=True):
+            inputs = [source]
+            if op == "Pow":
+                name = f"exp_{label}_{where}"
+                inits.append(numpy_helper.from_array(
+                    np.array(float(label[3:]), np.float32), name))
+                inputs.append(name)
+            out = f"{label}_{where}"
+            nodes.append(helper.make_node(op, inputs, [out], **attrs))
+            outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, SHAPE))
+    graph = helper.make_graph(nodes, "pointwise",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                             ir_version=9)
+
+
+def feeds() -> dict[str, np.ndarray]:
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32) * 3
+    x.flat[:4] = [0.0, -20.0, 20.0, 1e-3]  # the tails of exp, erf and softplus
+    return {"x": x}
+
+
+def test_interpreter_matches_onnxruntime() -> None:
+    model = pointwise_model()
+    ours = run(import_onnx(model), feeds())
+    theirs = run_onnxruntime(model, feeds(), list(ours))
+    for name, value in theirs.items():
+        assert_close(ours[name], value, name)
+
+
+@pytest.mark.parametrize("tag", X86_TAGS)
+def test_compiled_matches_the_interpreter(tag: str) -> None:
+    runnable_target(tag)
+    compiled = patcc.compile(pointwise_model(), tag, tune=False)
+    fused = [c.layer for c in compiled.plan.codes
+             if isinstance(c.layer, Conv) and c.layer.activation is not None]
+    assert fused, "an activation is fused into a conv's epilogue"
+    got = compiled.load(num_threads=1).run(feeds())
+    for name, value in run(compiled.graph, feeds()).items():
+        assert_close(got[name], value, name)
