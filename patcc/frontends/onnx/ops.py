@@ -167,9 +167,7 @@ def gemm(ctx: Importer, node: Node) -> None:
     ctx.add(Dense(name=ctx.layer_name(node), inputs=(a,), outputs=(out,),
                   weight=np.ascontiguousarray(weight, dtype=np.float32), bias=bias))
     if extra is not None:
-        cname = ctx.temp(node, "C")
-        ctx.consts[cname] = extra
-        ctx.graph_constants[cname] = extra
+        cname = _constant_operand(ctx, node, "C", extra)
         ctx.add(Binary(name=ctx.layer_name(node, "_C"), inputs=(out, cname),
                        outputs=(node.outputs[0],), binop="add"))
 
@@ -299,6 +297,61 @@ def binary(op: str) -> Callable[[Importer, Node], None]:
                            inputs=(acc, ctx.operand(node, k)), outputs=(out,), binop=op))
             acc = out
     return convert
+
+
+def _constant_operand(ctx: Importer, node: Node, suffix: str, value: np.ndarray) -> str:
+    """A graph constant made for this node's translation."""
+    name = ctx.temp(node, suffix)
+    ctx.consts[name] = value
+    ctx.graph_constants[name] = value
+    return name
+
+
+def mean(ctx: Importer, node: Node) -> None:
+    """Mean of several inputs: their sum (a chain of adds) times 1/n."""
+    inputs = [i for i in node.inputs if i]
+    if len(inputs) == 1:
+        ctx.alias[node.outputs[0]] = inputs[0]
+        return
+    acc = ctx.operand(node, 0)
+    for k in range(1, len(inputs)):
+        out = ctx.temp(node, f"sum{k}")
+        ctx.add(Binary(name=ctx.layer_name(node, f"_{k}"), inputs=(acc, ctx.operand(node, k)),
+                       outputs=(out,), binop="add"))
+        acc = out
+    scale = _constant_operand(ctx, node, "scale", np.array(1 / len(inputs), np.float32))
+    ctx.add(Binary(name=ctx.layer_name(node), inputs=(acc, scale), outputs=(node.outputs[0],),
+                   binop="mul"))
+
+
+def prelu(ctx: Importer, node: Node) -> None:
+    """x if x >= 0 else slope * x. One slope: a leaky ReLU; a slope per channel (or any
+    shape broadcasting to x): relu(x) + slope * min(x, 0), which keeps NaN and inf as
+    onnxruntime's product does."""
+    x = node.inputs[0]
+    slope = ctx.weight(node, 1, "slope")
+    shape = ctx.shape(x)
+    try:
+        if np.broadcast_shapes(slope.shape, shape) != tuple(shape):
+            raise ValueError
+    except ValueError:
+        raise PatccError(f"slope of shape {slope.shape} does not broadcast to the input "
+                         f"{list(shape)}", node.where) from None
+    if slope.size == 1:
+        ctx.add(Unary(name=ctx.layer_name(node), inputs=(x,), outputs=(node.outputs[0],),
+                      activation=Activation("leaky_relu", float(slope.reshape(-1)[0]))))
+        return
+    zero = _constant_operand(ctx, node, "zero", np.zeros((), np.float32))
+    slope_name = _constant_operand(ctx, node, "slope", slope)
+    negative, scaled, positive = (ctx.temp(node, t) for t in ("neg", "scaled", "pos"))
+    ctx.add(Binary(name=ctx.layer_name(node, "_min"), inputs=(x, zero), outputs=(negative,),
+                   binop="min"))
+    ctx.add(Binary(name=ctx.layer_name(node, "_scale"), inputs=(negative, slope_name),
+                   outputs=(scaled,), binop="mul"))
+    ctx.add(Unary(name=ctx.layer_name(node, "_relu"), inputs=(x,), outputs=(positive,),
+                  activation=Activation("relu")))
+    ctx.add(Binary(name=ctx.layer_name(node), inputs=(positive, scaled),
+                   outputs=(node.outputs[0],), binop="add"))
 
 
 def activation(kind: str) -> Callable[[Importer, Node], None]:
@@ -554,6 +607,8 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "Max": binary("max"),
     "Min": binary("min"),
     "Sum": binary("add"),
+    "Mean": mean,
+    "PRelu": prelu,
     "Relu": activation("relu"),
     "Clip": activation("clip"),
     "LeakyRelu": activation("leaky_relu"),
