@@ -321,3 +321,15 @@ def test_pointwise_operators_match_the_interpreter() -> None:
     got = compiled.load().run(feeds())
     for name, value in run(compiled.graph, feeds()).items():
         assert_close(got[name], value, name)
+
+
+def test_log_softmax_and_smooth_activations() -> None:
+    import torch
+    from test_torch_frontend import _Smooth
+
+    module = _Smooth().eval()
+    x = torch.randn(1, 3, 7, 9)
+    compiled = patcc.compile(module, target="opencl", example_inputs=(x,))
+    with torch.no_grad():
+        want = module(x).numpy()
+    assert_close(compiled(x.numpy()), want, "log_softmax")

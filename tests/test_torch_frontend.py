@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrize, prune
 
 import patcc
@@ -209,3 +210,28 @@ def test_readme_torch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert isinstance(scope["y"], torch.Tensor)
     assert patcc.load(tmp_path / "model.so").info["pattern_layers"][0]["patterns"]
+
+
+class _Smooth(nn.Module):
+    """The smooth activations of detection and transformer-era CNNs, then a
+    log-softmax over the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = (F.gelu(y) + F.gelu(y, approximate="tanh") + F.mish(y) + F.elu(y, 0.5)
+             + F.selu(y) + F.softplus(y) + torch.erf(y) - torch.exp(-y.abs()).neg())
+        y = y + torch.sqrt(y.abs() + 1).log() * torch.reciprocal(y.abs() + 2)
+        return F.log_softmax(y, dim=1)
+
+
+def test_smooth_activations_and_log_softmax_from_the_module() -> None:
+    module = _Smooth().eval()
+    x = torch.randn(1, 3, 7, 9)
+    compiled = patcc.compile(module, example_inputs=(x,), tune=False)
+    with torch.no_grad():
+        want = module(x).numpy()
+    _close(compiled(x.numpy()), want, "log_softmax")

@@ -490,9 +490,12 @@ class Unary(Layer):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Softmax(Layer):
-    """Softmax along one axis (opset >= 13 semantics; frontends rewrite older forms)."""
+    """Softmax along one axis (opset >= 13 semantics; frontends rewrite older forms);
+    with ``log``, its logarithm computed directly: ``x - max - log(sum(exp(x - max)))``
+    (LogSoftmax)."""
 
     axis: int
+    log: bool = False
 
     op: ClassVar[str] = "Softmax"
 
@@ -504,7 +507,7 @@ class Softmax(Layer):
         return (tuple(x),)
 
     def describe(self) -> str:
-        return f"axis={self.axis}"
+        return ("log " if self.log else "") + f"axis={self.axis}"
 
 
 # ---------------------------------------------------------------------------------------

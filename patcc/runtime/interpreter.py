@@ -267,7 +267,10 @@ def _unary(layer: Unary, args: list[np.ndarray]) -> list[np.ndarray]:
 
 def _softmax(layer: Softmax, args: list[np.ndarray]) -> list[np.ndarray]:
     x = args[0].astype(np.float64)
-    e = np.exp(x - x.max(axis=layer.axis, keepdims=True))
+    shifted = x - x.max(axis=layer.axis, keepdims=True)
+    e = np.exp(shifted)
+    if layer.log:
+        return [shifted - np.log(e.sum(axis=layer.axis, keepdims=True))]
     return [e / e.sum(axis=layer.axis, keepdims=True)]
 
 

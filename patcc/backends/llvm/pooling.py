@@ -155,15 +155,18 @@ def lower_softmax(layer: Softmax, ctx: LoweringContext) -> LayerCode:
     inner = math.prod(shape[layer.axis + 1:])
     width = ctx.target.vector_width
     if inner == 1:
-        return LayerCode(layer, [Phase("softmax", outer, _softmax_rows(length, width))],
+        return LayerCode(layer, [Phase("softmax", outer,
+                                       _softmax_rows(length, width, layer.log))],
                          kernel="reduce")
     blocks = -(-inner // width)
     return LayerCode(layer, [Phase("softmax", outer * blocks,
-                                   _softmax_columns(length, inner, width))], kernel="reduce")
+                                   _softmax_columns(length, inner, width, layer.log))],
+                     kernel="reduce")
 
 
-def _softmax_rows(length: int, width: int) -> PhaseBody:
-    """Task = one contiguous row; lanes run along the row, tails are masked."""
+def _softmax_rows(length: int, width: int, log: bool) -> PhaseBody:
+    """Task = one contiguous row; lanes run along the row, tails are masked. With
+    ``log``, the exponentials are only summed, and the row is ``x - (max + log sum)``."""
     full, tail = length // width * width, length % width
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
@@ -183,13 +186,23 @@ def _softmax_rows(length: int, width: int) -> PhaseBody:
         b.store(kb.const(kb.vec, 0.0), slot)
         with kb.loop(0, full, width, "e") as e:
             ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, e), peak)])
-            kb.vstore(ex, dst, e)
+            if not log:
+                kb.vstore(ex, dst, e)
             b.store(b.fadd(b.load(slot, typ=kb.vec), ex), slot)
         total = b.load(slot, typ=kb.vec)
         if tail:
             ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, full, tail), peak)])
-            kb.vstore(ex, dst, full, tail)
+            if not log:
+                kb.vstore(ex, dst, full, tail)
             total = b.fadd(total, b.select(kb.mask(tail), ex, kb.const(kb.vec, 0.0)))
+        if log:
+            shift = b.fadd(peak, kb.splat(kb.intrinsic("llvm.log", F32,
+                                                       [kb.reduce("fadd", total)])))
+            with kb.loop(0, full, width, "e") as e:
+                kb.vstore(b.fsub(kb.vload(src, e), shift), dst, e)
+            if tail:
+                kb.vstore(b.fsub(kb.vload(src, full, tail), shift), dst, full, tail)
+            return
         scale = kb.splat(b.fdiv(f32(1.0), kb.reduce("fadd", total)))
         with kb.loop(0, full, width, "e") as e:
             kb.vstore(b.fmul(kb.vload(dst, e), scale), dst, e)
@@ -199,8 +212,9 @@ def _softmax_rows(length: int, width: int) -> PhaseBody:
     return body
 
 
-def _softmax_columns(length: int, inner: int, width: int) -> PhaseBody:
-    """Task = (outer index, block of ``width`` inner positions): lanes across ``inner``."""
+def _softmax_columns(length: int, inner: int, width: int, log: bool) -> PhaseBody:
+    """Task = (outer index, block of ``width`` inner positions): lanes across ``inner``;
+    ``log`` as in ``_softmax_rows``."""
     blocks = -(-inner // width)
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
@@ -225,8 +239,16 @@ def _softmax_columns(length: int, inner: int, width: int) -> PhaseBody:
             with kb.loop(0, length, 1, "e") as e:
                 at = b.mul(e, i64(inner))
                 ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, at, lanes), peak)])
-                kb.vstore(ex, dst, at, lanes)
+                if not log:
+                    kb.vstore(ex, dst, at, lanes)
                 b.store(b.fadd(b.load(slot, typ=kb.vec), ex), slot)
+            if log:
+                shift = b.fadd(peak, kb.intrinsic("llvm.log", kb.vec,
+                                                  [b.load(slot, typ=kb.vec)]))
+                with kb.loop(0, length, 1, "e") as e:
+                    at = b.mul(e, i64(inner))
+                    kb.vstore(b.fsub(kb.vload(src, at, lanes), shift), dst, at, lanes)
+                return
             scale = b.fdiv(kb.const(kb.vec, 1.0), b.load(slot, typ=kb.vec))
             with kb.loop(0, length, 1, "e") as e:
                 at = b.mul(e, i64(inner))

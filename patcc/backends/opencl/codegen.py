@@ -617,7 +617,9 @@ class _Renderer:
             f"  float sum = 0.0f;\n"
             f"  for (int j = 0; j < {size}; ++j) sum += exp((float)X[j * {inner}] - mx);\n"
             f"  for (int j = 0; j < {size}; ++j)"
-            f" Y[j * {inner}] = (real)(exp((float)X[j * {inner}] - mx) / sum);\n")
+            + (f" Y[j * {inner}] = (real)((float)X[j * {inner}] - mx - log(sum));\n"
+               if layer.log else
+               f" Y[j * {inner}] = (real)(exp((float)X[j * {inner}] - mx) / sum);\n"))
         self.add(layer, self.linear(rows, body), rows)
 
     # -- data movement ----------------------------------------------------------------

@@ -398,19 +398,21 @@ def _clip_bound(node: Node, value: object, default: float) -> float:
 
 
 def softmax(ctx: Importer, node: Node) -> None:
+    """Softmax and LogSoftmax (``log``): one Softmax layer along the axis."""
+    log = node.op_type == "LogSoftmax"
     x = node.inputs[0]
     shape = ctx.shape(x)
     rank = len(shape)
     axis = _axis(node, int(node.attr("axis", -1 if ctx.opset >= 13 else 1)), rank)
     if ctx.opset >= 13 or axis == rank - 1:
         ctx.add(Softmax(name=ctx.layer_name(node), inputs=(x,), outputs=(node.outputs[0],),
-                        axis=axis))
+                        axis=axis, log=log))
         return
     # before opset 13 Softmax normalises over all axes from `axis` on, as one row
     flat = (math.prod(shape[:axis]), math.prod(shape[axis:]))
     t0, t1 = ctx.temp(node, "rows"), ctx.temp(node, "softmax")
     ctx.add(Reshape(name=ctx.layer_name(node, "_rows"), inputs=(x,), outputs=(t0,), shape=flat))
-    ctx.add(Softmax(name=ctx.layer_name(node), inputs=(t0,), outputs=(t1,), axis=1))
+    ctx.add(Softmax(name=ctx.layer_name(node), inputs=(t0,), outputs=(t1,), axis=1, log=log))
     ctx.add(Reshape(name=ctx.layer_name(node, "_back"), inputs=(t1,),
                     outputs=(node.outputs[0],), shape=shape))
 
@@ -630,6 +632,7 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "Reciprocal": activation("reciprocal"),
     "Pow": activation("pow"),
     "Softmax": softmax,
+    "LogSoftmax": softmax,
     "Flatten": flatten,
     "Reshape": reshape,
     "Squeeze": squeeze,

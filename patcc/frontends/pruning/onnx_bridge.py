@@ -240,7 +240,8 @@ def _build(graph: Graph, input_shape: tuple[int, ...],
         elif isinstance(layer, Unary):
             out = _activation(g, layer.activation, x)  # type: ignore[arg-type]
         elif isinstance(layer, Softmax):
-            out = g.call_function(torch.softmax, (x, layer.axis))
+            out = g.call_function(torch.log_softmax if layer.log else torch.softmax,
+                                  (x, layer.axis))
         elif isinstance(layer, Concat):
             out = g.call_function(torch.cat, (args, layer.axis))
         elif isinstance(layer, Reshape):

@@ -10,10 +10,11 @@ shapes, then walks the ATen graph:
   the effective weights, with no clean-up by the user;
 - the rest map onto IR layers (see ``_CONVERTERS``): convolution (grouped,
   depthwise, dilated, strided, ``padding="same"``), batch norm, linear, ReLU, ReLU6 /
-  hardtanh, hardswish, hardsigmoid, SiLU, sigmoid, tanh, leaky ReLU, GELU-free
-  element-wise arithmetic with broadcasting (residuals, squeeze-excite), cat,
+  hardtanh, hardswish, hardsigmoid, SiLU, sigmoid, tanh, leaky ReLU, ELU, SELU, GELU,
+  Mish, softplus, exp, log, sqrt, neg, abs, reciprocal, erf, element-wise arithmetic
+  with broadcasting (residuals, squeeze-excite), cat,
   flatten/view/reshape, transpose/permute (channel shuffle), split/chunk, mean and
-  adaptive/global pooling, max/avg pooling, softmax, slicing, padding (constant,
+  adaptive/global pooling, max/avg pooling, softmax, log_softmax, slicing, padding (constant,
   reflect, replicate), and dropout/identity/clone in eval mode (removed).
 
 Then the frontend pipeline runs as for ONNX: batch norms fold into convolutions,
@@ -330,15 +331,26 @@ def _linear(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) 
 
 def _activation(kind: str, alpha: float = 0.0, beta: float = 0.0) -> Converter:
     def convert(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        a, b = alpha, beta
+        a, b, chosen = alpha, beta, kind
         if kind == "leaky_relu":
             a = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
         elif kind == "clip":
             a = float(_arg(args, kwargs, 1, "min_val", -1.0))
             b = float(_arg(args, kwargs, 2, "max_val", 1.0))
+        elif kind == "elu":
+            a = float(_arg(args, kwargs, 1, "alpha", 1.0))
+            scale = float(_arg(args, kwargs, 2, "scale", 1.0))
+            if scale != 1.0 or float(_arg(args, kwargs, 3, "input_scale", 1.0)) != 1.0:
+                raise PatccError("elu with a scale is not supported", _where(node))
+        elif kind == "gelu" and _arg(args, kwargs, 1, "approximate", "none") == "tanh":
+            chosen = "gelu_tanh"
+        elif kind == "softplus" and (float(_arg(args, kwargs, 1, "beta", 1.0)) != 1.0
+                                     or float(_arg(args, kwargs, 2, "threshold", 20.0)) != 20.0):
+            raise PatccError("softplus with beta or threshold other than 1 and 20 is not "
+                             "supported", _where(node))
         name, shape = imp.out(node)
         return imp.emit(Unary(name=name, inputs=(args[0].name,), outputs=(name,),
-                              activation=Activation(kind, a, b)), shape)
+                              activation=Activation(chosen, a, b)), shape)
     return convert
 
 
@@ -552,11 +564,13 @@ def _pad(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> 
                         value=float(value or 0.0)), shape)
 
 
-def _softmax(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    rank = len(imp.shape(args[0]))
-    name, shape = imp.out(node)
-    return imp.emit(Softmax(name=name, inputs=(args[0].name,), outputs=(name,),
-                            axis=int(args[1]) % rank), shape)
+def _softmax(log: bool) -> Converter:
+    def convert(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        rank = len(imp.shape(args[0]))
+        name, shape = imp.out(node)
+        return imp.emit(Softmax(name=name, inputs=(args[0].name,), outputs=(name,),
+                                axis=int(args[1]) % rank, log=log), shape)
+    return convert
 
 
 _CONVERTERS: dict[str, Converter] = {
@@ -592,7 +606,16 @@ _CONVERTERS: dict[str, Converter] = {
     "adaptive_max_pool2d": _adaptive_pool("max"),
     "max_pool2d": _max_pool, "max_pool2d_with_indices": _max_pool,
     "avg_pool2d": _avg_pool,
-    "softmax": _softmax, "_softmax": _softmax,
+    "softmax": _softmax(False), "_softmax": _softmax(False),
+    "log_softmax": _softmax(True), "_log_softmax": _softmax(True),
+    "elu": _activation("elu"), "elu_": _activation("elu"),
+    "selu": _activation("selu", 1.6732632423543772, 1.0507009873554805),
+    "selu_": _activation("selu", 1.6732632423543772, 1.0507009873554805),
+    "gelu": _activation("gelu"), "mish": _activation("mish"), "mish_": _activation("mish"),
+    "softplus": _activation("softplus"), "erf": _activation("erf"),
+    "exp": _activation("exp"), "log": _activation("log"), "sqrt": _activation("sqrt"),
+    "neg": _activation("neg"), "abs": _activation("abs"),
+    "reciprocal": _activation("reciprocal"),
     "slice": _slice, "constant_pad_nd": _pad, "pad": _pad,
 }
 """ATen operation (overload packet name) -> converter."""
