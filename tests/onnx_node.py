@@ -9,10 +9,11 @@ turned into an initializer; the data inputs stay graph inputs.
 
 A test is *in scope* when every node is a CNN-relevant operator (``OPERATORS``);
 in scope, it is *excluded* (with the reason) when patcc deliberately does not
-compile it: tensors other than float32, training mode, shapes computed at run
-time. Every other in-scope test must compile and match, or be listed, with the
-error it gives today, in ``NOT_YET`` (the operators and forms still missing,
-issue 18); a listed test that starts to pass must leave the list.
+compile it: tensors other than float32, training mode, empty tensors, 1-D and 3-D
+convolutions and pools, optional and sequence values. Every other in-scope test
+must compile and match, or be listed, with the error it gives today, in
+``onnx_node_not_yet.txt`` (the operators and forms still missing, issue 18); a
+listed test that starts to import must leave the list.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ OPERATORS = frozenset({
     "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
     "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LeakyRelu",
     "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mul", "Neg",
-    "PRelu", "Pad", "Pow", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceSum",
+    "PRelu", "Pad", "Pow", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin",
+    "ReduceSum",
     "Relu", "Reshape", "Resize", "Selu", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus",
     "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose",
     "Unsqueeze", "Upsample",
@@ -72,11 +74,14 @@ def _exclusion(model: onnx.ModelProto, inputs: list[np.ndarray],
     if not all(v.type.HasField("tensor_type") for v in (*model.graph.input,
                                                           *model.graph.output)):
         return "optional or sequence values (patcc compiles tensors)"
-    float_only = all(np.asarray(a).dtype == np.float32 for a in (*inputs, *outputs))
+    data = inputs[:_data_inputs(model)]  # the rest become initializers of any type
+    float_only = all(np.asarray(a).dtype == np.float32 for a in (*data, *outputs))
     if not float_only:
         return "tensors other than float32 (patcc compiles float32 models)"
     if not model.graph.input:
         return "no inputs: the model computes a constant"
+    if any(0 in np.shape(a) for a in (*data, *outputs)):
+        return "empty tensors (a dimension of 0; patcc requires every dimension >= 1)"
     for node in model.graph.node:
         if node.op_type in SPATIAL_OPERATORS and inputs and np.asarray(inputs[0]).ndim != 4:
             return "1-D or 3-D convolution or pooling (patcc compiles 2-D NCHW CNNs)"
@@ -89,14 +94,20 @@ def _exclusion(model: onnx.ModelProto, inputs: list[np.ndarray],
     return ""
 
 
+def _data_inputs(model: onnx.ModelProto) -> int:
+    """How many leading graph inputs stay inputs (``DATA_INPUTS``)."""
+    count = len(model.graph.input)
+    if not model.graph.node:
+        return count
+    keep = DATA_INPUTS.get(model.graph.node[0].op_type, 1)
+    return count if keep == 0 else min(keep, count)
+
+
 def _to_static(model: onnx.ModelProto, inputs: list[np.ndarray]) -> tuple[
         onnx.ModelProto, dict[str, np.ndarray]]:
     """The model with its weight-like inputs as initializers, and the remaining feeds."""
     graph = model.graph
-    names = [i.name for i in graph.input]
-    first = graph.node[0] if graph.node else None
-    keep = DATA_INPUTS.get(first.op_type, 1) if first is not None else len(names)
-    keep = len(names) if keep == 0 else keep
+    keep = _data_inputs(model)
     static = onnx.ModelProto()
     static.CopyFrom(model)
     del static.graph.input[:]

@@ -333,3 +333,12 @@ def test_log_softmax_and_smooth_activations() -> None:
     with torch.no_grad():
         want = module(x).numpy()
     assert_close(compiled(x.numpy()), want, "log_softmax")
+
+
+def test_reductions_over_any_axes() -> None:
+    from test_pointwise import feeds, reductions_model
+
+    compiled = patcc.compile(reductions_model(), target="opencl")
+    got = compiled.load().run(feeds())
+    for name, value in run(compiled.graph, feeds()).items():
+        assert_close(got[name], value, name)

@@ -88,3 +88,40 @@ def test_compiled_matches_the_interpreter(tag: str) -> None:
     got = compiled.load(num_threads=1).run(feeds())
     for name, value in run(compiled.graph, feeds()).items():
         assert_close(got[name], value, name)
+
+
+REDUCTIONS = [("ReduceSum", (1,), 1), ("ReduceL2", (0, 2, 3), 1), ("ReduceMax", (-1,), 0),
+              ("ReduceMin", (1, 2), 0), ("ReduceMean", (3,), 1), ("ReduceMean", (1, 3), 0),
+              ("ReduceMax", (2, 3), 1)]
+"""(operator, axes, keepdims): runs of consecutive axes, split runs, the last axis,
+and the spatial pair (a GlobalPool)."""
+
+
+def reductions_model() -> onnx.ModelProto:
+    """Reductions over assorted axes (opset 18: axes are an input)."""
+    nodes, outputs, inits = [], [], []
+    for k, (op, axes, keep) in enumerate(REDUCTIONS):
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), f"axes{k}"))
+        nodes.append(helper.make_node(op, ["x", f"axes{k}"], [f"r{k}"], keepdims=keep))
+        outputs.append(helper.make_tensor_value_info(f"r{k}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "reductions",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_reductions_match_onnxruntime_interpreted_and_compiled() -> None:
+    model = reductions_model()
+    ours = run(import_onnx(model), feeds())
+    theirs = run_onnxruntime(model, feeds(), list(ours))
+    for name, value in theirs.items():
+        assert_close(ours[name], value, name)
+    for tag in X86_TAGS:
+        try:
+            runnable_target(tag)
+        except pytest.skip.Exception:
+            continue
+        got = patcc.compile(model, tag, tune=False).load(num_threads=2).run(feeds())
+        for name, value in theirs.items():
+            assert_close(got[name], value, f"{name} ({tag})")

@@ -16,6 +16,7 @@ from patcc.ir.layers import (
     Layer,
     Pad,
     Pool,
+    Reduce,
     Reshape,
     ScaleShift,
     Shape,
@@ -38,7 +39,7 @@ from patcc.ir.verify import verify
 __all__ = [
     "ACTIVATION_KINDS", "BINARY_OPS", "LAYER_TYPES", "MAX_LIBRARY_SIZE", "PAD_MODES",
     "REMOVED", "Activation", "Binary", "Concat", "Conv", "Dense", "GlobalPool", "Graph",
-    "IRError", "Layer", "Pad", "PatternLibrary", "PatternStyle", "Pool", "Reshape",
+    "IRError", "Layer", "Pad", "PatternLibrary", "PatternStyle", "Pool", "Reduce", "Reshape",
     "ScaleShift", "Shape", "Slice", "Softmax", "Sparsity", "Split", "TensorType",
     "Transpose", "Unary", "broadcast", "verify",
 ]

@@ -437,6 +437,33 @@ class GlobalPool(Layer):
         return self.kind
 
 
+REDUCE_KINDS = ("mean", "max", "min", "sum", "l2")  # l2: sqrt of the sum of squares
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Reduce(Layer):
+    """A reduction over the consecutive axes ``start``..``stop - 1``, which stay as size
+    1. Frontends express any set of axes as a chain of these (and a Reshape to drop
+    them); over all spatial axes of NCHW, ``GlobalPool`` is the faster form."""
+
+    kind: str
+    start: int
+    stop: int
+
+    op: ClassVar[str] = "Reduce"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if self.kind not in REDUCE_KINDS or not 0 <= self.start < self.stop <= len(x):
+            raise IRError(f"Reduce {self.name!r}: {self.kind} over axes "
+                          f"{self.start}..{self.stop - 1} of {format_shape(x)}")
+        return ((*x[:self.start], *([1] * (self.stop - self.start)), *x[self.stop:]),)
+
+    def describe(self) -> str:
+        return f"{self.kind} axes={self.start}..{self.stop - 1}"
+
+
 # ---------------------------------------------------------------------------------------
 # Element-wise
 # ---------------------------------------------------------------------------------------
@@ -676,13 +703,14 @@ class Pad(Layer):
 
 
 LAYER_TYPES: tuple[type[Layer], ...] = (
-    Conv, Dense, ScaleShift, Pool, GlobalPool, Binary, Unary, Softmax,
+    Conv, Dense, ScaleShift, Pool, GlobalPool, Reduce, Binary, Unary, Softmax,
     Concat, Reshape, Transpose, Slice, Split, Pad,
 )
 
 __all__ = [
     "ACTIVATION_KINDS", "Activation", "BINARY_OPS", "Binary", "Concat", "Conv", "Dense",
     "GlobalPool", "IRError", "LAYER_TYPES", "Layer", "MAX_TENSOR_ELEMENTS",
-    "MAX_TOTAL_ELEMENTS", "PAD_MODES", "Pad", "Pool", "Reshape", "ScaleShift", "Shape",
-    "Slice", "Softmax", "Split", "Transpose", "Unary", "broadcast", "check_size",
+    "MAX_TOTAL_ELEMENTS", "PAD_MODES", "Pad", "Pool", "REDUCE_KINDS", "Reduce", "Reshape",
+    "ScaleShift", "Shape", "Slice", "Softmax", "Split", "Transpose", "Unary", "broadcast",
+    "check_size",
 ]

@@ -27,6 +27,7 @@ from patcc.ir.layers import (
     Layer,
     Pad,
     Pool,
+    Reduce,
     Reshape,
     ScaleShift,
     Slice,
@@ -240,6 +241,16 @@ def _pool(layer: Pool, args: list[np.ndarray]) -> list[np.ndarray]:
     return [total / count.sum(axis=(4, 5))]
 
 
+def _reduce(layer: Reduce, args: list[np.ndarray]) -> list[np.ndarray]:
+    x = args[0].astype(np.float64)
+    axes = tuple(range(layer.start, layer.stop))
+    if layer.kind == "l2":
+        return [np.sqrt(np.sum(x * x, axis=axes, keepdims=True))]
+    reductions: dict[str, Callable[..., Any]] = {"mean": np.mean, "max": np.max,
+                                                 "min": np.min, "sum": np.sum}
+    return [np.asarray(reductions[layer.kind](x, axis=axes, keepdims=True))]
+
+
 def _global_pool(layer: GlobalPool, args: list[np.ndarray]) -> list[np.ndarray]:
     (x,) = args
     axes = tuple(range(2, x.ndim))
@@ -307,7 +318,7 @@ def _pad(layer: Pad, args: list[np.ndarray]) -> list[np.ndarray]:
 
 _EVALUATORS: dict[type, Callable[[Any, list[np.ndarray]], list[np.ndarray]]] = {
     Conv: _conv, Dense: _dense, ScaleShift: _scale_shift, Pool: _pool,
-    GlobalPool: _global_pool, Binary: _binary, Unary: _unary, Softmax: _softmax,
+    GlobalPool: _global_pool, Reduce: _reduce, Binary: _binary, Unary: _unary, Softmax: _softmax,
     Concat: _concat, Reshape: _reshape, Transpose: _transpose, Slice: _slice,
     Split: _split, Pad: _pad,
 }

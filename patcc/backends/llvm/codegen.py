@@ -39,7 +39,12 @@ from patcc.backends.llvm.lowering import (
     load_operands,
 )
 from patcc.backends.llvm.movement import lower_concat, lower_pad, lower_reshape_copy, lower_split
-from patcc.backends.llvm.pooling import lower_global_pool, lower_pool, lower_softmax
+from patcc.backends.llvm.pooling import (
+    lower_global_pool,
+    lower_pool,
+    lower_reduce,
+    lower_softmax,
+)
 from patcc.backends.llvm.threads import ThreadPool
 from patcc.backends.memory import Buffer, naive_peak, plan_memory
 from patcc.backends.target import Target
@@ -52,6 +57,7 @@ from patcc.ir import (
     Graph,
     Pad,
     Pool,
+    Reduce,
     Reshape,
     ScaleShift,
     Slice,
@@ -68,8 +74,9 @@ Lowering = Callable[..., LayerCode]
 LOWERINGS: dict[type, Lowering] = {
     Conv: lower_conv, Dense: lower_dense, Binary: lower_binary, Unary: lower_unary,
     ScaleShift: lower_scale_shift, Pool: lower_pool, GlobalPool: lower_global_pool,
-    Softmax: lower_softmax, Concat: lower_concat, Split: lower_split, Pad: lower_pad,
-    Transpose: lower_transpose, Slice: lower_slice, Reshape: lower_reshape_copy,
+    Reduce: lower_reduce, Softmax: lower_softmax, Concat: lower_concat, Split: lower_split,
+    Pad: lower_pad, Transpose: lower_transpose, Slice: lower_slice,
+    Reshape: lower_reshape_copy,
 }
 
 

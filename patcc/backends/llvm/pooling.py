@@ -24,7 +24,7 @@ from patcc.backends.llvm.lowering import (
     PhaseBody,
 )
 from patcc.backends.llvm.planes import inside, strided_load
-from patcc.ir.layers import GlobalPool, Pool, Softmax
+from patcc.ir.layers import GlobalPool, Pool, Reduce, Softmax
 
 
 def _in_range(kb: KernelBuilder, v: ir.Value, lo: int, hi: int) -> ir.Value:
@@ -142,6 +142,42 @@ def lower_global_pool(layer: GlobalPool, ctx: LoweringContext) -> LayerCode:
         kb.store(acc if is_max else b.fdiv(acc, f32(float(size))), ops.outputs[0], task)
 
     return LayerCode(layer, [Phase("global_pool", planes, body)], kernel="reduce")
+
+
+def lower_reduce(layer: Reduce, ctx: LoweringContext) -> LayerCode:
+    """Task = one output element (outer index, inner index): a scalar loop over the
+    reduced length, ``inner`` apart (reductions off the spatial axes are rare and
+    small in CNNs; over H and W, ``GlobalPool``)."""
+    shape = ctx.in_shape(layer)
+    outer = math.prod(shape[:layer.start])
+    length = math.prod(shape[layer.start:layer.stop])
+    inner = math.prod(shape[layer.stop:])
+    kind = layer.kind
+
+    def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        b = kb.b
+        o, i = b.sdiv(task, i64(inner)), b.srem(task, i64(inner))
+        src = kb.at(ops.inputs[0], b.add(b.mul(o, i64(length * inner)), i))
+        slot = kb.entry_alloca(F32, "acc")
+        start = {"max": float("-inf"), "min": float("inf")}.get(kind, 0.0)
+        b.store(f32(start), slot)
+        with kb.loop(0, length, 1, "e") as e:
+            v, acc = kb.load(src, b.mul(e, i64(inner))), b.load(slot, typ=F32)
+            if kind == "max":
+                acc = kb.intrinsic("llvm.maximum", F32, [acc, v])
+            elif kind == "min":
+                acc = kb.intrinsic("llvm.minimum", F32, [acc, v])
+            else:
+                acc = kb.fma(v, v, acc) if kind == "l2" else b.fadd(acc, v)
+            b.store(acc, slot)
+        acc = b.load(slot, typ=F32)
+        if kind == "mean":
+            acc = b.fdiv(acc, f32(float(length)))
+        elif kind == "l2":
+            acc = kb.intrinsic("llvm.sqrt", F32, [acc])
+        kb.store(acc, ops.outputs[0], task)
+
+    return LayerCode(layer, [Phase("reduce", outer * inner, body)], kernel="reduce")
 
 
 def lower_softmax(layer: Softmax, ctx: LoweringContext) -> LayerCode:

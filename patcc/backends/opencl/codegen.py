@@ -52,6 +52,7 @@ from patcc.ir.layers import (
     Layer,
     Pad,
     Pool,
+    Reduce,
     Reshape,
     ScaleShift,
     Shape,
@@ -601,6 +602,27 @@ class _Renderer:
             f"  for (int j = 0; j < {size}; ++j) {update}\n"
             f"  {self.ws(layer.outputs[0])}[i] = (real)({finish});\n")
         self.add(layer, self.linear(rows, body), rows)
+
+    def _reduce(self, layer: Reduce) -> None:
+        shape = self.shapes[layer.inputs[0]]
+        length = math.prod(shape[layer.start:layer.stop])
+        inner = math.prod(shape[layer.stop:])
+        total = math.prod(shape) // length
+        init, update, finish = {
+            "max": ("-INFINITY", "acc = patcc_max(acc, v);", "acc"),
+            "min": ("INFINITY", "acc = patcc_min(acc, v);", "acc"),
+            "sum": ("0.0f", "acc += v;", "acc"),
+            "mean": ("0.0f", "acc += v;", f"acc / {length}.0f"),
+            "l2": ("0.0f", "acc = fma(v, v, acc);", "sqrt(acc)"),
+        }[layer.kind]
+        body = (
+            f"  __global const real* xr = {self.ws(layer.inputs[0])}"
+            f" + (i / {inner}) * {length * inner} + i % {inner};\n"
+            f"  float acc = {init};\n"
+            f"  for (int j = 0; j < {length}; ++j) {{ const float v = (float)xr[j * {inner}];"
+            f" {update} }}\n"
+            f"  {self.ws(layer.outputs[0])}[i] = (real)({finish});\n")
+        self.add(layer, self.linear(total, body), total)
 
     def _softmax(self, layer: Softmax) -> None:
         shape = self.shapes[layer.inputs[0]]

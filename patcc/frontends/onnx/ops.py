@@ -27,6 +27,7 @@ from patcc.ir.layers import (
     GlobalPool,
     Pad,
     Pool,
+    Reduce,
     Reshape,
     ScaleShift,
     Slice,
@@ -249,31 +250,50 @@ def global_pool(kind: str) -> Callable[[Importer, Node], None]:
 
 
 def reduce(kind: str) -> Callable[[Importer, Node], None]:
-    """ReduceMean/ReduceMax over all spatial axes, the global pooling torch exports."""
+    """ReduceMean/Max/Min/Sum/L2 over any axes, keepdims either way (axes an attribute,
+    or an input from opset 18, 13 for ReduceSum). Over all spatial axes of a 3-D or
+    wider tensor, a mean or max is a GlobalPool; any other set of axes is a Reduce
+    per run of consecutive axes, then a Reshape where the axes are dropped."""
     def convert(ctx: Importer, node: Node) -> None:
-        shape = ctx.shape(node.inputs[0])
+        x = node.inputs[0]
+        shape = ctx.shape(x)
         rank = len(shape)
-        if ctx.opset >= 18:
+        if ctx.opset >= (13 if kind == "sum" else 18):
             axes_value = ctx.optional_const(node, 1, "axes")
             axes = None if axes_value is None else _ints(axes_value.reshape(-1), ())
         else:
             axes = _ints(node.attr("axes"), ()) if node.attr("axes") is not None else None
         if not axes:
-            if node.attr("noop_with_empty_axes", 0):
-                ctx.alias[node.outputs[0]] = node.inputs[0]
+            if node.attr("noop_with_empty_axes", 0) or rank == 0:
+                ctx.alias[node.outputs[0]] = x
                 return
             axes = tuple(range(rank))
-        norm = sorted(_axis(node, a, rank) for a in axes)
-        if rank < 3 or norm != list(range(2, rank)):
-            unsupported(node, f"{node.op_type} over axes {tuple(axes)} is not supported "
-                              f"(only over all spatial axes 2..{rank - 1})")
+        norm = sorted({_axis(node, a, rank) for a in axes})
         keep = bool(node.attr("keepdims", 1))
+        kept_shape = tuple(1 if a in norm else d for a, d in enumerate(shape))
         out = node.outputs[0] if keep else ctx.temp(node, "keep")
-        ctx.add(GlobalPool(name=ctx.layer_name(node), inputs=(node.inputs[0],),
-                           outputs=(out,), kind=kind))
+        if kind in ("mean", "max") and rank >= 3 and norm == list(range(2, rank)):
+            ctx.add(GlobalPool(name=ctx.layer_name(node), inputs=(x,), outputs=(out,),
+                               kind="avg" if kind == "mean" else "max"))
+        else:
+            runs: list[list[int]] = []
+            for a in norm:
+                if runs and runs[-1][-1] == a - 1:
+                    runs[-1].append(a)
+                else:
+                    runs.append([a])
+            source = x
+            for k, run in enumerate(runs):
+                last = k == len(runs) - 1
+                target = out if last else ctx.temp(node, f"part{k}")
+                ctx.add(Reduce(name=ctx.layer_name(node, "" if last else f"_{k}"),
+                               inputs=(source,), outputs=(target,), kind=kind,
+                               start=run[0], stop=run[-1] + 1))
+                source = target
         if not keep:
             ctx.add(Reshape(name=ctx.layer_name(node, "_squeeze"), inputs=(out,),
-                            outputs=(node.outputs[0],), shape=shape[:2]))
+                            outputs=(node.outputs[0],),
+                            shape=tuple(d for a, d in enumerate(kept_shape) if a not in norm)))
     return convert
 
 
@@ -600,8 +620,11 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "AveragePool": pool("avg"),
     "GlobalAveragePool": global_pool("avg"),
     "GlobalMaxPool": global_pool("max"),
-    "ReduceMean": reduce("avg"),
+    "ReduceMean": reduce("mean"),
     "ReduceMax": reduce("max"),
+    "ReduceMin": reduce("min"),
+    "ReduceSum": reduce("sum"),
+    "ReduceL2": reduce("l2"),
     "Add": binary("add"),
     "Sub": binary("sub"),
     "Mul": binary("mul"),
