@@ -342,3 +342,12 @@ def test_reductions_over_any_axes() -> None:
     got = compiled.load().run(feeds())
     for name, value in run(compiled.graph, feeds()).items():
         assert_close(got[name], value, name)
+
+
+def test_depth_space_tile_expand() -> None:
+    from test_pointwise import feeds, rearrangements_model
+
+    compiled = patcc.compile(rearrangements_model(), target="opencl")
+    got = compiled.load().run(feeds())
+    for name, value in run(compiled.graph, feeds()).items():
+        assert_close(got[name], value, name)

@@ -15,9 +15,11 @@ from patcc.ir.layers import IRError, check_size
 MIN_OPSET = 11
 MAX_OPSET = 28
 """Opsets 22-28 changed the operators patcc converts only in the element types they
-allow (bfloat16, 4- and 8-bit types) and, for Cast, in attributes for 8-bit floats:
-float32 semantics are those of opset 21 (tests/test_onnx_node.py checks the schemas
-and runs ONNX's own node tests, generated at these opsets)."""
+allow (bfloat16, 4- and 8-bit types), for Cast in attributes for 8-bit floats, and
+for SpaceToDepth by a ``mode`` attribute (DCR by default, as before), which the
+converter reads: float32 semantics are otherwise those of opset 21
+(tests/test_onnx_node.py checks the schemas and runs ONNX's own node tests,
+generated at these opsets)."""
 
 
 def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:

@@ -513,6 +513,82 @@ def transpose(ctx: Importer, node: Node) -> None:
                       outputs=(node.outputs[0],), perm=perm))
 
 
+def _shuffle(ctx: Importer, node: Node, split: tuple[int, ...], perm: tuple[int, ...],
+             out_shape: tuple[int, ...]) -> None:
+    """Reshape to ``split``, permute by ``perm``, reshape to ``out_shape``."""
+    t0, t1 = ctx.temp(node, "split"), ctx.temp(node, "moved")
+    ctx.add(Reshape(name=ctx.layer_name(node, "_split"), inputs=(node.inputs[0],),
+                    outputs=(t0,), shape=split))
+    ctx.add(Transpose(name=ctx.layer_name(node), inputs=(t0,), outputs=(t1,), perm=perm))
+    ctx.add(Reshape(name=ctx.layer_name(node, "_merge"), inputs=(t1,),
+                    outputs=(node.outputs[0],), shape=out_shape))
+
+
+def depth_to_space(ctx: Importer, node: Node) -> None:
+    """DCR (depth, column, row: the default) or CRD blocks of channels into space."""
+    n, c, h, w = _spatial_input(ctx, node)
+    bs, mode = int(node.attr("blocksize", 0)), node.attr("mode", "DCR")
+    if bs < 1 or c % (bs * bs) or mode not in ("DCR", "CRD"):
+        raise PatccError(f"blocksize {bs} and mode {mode!r} for {c} channels: the "
+                         "channels must divide by blocksize^2, mode DCR or CRD", node.where)
+    depth = c // (bs * bs)
+    if mode == "DCR":
+        split, perm = (n, bs, bs, depth, h, w), (0, 3, 4, 1, 5, 2)
+    else:
+        split, perm = (n, depth, bs, bs, h, w), (0, 1, 4, 2, 5, 3)
+    _shuffle(ctx, node, split, perm, (n, depth, h * bs, w * bs))
+
+
+def space_to_depth(ctx: Importer, node: Node) -> None:
+    """Blocks of space into channels, in DCR order (or CRD where the mode says so)."""
+    n, c, h, w = _spatial_input(ctx, node)
+    bs, mode = int(node.attr("blocksize", 0)), node.attr("mode", "DCR")
+    if bs < 1 or h % bs or w % bs or mode not in ("DCR", "CRD"):
+        raise PatccError(f"blocksize {bs} and mode {mode!r} for a {h}x{w} input: height and "
+                         "width must divide by blocksize, mode DCR or CRD", node.where)
+    perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+    _shuffle(ctx, node, (n, c, h // bs, bs, w // bs, bs), perm,
+             (n, c * bs * bs, h // bs, w // bs))
+
+
+def expand(ctx: Importer, node: Node) -> None:
+    """Broadcast to a constant shape: x + 0 of the expanded dimensions (numpy rules)."""
+    shape = ctx.shape(node.inputs[0])
+    target = tuple(int(d) for d in ctx.const(node, 1, "shape").reshape(-1))
+    try:
+        out = np.broadcast_shapes(shape, target)
+    except ValueError:
+        raise PatccError(f"cannot expand {list(shape)} to {list(target)}", node.where) from None
+    if out == tuple(shape):
+        ctx.alias[node.outputs[0]] = node.inputs[0]
+        return
+    padded = (1,) * (len(out) - len(shape)) + tuple(shape)
+    zeros = np.zeros(tuple(o if p == 1 else 1 for o, p in zip(out, padded, strict=True)),
+                     np.float32)
+    ctx.add(Binary(name=ctx.layer_name(node), outputs=(node.outputs[0],), binop="add",
+                   inputs=(node.inputs[0], _constant_operand(ctx, node, "zeros", zeros))))
+
+
+def tile(ctx: Importer, node: Node) -> None:
+    """Repeats along each axis: a Concat of copies per repeated axis."""
+    shape = ctx.shape(node.inputs[0])
+    repeats = [int(r) for r in ctx.const(node, 1, "repeats").reshape(-1)]
+    if len(repeats) != len(shape) or min(repeats, default=1) < 1:
+        raise PatccError(f"repeats {repeats} for a rank-{len(shape)} input must be one "
+                         "integer >= 1 per axis", node.where)
+    axes = [a for a, r in enumerate(repeats) if r > 1]
+    if not axes:
+        ctx.alias[node.outputs[0]] = node.inputs[0]
+        return
+    source = node.inputs[0]
+    for k, axis in enumerate(axes):
+        last = k == len(axes) - 1
+        out = node.outputs[0] if last else ctx.temp(node, f"tile{axis}")
+        ctx.add(Concat(name=ctx.layer_name(node, "" if last else f"_{axis}"),
+                       inputs=(source,) * repeats[axis], outputs=(out,), axis=axis))
+        source = out
+
+
 def concat(ctx: Importer, node: Node) -> None:
     inputs = tuple(ctx.operand(node, i) for i, name in enumerate(node.inputs) if name)
     rank = len(ctx.shape(inputs[0]))
@@ -662,6 +738,10 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "Unsqueeze": unsqueeze,
     "Transpose": transpose,
     "Concat": concat,
+    "DepthToSpace": depth_to_space,
+    "SpaceToDepth": space_to_depth,
+    "Expand": expand,
+    "Tile": tile,
     "Split": split,
     "Slice": slice_,
     "Pad": pad,
