@@ -162,3 +162,24 @@ def test_rearrangements_match_onnxruntime_interpreted_and_compiled() -> None:
             ours = patcc.compile(model, tag, tune=False).load(num_threads=2).run(feeds())
         for name, value in theirs.items():
             assert_close(ours[name], value, f"{name} ({tag or 'interpreter'})")
+
+
+def test_instance_normalization_in_every_x86_build() -> None:
+    """A composition of GlobalPool, Binary, Unary and ScaleShift layers."""
+    scale = np.array([1.5, -0.5, 2.0], np.float32)
+    bias = np.array([0.1, 0.2, -0.3], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)],
+        "instance_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, SHAPE)],
+        [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    want = run_onnxruntime(model, feeds(), ["y"])["y"]
+    assert_close(run(import_onnx(model), feeds())["y"], want, "interpreter")
+    for tag in X86_TAGS:
+        try:
+            runnable_target(tag)
+        except pytest.skip.Exception:
+            continue
+        got = patcc.compile(model, tag, tune=False).load(num_threads=2).run(feeds())["y"]
+        assert_close(got, want, tag)

@@ -186,6 +186,42 @@ def matmul(ctx: Importer, node: Node) -> None:
                   bias=np.zeros(b.shape[1], np.float32)))
 
 
+def instance_norm(ctx: Importer, node: Node) -> None:
+    """(x - mean) / sqrt(var + epsilon) per image and channel over H and W, then a
+    per-channel scale and bias; from GlobalPool, Binary, Unary and ScaleShift layers."""
+    shape = ctx.shape(node.inputs[0])
+    if len(shape) < 3:
+        unsupported(node, f"InstanceNormalization of a rank-{len(shape)} tensor is not "
+                          "supported (needs N, C and spatial axes)")
+    channels = shape[1]
+    scale, bias = ctx.weight(node, 1, "scale"), ctx.weight(node, 2, "B")
+    for what, value in (("scale", scale), ("B", bias)):
+        if value.shape != (channels,):
+            raise PatccError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
+                             f"({channels},)", node.where)
+    eps = float(node.attr("epsilon", 1e-5))
+    if not eps >= 0:
+        raise PatccError(f"epsilon {eps} must be >= 0", node.where)
+    x = node.inputs[0]
+    mean, centred, square, var, shifted, std, normed = (
+        ctx.temp(node, t) for t in ("mean", "centred", "square", "var", "shifted", "std",
+                                    "normed"))
+
+    def layer(cls: type, suffix: str, inputs: tuple[str, ...], out: str, **kw: object) -> None:
+        ctx.add(cls(name=ctx.layer_name(node, suffix), inputs=inputs, outputs=(out,), **kw))
+
+    layer(GlobalPool, "_mean", (x,), mean, kind="avg")
+    layer(Binary, "_centre", (x, mean), centred, binop="sub")
+    layer(Binary, "_square", (centred, centred), square, binop="mul")
+    layer(GlobalPool, "_var", (square,), var, kind="avg")
+    layer(Binary, "_eps", (var, _constant_operand(ctx, node, "eps",
+                                                  np.array(eps, np.float32))),
+          shifted, binop="add")
+    layer(Unary, "_sqrt", (shifted,), std, activation=Activation("sqrt"))
+    layer(Binary, "_divide", (centred, std), normed, binop="div")
+    layer(ScaleShift, "", (normed,), node.outputs[0], scale=scale, shift=bias)
+
+
 def batch_norm(ctx: Importer, node: Node) -> None:
     if node.attr("training_mode", 0):
         unsupported(node, "BatchNormalization in training mode is not supported "
@@ -692,6 +728,7 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "Gemm": gemm,
     "MatMul": matmul,
     "BatchNormalization": batch_norm,
+    "InstanceNormalization": instance_norm,
     "MaxPool": pool("max"),
     "AveragePool": pool("avg"),
     "GlobalAveragePool": global_pool("avg"),
