@@ -76,12 +76,46 @@ def activation_formula(kind: str, alpha: float, beta: float, v: float) -> float:
         return math.tanh(v)
     if kind == "silu":
         return v * activation_formula("sigmoid", 0, 0, v)
+    if kind in ("elu", "selu"):
+        y = v if v > 0 else alpha * math.expm1(v)
+        return y if kind == "elu" else beta * y
+    if kind == "softplus":
+        return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+    if kind == "mish":
+        return v * math.tanh(activation_formula("softplus", 0, 0, v))
+    if kind == "gelu":
+        return 0.5 * v * (1 + math.erf(v / math.sqrt(2)))
+    if kind == "gelu_tanh":
+        return 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
+    if kind == "erf":
+        return math.erf(v)
+    if kind == "exp":
+        return math.exp(v)
+    if kind == "neg":
+        return -v
+    if kind == "abs":
+        return abs(v)
+    # defined on part of the line only: NaN (or inf) outside it, as numpy answers
+    with np.errstate(all="ignore"):
+        if kind == "log":
+            return float(np.log(np.float64(v)))
+        if kind == "sqrt":
+            return float(np.sqrt(np.float64(v)))
+        if kind == "reciprocal":
+            return float(np.float64(1) / np.float64(v))
+        if kind == "pow":
+            return float(np.power(np.float64(v), np.float64(alpha)))
     raise AssertionError(kind)
 
 
 ACTIVATION_PARAMS = {
     "clip": (-0.5, 6.0), "leaky_relu": (0.1, 0.0), "hard_sigmoid": (0.2, 0.5),
+    "elu": (0.7, 0.0), "selu": (1.6732632423543772, 1.0507009873554805), "pow": (2.5, 0.0),
 }
+POSITIVE_DOMAIN = ("log", "sqrt", "reciprocal", "pow")
+"""Kinds tested on |x| + 0.5: elsewhere they are NaN or infinite by definition."""
+WHOLE_LINE_KINDS = tuple(k for k in ACTIVATION_KINDS if k not in (*POSITIVE_DOMAIN, "exp"))
+"""Kinds finite on the whole line, drawn for the fused-activation properties."""
 
 
 def activations() -> st.SearchStrategy[Activation]:
@@ -91,7 +125,7 @@ def activations() -> st.SearchStrategy[Activation]:
         return Activation(kind, a, b) if kind in ACTIVATION_PARAMS else Activation(kind)
 
     grid = st.integers(-16, 16).map(lambda i: i / 4)
-    return st.builds(build, st.sampled_from(ACTIVATION_KINDS), grid, grid)
+    return st.builds(build, st.sampled_from(WHOLE_LINE_KINDS), grid, grid)
 
 
 def apply_formula(act: Activation | None, y: np.ndarray) -> np.ndarray:
@@ -111,6 +145,10 @@ def test_activation_matches_formula(kind: str) -> None:
     x = np.concatenate([
         np.linspace(-8, 8, 161), [-3.0, 3.0, -2.5, 2.5, 6.0, -0.5, -100.0, 100.0, -1e4, 1e4],
     ]).astype(np.float32).reshape(1, -1)
+    if kind in POSITIVE_DOMAIN:
+        x = np.abs(x) + np.float32(0.5)
+    if kind == "exp":
+        x = np.clip(x, -80, 80)  # e^80 is still a float32
     layer = Unary(name="act", inputs=("x",), outputs=("y",), activation=act)
     (got,) = evaluate(layer, [x])
     assert got.dtype == np.float32 and got.shape == x.shape

@@ -678,13 +678,13 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_cli_compile_unsupported_operator(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     model = two_input_model()
-    model.graph.node.append(helper.make_node("Erf", ["pooled"], ["e"], name="erf_node"))
+    model.graph.node.append(helper.make_node("Hardmax", ["pooled"], ["e"], name="hardmax_node"))
     model.graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, (1, 4)))
     src = tmp_path / "m.onnx"
     src.write_bytes(model.SerializeToString())
     out = tmp_path / "m.so"
     code, _, err = cli(capsys, "compile", str(src), "-o", str(out))
-    assert_user_error(code, err, "'Erf'", "'erf_node'")
+    assert_user_error(code, err, "'Hardmax'", "'hardmax_node'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # nothing else written
 
 

@@ -131,7 +131,7 @@ def apply_activation(act: Activation | None, x: np.ndarray) -> np.ndarray:
         return np.tanh(x)
     if kind == "silu":
         return x * _sigmoid(x)
-    return _MATH[kind](x, act.alpha, act.beta)
+    return _MATH[kind](np.asarray(x, np.float64), act.alpha, act.beta)  # rounded once
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
