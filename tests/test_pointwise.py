@@ -128,7 +128,8 @@ def test_reductions_match_onnxruntime_interpreted_and_compiled() -> None:
 
 
 def rearrangements_model() -> onnx.ModelProto:
-    """DepthToSpace (both modes), SpaceToDepth, Tile and Expand, chained."""
+    """DepthToSpace (both modes), SpaceToDepth, Tile and Expand, chained; Pow with a
+    per-channel exponent."""
     nodes = [
         helper.make_node("Tile", ["x", "reps"], ["t"]),  # 1x3x9x11 -> 1x12x9x22
         helper.make_node("DepthToSpace", ["t"], ["d"], blocksize=2),  # 1x3x18x44
@@ -136,12 +137,15 @@ def rearrangements_model() -> onnx.ModelProto:
         helper.make_node("SpaceToDepth", ["d"], ["s"], blocksize=2),  # 1x12x9x22
         helper.make_node("ReduceMean", ["x", "ax"], ["m"], keepdims=1),  # 1x3x9x1
         helper.make_node("Expand", ["m", "shape"], ["e"]),  # 2x3x9x5
+        helper.make_node("Pow", ["x", "expo"], ["p"]),  # a tensor exponent
     ]
     inits = [numpy_helper.from_array(np.array([1, 4, 1, 2], np.int64), "reps"),
              numpy_helper.from_array(np.array([3], np.int64), "ax"),
-             numpy_helper.from_array(np.array([2, 3, 9, 5], np.int64), "shape")]
+             numpy_helper.from_array(np.array([2, 3, 9, 5], np.int64), "shape"),
+             numpy_helper.from_array(np.array([2.0, 3.0, -1.0], np.float32).reshape(1, 3, 1, 1),
+                                     "expo")]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-               for n in ("d", "dc", "s", "e")]
+               for n in ("d", "dc", "s", "e", "p")]
     graph = helper.make_graph(nodes, "rearrange",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
                               outputs, inits)

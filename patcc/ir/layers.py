@@ -468,7 +468,7 @@ class Reduce(Layer):
 # Element-wise
 # ---------------------------------------------------------------------------------------
 
-BINARY_OPS = ("add", "sub", "mul", "div", "max", "min")
+BINARY_OPS = ("add", "sub", "mul", "div", "max", "min", "pow")
 
 
 def broadcast(a: Shape, b: Shape) -> Shape:

@@ -261,7 +261,7 @@ def _global_pool(layer: GlobalPool, args: list[np.ndarray]) -> list[np.ndarray]:
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-    "max": np.maximum, "min": np.minimum,
+    "max": np.maximum, "min": np.minimum, "pow": np.power,
 }
 
 

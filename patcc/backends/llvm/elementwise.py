@@ -147,6 +147,8 @@ def lower_binary(layer: Binary, ctx: LoweringContext) -> LayerCode:
             # numpy semantics: NaN wins (llvm.maximum/minimum), unlike maxnum/minnum
             y = kb.intrinsic("llvm.maximum" if layer.binop == "max" else "llvm.minimum",
                              v[0].type, v)
+        elif layer.binop == "pow":
+            y = kb.intrinsic("llvm.pow", v[0].type, v)
         else:
             y = _BINARY[layer.binop](kb.b, v[0], v[1])
         return kb.activation(layer.activation, y)

@@ -542,7 +542,7 @@ class _Renderer:
         a_shape, b_shape = (self.shapes[t] for t in layer.inputs)
         total = math.prod(out_shape)
         op = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b",
-              "max": "patcc_max(a, b)", "min": "patcc_min(a, b)"}[layer.binop]
+              "max": "patcc_max(a, b)", "min": "patcc_min(a, b)", "pow": "pow(a, b)"}[layer.binop]
         body = (
             f"  const float a = (float){self.ws(layer.inputs[0])}"
             f"[{self._broadcast_index(a_shape, out_shape, 'i')}];\n"

@@ -431,10 +431,16 @@ def activation(kind: str) -> Callable[[Importer, Node], None]:
                 raise PatccError(f"unknown approximate {approximate!r}", node.where)
             chosen = "gelu_tanh" if approximate == "tanh" else kind
         elif kind == "pow":
-            exponent = ctx.optional_const(node, 1, "exponent")
-            if exponent is None or np.asarray(exponent).size != 1:
-                unsupported(node, "Pow with an exponent that is not one constant number "
-                                  "is not supported")
+            exponent = ctx.consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
+            if exponent is None or np.asarray(exponent).size != 1:  # element-wise
+                if exponent is not None and np.issubdtype(exponent.dtype, np.integer):
+                    operand = _constant_operand(ctx, node, "exponent",
+                                                exponent.astype(np.float32))
+                else:
+                    operand = ctx.operand(node, 1)
+                ctx.add(Binary(name=ctx.layer_name(node), outputs=(node.outputs[0],),
+                               binop="pow", inputs=(ctx.operand(node, 0), operand)))
+                return
             alpha = float(np.asarray(exponent).reshape(-1)[0])
         ctx.add(Unary(name=ctx.layer_name(node), inputs=(node.inputs[0],),
                       outputs=(node.outputs[0],), activation=Activation(chosen, alpha, beta)))

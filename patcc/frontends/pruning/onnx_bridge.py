@@ -165,7 +165,7 @@ def _activation(g: fx.Graph, act: Activation | None, x: fx.Node) -> fx.Node:
 
 _BINARY: dict[str, Callable[..., Any]] = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul,
-    "div": operator.truediv, "max": torch.maximum, "min": torch.minimum}
+    "div": operator.truediv, "max": torch.maximum, "min": torch.minimum, "pow": torch.pow}
 
 
 def _build(graph: Graph, input_shape: tuple[int, ...],
