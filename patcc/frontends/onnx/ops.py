@@ -338,20 +338,27 @@ def reduce(kind: str) -> Callable[[Importer, Node], None]:
 # ---------------------------------------------------------------------------------------
 
 
+def _chain(ctx: Importer, node: Node, op: str, out: str) -> bool:
+    """Fold the node's inputs with ``op`` into ``out`` (a chain of Binary layers);
+    False, with ``out`` an alias of the input, when there is one input."""
+    inputs = [i for i in node.inputs if i]
+    if len(inputs) == 1:
+        ctx.alias[out] = inputs[0]
+        return False
+    acc = ctx.operand(node, 0)
+    for k in range(1, len(inputs)):
+        last = k == len(inputs) - 1
+        target = out if last else ctx.temp(node, f"acc{k}")
+        ctx.add(Binary(name=ctx.layer_name(node, "" if last else f"_{k}"),
+                       inputs=(acc, ctx.operand(node, k)), outputs=(target,), binop=op))
+        acc = target
+    return True
+
+
 def binary(op: str) -> Callable[[Importer, Node], None]:
     """Add/Sub/Mul/Div (two inputs) and the variadic Max/Min/Sum, as a chain."""
     def convert(ctx: Importer, node: Node) -> None:
-        inputs = [i for i in node.inputs if i]
-        if len(inputs) == 1:
-            ctx.alias[node.outputs[0]] = inputs[0]
-            return
-        acc = ctx.operand(node, 0)
-        for k in range(1, len(inputs)):
-            last = k == len(inputs) - 1
-            out = node.outputs[0] if last else ctx.temp(node, f"acc{k}")
-            ctx.add(Binary(name=ctx.layer_name(node, "" if last else f"_{k}"),
-                           inputs=(acc, ctx.operand(node, k)), outputs=(out,), binop=op))
-            acc = out
+        _chain(ctx, node, op, node.outputs[0])
     return convert
 
 
@@ -365,19 +372,14 @@ def _constant_operand(ctx: Importer, node: Node, suffix: str, value: np.ndarray)
 
 def mean(ctx: Importer, node: Node) -> None:
     """Mean of several inputs: their sum (a chain of adds) times 1/n."""
-    inputs = [i for i in node.inputs if i]
-    if len(inputs) == 1:
-        ctx.alias[node.outputs[0]] = inputs[0]
-        return
-    acc = ctx.operand(node, 0)
-    for k in range(1, len(inputs)):
-        out = ctx.temp(node, f"sum{k}")
-        ctx.add(Binary(name=ctx.layer_name(node, f"_{k}"), inputs=(acc, ctx.operand(node, k)),
-                       outputs=(out,), binop="add"))
-        acc = out
-    scale = _constant_operand(ctx, node, "scale", np.array(1 / len(inputs), np.float32))
-    ctx.add(Binary(name=ctx.layer_name(node), inputs=(acc, scale), outputs=(node.outputs[0],),
-                   binop="mul"))
+    total = ctx.temp(node, "sum")
+    if _chain(ctx, node, "add", total):
+        scale = _constant_operand(ctx, node, "scale",
+                                  np.array(1 / len([i for i in node.inputs if i]), np.float32))
+        ctx.add(Binary(name=ctx.layer_name(node), inputs=(total, scale),
+                       outputs=(node.outputs[0],), binop="mul"))
+    else:
+        ctx.alias[node.outputs[0]] = ctx.alias.pop(total)
 
 
 def prelu(ctx: Importer, node: Node) -> None:
