@@ -295,7 +295,8 @@ class KernelBuilder:
                       self.intrinsic("llvm.log", t, [b.fadd(self.const(t, 1.0), e)]))
 
     def erf(self, x: ir.Value) -> ir.Value:
-        """erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7):
+        """erf by Abramowitz and Stegun 7.1.26 (error bound 1.5e-7 in exact arithmetic;
+        4.2e-7 measured in float32 on [-6, 6]):
         sign(x) (1 - t (a1 + t (a2 + ... a5)) exp(-x^2)), t = 1 / (1 + p |x|)."""
         b, t = self.b, x.type
         ax = self.intrinsic("llvm.fabs", t, [x])
