@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # the newest CUDA build (several GB); 2.13.0 is the CPU build these machines carry.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test bench bench-pruning bench-opencl lint clean
+.PHONY: install demo test test-full bench bench-pruning bench-opencl lint clean
 
 # The stamp makes a second `make install` a no-op unless pyproject.toml changed.
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,10 @@ demo: install
 TEST_WORKERS ?= auto
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# Every architecture in every variant on every backend (about 25 minutes on 2 cores).
+test-full: install
+	PATCC_FULL_MATRIX=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # make bench TARGET=x86_64-avx2: patcc's code for that tag, tuned and timed here.
 TARGET ?= x86_64

@@ -192,13 +192,13 @@ def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
     import numpy as np
     import torch
 
-    from patcc.models import INPUT_SHAPES, export_onnx, pruned_model
+    from patcc.models import INPUT_SHAPES, OUTPUT_NAMES, export_onnx, pruned_model
     from patcc.stats import model_stats
 
     start = time.perf_counter()
     module = pruned_model(name, variant)
     path = workdir / f"{name}-{variant}.onnx"
-    export_onnx(module, path, INPUT_SHAPES[name])
+    export_onnx(module, path, INPUT_SHAPES[name], output_names=OUTPUT_NAMES[name])
     export_s = time.perf_counter() - start
     compiled, model, compile_record = compile_patcc(path, threads, target)
     compile_record["export_s"] = export_s
@@ -213,7 +213,9 @@ def bench_model(name: str, variant: str, runs: int, threads: int, workdir: Path,
         with torch.inference_mode():
             module(xt)
 
-    error = relative_error(model(x), session.run(None, feed)[0])
+    # Every output (the detector has three), in the order both engines give them.
+    error = max(relative_error(ours, ref) for ours, ref in zip(
+        model.run([x]).values(), session.run(None, feed), strict=True))
     engines = {"patcc": lambda: model(x), "onnxruntime": lambda: session.run(None, feed),
                "torch": run_torch}
     latency = {e: summarize(t) for e, t in time_alternately(engines, runs).items()}

@@ -80,3 +80,15 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
     assert lines[0].startswith("patcc: error: "), lines[0]
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+def compiled_outputs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                     input_shapes: Mapping[str, Sequence[int]] | None = None
+                     ) -> dict[str, dict[str, np.ndarray]]:
+    """Tag -> the outputs of ``model`` built (untuned) for each x86 tag this machine
+    can run, on ``feeds`` at two threads."""
+    import patcc
+    from conftest import runnable_x86_tags
+
+    return {tag: patcc.compile(model, tag, input_shapes=input_shapes, tune=False)
+            .load(num_threads=2).run(feeds) for tag in runnable_x86_tags()}

@@ -37,6 +37,12 @@ os.environ["PATCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="patcc-test-cache-")
 atexit.register(shutil.rmtree, os.environ["PATCC_CACHE_DIR"], ignore_errors=True)
 
 
+def fuzz_examples(default: int) -> int:
+    """Hypothesis examples per randomised test: ``PATCC_FUZZ_EXAMPLES`` when set, else
+    the test's own default (sized to the cost of one example)."""
+    return int(os.environ.get("PATCC_FUZZ_EXAMPLES", default))
+
+
 def require_tool(name: str, hint: str) -> str:
     """Path of executable ``name``, or skip (fail in CI) saying how to install it."""
     path = shutil.which(name)
@@ -74,15 +80,24 @@ PRUNED_VARIANT = {
     "resnet50": "6x",
     "vgg16": "8x",
     "mobilenet_v2": "dw-patterns+pw50",
+    "lraspp_mobilenet_v3": "dw-patterns+pw50",
 }
-"""The pruned variant tested for each architecture (the small models use "6x")."""
+"""The pruned variant tested for each architecture (the others use "6x"): patterns on
+the depthwise convolutions and half of each 1x1 for the MobileNets."""
 
 SLOW_ARCHITECTURES = ("resnet50", "vgg16")
+
+FULL_MATRIX = os.environ.get("PATCC_FULL_MATRIX") == "1"
+"""``make test-full``: every architecture in every variant on every backend and target.
+``make test`` keeps to 15 minutes on 2 cores with the subsets each test file states
+(each kernel family and each new operator still runs on every backend)."""
 
 
 def reference_params(*more: tuple[str, ...], packed: bool = False) -> list[object]:
     """pytest params ``(name, variant, *one of each of more)`` over every reference
-    architecture, dense and its pruned variant; resnet50 and vgg16 are marked slow.
+    architecture, dense and its pruned variant; resnet50 and vgg16 are marked slow and,
+    unless ``FULL_MATRIX``, run pruned only (their dense layers are ResNet-18's; each
+    costs 10-25 s a build).
     ``packed``: each param is one tuple (for a parametrized fixture)."""
     import itertools
 
@@ -91,7 +106,9 @@ def reference_params(*more: tuple[str, ...], packed: bool = False) -> list[objec
     params = []
     for name in REFERENCE_ARCHITECTURES:
         marks = [pytest.mark.slow] if name in SLOW_ARCHITECTURES else []
-        for variant in ("dense", PRUNED_VARIANT.get(name, "6x")):
+        variants = ("dense",) * (FULL_MATRIX or name not in SLOW_ARCHITECTURES) + (
+            PRUNED_VARIANT.get(name, "6x"),)
+        for variant in variants:
             for extra in itertools.product(*more):
                 values = (name, variant, *extra)
                 params.append(pytest.param(*((values,) if packed else values), marks=marks,
@@ -107,7 +124,7 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     Dense variants keep their BatchNormalization nodes (the exporter would fold
     them), so patcc's own folding is exercised on every architecture.
     """
-    from patcc.models import INPUT_SHAPES, export_onnx, pruned_model
+    from patcc.models import INPUT_SHAPES, OUTPUT_NAMES, export_onnx, pruned_model
 
     cache: dict[tuple[str, str], tuple[object, object]] = {}
     root = tmp_path_factory.mktemp("models")
@@ -116,7 +133,8 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
         if (name, variant) not in cache:
             module = pruned_model(name, variant)
             path = root / f"{name}-{variant}.onnx"
-            export_onnx(module, path, INPUT_SHAPES[name], fold_batchnorm=variant != "dense")
+            export_onnx(module, path, INPUT_SHAPES[name], fold_batchnorm=variant != "dense",
+                        output_names=OUTPUT_NAMES[name])
             cache[name, variant] = (module, path)
         return cache[name, variant]
 

@@ -29,9 +29,9 @@ import onnx
 from onnx import numpy_helper
 
 OPERATORS = frozenset({
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
-    "Conv", "ConvTranspose", "DepthToSpace", "Div", "Dropout", "Elu", "Erf", "Exp", "Expand",
-    "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
+    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Col2Im", "Concat",
+    "Constant", "Conv", "ConvTranspose", "DepthToSpace", "Div", "Dropout", "Elu", "Erf", "Exp",
+    "Expand", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
     "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LRN", "LeakyRelu",
     "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mish", "Mul", "Neg",
     "PRelu", "Pad", "Pow", "Reciprocal", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -84,6 +84,8 @@ def _exclusion(model: onnx.ModelProto, inputs: list[np.ndarray],
         return "empty tensors (a dimension of 0; patcc requires every dimension >= 1)"
     for node in model.graph.node:
         if node.op_type in SPATIAL_OPERATORS and inputs and np.asarray(inputs[0]).ndim != 4:
+            return "1-D or 3-D convolution or pooling (patcc compiles 2-D NCHW CNNs)"
+        if node.op_type == "Col2Im" and len(inputs) > 1 and np.asarray(inputs[1]).size != 2:
             return "1-D or 3-D convolution or pooling (patcc compiles 2-D NCHW CNNs)"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "BatchNormalization" and (attrs.get("training_mode")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from onnx_gen import OnnxCase, pattern_conv_models, small_graph_models
 
 import patcc
-from conftest import SLOW_ARCHITECTURES, reference_params, require_lld, require_tool
+from conftest import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params, require_lld, require_tool
 from patcc.backends.elf import EM_AARCH64, read_load_segments, read_symbols
 from patcc.backends.llvm import toolchain
 from patcc.backends.llvm.toolchain import LIBM_FUNCTIONS
@@ -153,20 +153,28 @@ def require_emulation() -> None:
     require_tool("aarch64-linux-gnu-gcc", QEMU_PACKAGES)
 
 
-ARM_CASES = [case for case in reference_params(ARM_TAGS)
-             if case.values[0] not in SLOW_ARCHITECTURES
-             or (case.values[2] == "aarch64-android" and case.values[1] != "dense")]
-"""Every reference architecture, dense and pruned, for both C libraries; the slow ones
-pruned and for Android only (a VGG-16 dense run takes 100 s under qemu on 2 busy
-cores): both targets run the same kernels, the small architectures already cover
-glibc's loader, and their dense variants the same dense kernels as the slow ones'."""
+
+
+def _arm_case_runs(name: str, variant: str, tag: str) -> bool:
+    if FULL_MATRIX:
+        return True
+    if name in SLOW_ARCHITECTURES:
+        return False
+    return (tag == "aarch64-android") == (variant != "dense")
+
+
+ARM_CASES = [case for case in reference_params(ARM_TAGS) if _arm_case_runs(*case.values)]
+"""Every reference architecture but the slow two (ResNet-50 and VGG-16 are ResNet-18's
+kernels again, 40-50 s each under qemu), each variant once: dense for glibc, pruned
+for Android, so every model's dense and pattern kernels run on ARM and each C
+library's loader runs every model. ``PATCC_FULL_MATRIX=1`` runs every case."""
 
 
 @pytest.mark.parametrize(("name", "variant", "tag"), ARM_CASES)
 def test_arm_model_matches_onnxruntime_under_qemu(name: str, variant: str, tag: str,
                                                  exported_model,  # type: ignore[no-untyped-def]
                                                  tmp_path: Path) -> None:
-    # ARM_CASES (about 4 minutes in all under qemu).
+    # ARM_CASES (about 5 minutes in all under qemu).
     require_emulation()
     path = exported_model(name, variant)[1]
     so = tmp_path / "model.so"
@@ -179,12 +187,16 @@ def test_arm_model_matches_onnxruntime_under_qemu(name: str, variant: str, tag: 
     assert isinstance(model, EmulatedModel) and model.info["target"]["tag"] == tag
     x = np.random.default_rng(3).uniform(-1, 1, INPUT_SHAPES[name]).astype(np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
-    got = model(x)
-    assert_close(got, expected, f"{name} {variant} for {tag} under qemu")
+    names = [o.name for o in session.get_outputs()]
+    expected = session.run(names, {session.get_inputs()[0].name: x})
+    got = model.run([x])
+    assert list(got) == names  # the detector's three, in order
+    for out_name, ref in zip(names, expected, strict=True):
+        assert_close(got[out_name], ref, f"{name} {variant} {out_name} for {tag} under qemu")
     if name.endswith("_tiny"):
         model.num_threads = 1
-        np.testing.assert_array_equal(model(x), got)  # threads split work, not results
+        for out_name, value in model.run([x]).items():  # threads split work, not results
+            np.testing.assert_array_equal(value, got[out_name], err_msg=out_name)
 
 
 @pytest.mark.parametrize("tag", ARM_TAGS)
@@ -264,4 +276,36 @@ def test_pointwise_operators_under_qemu(tmp_path: Path) -> None:
     compiled.save(tmp_path / "m.so")
     got = patcc.load(tmp_path / "m.so").run(feeds())
     for name, value in run(compiled.graph, feeds()).items():
+        assert_close(got[name], value, name)
+
+
+def test_resize_under_qemu(tmp_path: Path) -> None:
+    """Every Resize form models export (nearest repeat, linear and cubic gathers), the
+    U-Net up-sample + Concat, on aarch64."""
+    from test_resize import SHAPE, TORCH_MODES, _feeds, _model, _unet_feeds, unet_merge_model
+
+    from patcc.runtime import run
+
+    require_emulation()
+    for model, feeds in ((_model(SHAPE, TORCH_MODES), _feeds(SHAPE)),
+                         (unet_merge_model(), _unet_feeds())):
+        compiled = patcc.compile(model, "aarch64-android", tune=False)
+        compiled.save(tmp_path / "m.so")
+        got = patcc.load(tmp_path / "m.so").run(feeds)
+        for name, value in run(compiled.graph, feeds).items():
+            assert_close(got[name], value, name)
+
+
+def test_conv_transpose_under_qemu(tmp_path: Path) -> None:
+    """The Col2Im kernel's interleaving shuffles and masked stores on NEON (4 lanes)."""
+    from test_conv_transpose import X_SHAPE, conv_transpose_model, feeds, grid_layers
+
+    from patcc.runtime import run
+
+    require_emulation()
+    compiled = patcc.compile(conv_transpose_model(grid_layers(), X_SHAPE), "aarch64-android",
+                             tune=False)
+    compiled.save(tmp_path / "m.so")
+    got = patcc.load(tmp_path / "m.so", num_threads=2).run(feeds(X_SHAPE))
+    for name, value in run(compiled.graph, feeds(X_SHAPE)).items():
         assert_close(got[name], value, name)

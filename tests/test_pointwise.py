@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, run_onnxruntime
+from compiled_helpers import assert_close, compiled_outputs, run_onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
@@ -70,19 +70,6 @@ def feeds() -> dict[str, np.ndarray]:
     return {"x": x}
 
 
-def compiled_outputs(model: onnx.ModelProto) -> dict[str, dict[str, np.ndarray]]:
-    """Tag -> the outputs of the model compiled for it, for each x86 build this host
-    can run."""
-    outputs = {}
-    for tag in X86_TAGS:
-        try:
-            runnable_target(tag)
-        except pytest.skip.Exception:
-            continue
-        outputs[tag] = patcc.compile(model, tag, tune=False).load(num_threads=2).run(feeds())
-    return outputs
-
-
 def test_interpreter_matches_onnxruntime() -> None:
     model = pointwise_model()
     ours = run(import_onnx(model), feeds())
@@ -128,14 +115,14 @@ def test_reductions_match_onnxruntime_interpreted_and_compiled() -> None:
     model = reductions_model()
     ours = run(import_onnx(model), feeds())
     theirs = run_onnxruntime(model, feeds(), list(ours))
-    for tag, got in {"interpreter": ours, **compiled_outputs(model)}.items():
+    for tag, got in {"interpreter": ours, **compiled_outputs(model, feeds())}.items():
         for name, value in theirs.items():
             assert_close(got[name], value, f"{name} ({tag})")
 
 
 def rearrangements_model() -> onnx.ModelProto:
     """DepthToSpace (both modes), SpaceToDepth, Tile and Expand, chained; Pow with a
-    per-channel exponent."""
+    per-channel exponent; Pad with negative pads (a crop, alone and with padding)."""
     nodes = [
         helper.make_node("Tile", ["x", "reps"], ["t"]),  # 1x3x9x11 -> 1x12x9x22
         helper.make_node("DepthToSpace", ["t"], ["d"], blocksize=2),  # 1x3x18x44
@@ -144,14 +131,20 @@ def rearrangements_model() -> onnx.ModelProto:
         helper.make_node("ReduceMean", ["x", "ax"], ["m"], keepdims=1),  # 1x3x9x1
         helper.make_node("Expand", ["m", "shape"], ["e"]),  # 2x3x9x5
         helper.make_node("Pow", ["x", "expo"], ["p"]),  # a tensor exponent
+        helper.make_node("Pad", ["x", "crop"], ["c"]),  # 1x3x7x10
+        helper.make_node("Pad", ["x", "crop_pad", "value"], ["cp"]),  # 1x3x9x11
     ]
     inits = [numpy_helper.from_array(np.array([1, 4, 1, 2], np.int64), "reps"),
              numpy_helper.from_array(np.array([3], np.int64), "ax"),
              numpy_helper.from_array(np.array([2, 3, 9, 5], np.int64), "shape"),
              numpy_helper.from_array(np.array([2.0, 3.0, -1.0], np.float32).reshape(1, 3, 1, 1),
-                                     "expo")]
+                                     "expo"),
+             numpy_helper.from_array(np.array([0, 0, -1, 0, 0, 0, -1, -1], np.int64), "crop"),
+             numpy_helper.from_array(np.array([0, 0, -2, 1, 0, 0, 2, -1], np.int64),
+                                     "crop_pad"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "value")]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-               for n in ("d", "dc", "s", "e", "p")]
+               for n in ("d", "dc", "s", "e", "p", "c", "cp")]
     graph = helper.make_graph(nodes, "rearrange",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
                               outputs, inits)
@@ -163,7 +156,7 @@ def test_rearrangements_match_onnxruntime_interpreted_and_compiled() -> None:
     model = rearrangements_model()
     ours = run(import_onnx(model), feeds())
     theirs = run_onnxruntime(model, feeds(), list(ours))
-    for tag, got in {"interpreter": ours, **compiled_outputs(model)}.items():
+    for tag, got in {"interpreter": ours, **compiled_outputs(model, feeds())}.items():
         for name, value in theirs.items():
             assert_close(got[name], value, f"{name} ({tag})")
 
@@ -180,5 +173,5 @@ def test_instance_normalization_in_every_x86_build() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     want = run_onnxruntime(model, feeds(), ["y"])["y"]
     assert_close(run(import_onnx(model), feeds())["y"], want, "interpreter")
-    for tag, got in compiled_outputs(model).items():
+    for tag, got in compiled_outputs(model, feeds()).items():
         assert_close(got["y"], want, tag)

@@ -8,7 +8,7 @@ import pytest
 from conftest import reference_params
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Sparsity
-from patcc.models import INPUT_SHAPES
+from patcc.models import INPUT_SHAPES, OUTPUT_NAMES
 from patcc.runtime import run
 
 ort = pytest.importorskip("onnxruntime")
@@ -22,10 +22,15 @@ def test_interpreter_matches_onnxruntime(exported_model, name: str, variant: str
     graph = import_onnx(path)
     x = np.random.default_rng(0).uniform(-1, 1, INPUT_SHAPES[name]).astype(np.float32)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (ref,) = session.run(None, {session.get_inputs()[0].name: x})
-    (ours,) = run(graph, [x]).values()
-    scale = float(np.abs(ref).max())
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * scale)
+    names = [o.name for o in session.get_outputs()]
+    refs = session.run(names, {session.get_inputs()[0].name: x})
+    ours = run(graph, [x])
+    assert list(ours) == names == list(OUTPUT_NAMES[name])  # the detector has three
+    for out_name, ref in zip(names, refs, strict=True):
+        scale = float(np.abs(ref).max())
+        assert scale > 0
+        np.testing.assert_allclose(ours[out_name], ref, rtol=0, atol=1e-4 * scale,
+                                   err_msg=out_name)
     styles = {c.sparsity for c in graph.convs()}
     if variant == "dense":
         assert Sparsity.PATTERN not in styles

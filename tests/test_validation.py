@@ -382,3 +382,66 @@ def test_compiled_nan_semantics_match_the_interpreter(tag: str) -> None:
     ref = run(compiled.graph, FEEDS)
     for name, value_ in ref.items():
         assert_same_nans(got[name], value_, name)
+
+
+def _generator(op: str, *inputs: np.ndarray, **attrs: object) -> onnx.ModelProto:
+    """``op`` on constant inputs (folded at import), added to the input x."""
+    names = [f"in{i}" for i in range(len(inputs))]
+    return model([helper.make_node(op, names, ["big"], name="gen", **attrs),
+                  helper.make_node("Add", ["x", "big"], ["y"])], [value("x")], [out()],
+                 tuple(const(n, v) for n, v in zip(names, inputs, strict=True)))
+
+
+HUGE_FOLDS = {
+    "ConstantOfShape": lambda: _generator("ConstantOfShape", np.array([2**20, 2**20], np.int64)),
+    "Range": lambda: _generator("Range", *(np.array(v, np.int64) for v in (0, 2**40, 1))),
+    "Range of floats": lambda: _generator("Range", *(np.array(v, np.float32)
+                                                     for v in (0.0, 1e12, 0.5))),
+    "Expand": lambda: _generator("Expand", np.ones(1, np.float32),
+                                 np.array([2**15, 2**15], np.int64)),
+    "Tile": lambda: _generator("Tile", np.ones((2, 2), np.float32),
+                               np.array([2**14, 2**14], np.int64)),
+    "Gather": lambda: _generator("Gather", np.ones((4, 2**20), np.float32),
+                                 np.zeros(2**10, np.int64)),
+    # measured by onnx's shape inference, for any operator: a constant up-sampled,
+    # padded, or an outer product
+    "Resize": lambda: _generator("Resize", np.ones((1, 1, 4, 4), np.float32),
+                                 np.zeros(0, np.float32),
+                                 np.array([1, 1, 3000, 3000], np.float32)),
+    "Pad": lambda: _generator("Pad", np.ones((1, 1, 4, 4), np.float32),
+                              np.array([0, 0, 0, 0, 0, 0, 30000, 30000], np.int64)),
+    "MatMul": lambda: _generator("MatMul", np.ones((30000, 1), np.float32),
+                                 np.ones((1, 30000), np.float32)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HUGE_FOLDS))
+def test_huge_folded_constants_are_refused_before_they_are_computed(case: str) -> None:
+    """A constant computed at import may have 2^26 elements at most, measured before
+    it is computed (evaluated, these take tens of seconds or more memory than there
+    is)."""
+    assert_rejected(HUGE_FOLDS[case](), "node 'gen'", "would compute a constant of",
+                    "limit of 67108864 (2^26)")
+
+
+def test_fold_errors_stay_one_line() -> None:
+    assert_rejected(_generator("Range", *(np.array(v, np.int64) for v in (0, 5, 0))),
+                    "node 'gen' (Range)", "cannot fold constant node")
+    assert_rejected(_generator("Reshape", np.ones(6, np.float32), np.array([4, 4], np.int64)),
+                    "node 'gen' (Reshape)", "cannot fold constant node")
+
+
+def test_tile_of_a_computed_tensor_checks_the_output_first() -> None:
+    """The repeats are checked against the size limit before any layer is built (2^30
+    copies of a Concat input would exhaust memory); many repeats build by doubling."""
+    repeats = const("r", np.array([1, 1, 2**30, 1], np.int64))
+    assert_rejected(model([helper.make_node("Tile", ["x", "r"], ["y"], name="t")],
+                          [value("x")], [out()], (repeats,)), "node 't' (Tile)", "2^31 - 1")
+    repeats = const("r", np.array([1, 1, 1, 1000], np.int64))
+    graph = import_onnx(model([helper.make_node("Tile", ["x", "r"], ["y"], name="t")],
+                              [value("x")], [out()], (repeats,)))
+    assert len(graph.layers) <= 2 * math.ceil(math.log2(1000))
+    from patcc.runtime.interpreter import run
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run(graph, [x])["y"], np.tile(x, (1, 1, 1, 1000)))

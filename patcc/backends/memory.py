@@ -9,8 +9,12 @@ the lowest aligned offset free of the already-placed buffers it is live with.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from patcc.ir import Concat, Graph, Reshape
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,33 @@ def naive_peak(buffers: Sequence[Buffer], alignment: int = 64) -> int:
     """
     _check(buffers, alignment)
     return sum(_align_up(b.size, alignment) for b in buffers)
+
+
+def concat_placements(graph: Graph) -> dict[str, tuple[str, int]]:
+    """Concat inputs their producers can write straight into the Concat's output,
+    saving the copy: tensor -> (the Concat's output, byte offset in it).
+
+    An input's block is contiguous in the output when every axis before the concat
+    axis has size 1 (channels of a batch-1 image: U-Net skips, detector necks, dense
+    blocks). The input must be computed by a layer (not a graph input, constant or
+    Reshape alias), be no graph output, and have this Concat as its only reader.
+    Nested Concats chain: a placed input may itself be a Concat's output.
+    """
+    shapes = graph.shapes
+    readers = Counter(t for layer in graph.layers for t in layer.inputs)
+    computed = {t for layer in graph.layers if not isinstance(layer, Reshape)
+                for t in layer.outputs}
+    outputs = set(graph.outputs)
+    placements: dict[str, tuple[str, int]] = {}
+    for layer in graph.layers:
+        if not isinstance(layer, Concat):
+            continue
+        out = layer.outputs[0]
+        if math.prod(shapes[out][:layer.axis]) != 1:
+            continue
+        offset = 0
+        for t in layer.inputs:
+            if t in computed and t not in outputs and readers[t] == 1:
+                placements[t] = (out, offset)
+            offset += 4 * math.prod(shapes[t])
+    return placements

@@ -8,9 +8,11 @@ from patcc.ir.layers import (
     PAD_MODES,
     Activation,
     Binary,
+    Col2Im,
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     IRError,
     Layer,
@@ -18,6 +20,7 @@ from patcc.ir.layers import (
     Pool,
     Reduce,
     Reshape,
+    Resize,
     ScaleShift,
     Shape,
     Slice,
@@ -38,8 +41,9 @@ from patcc.ir.verify import verify
 
 __all__ = [
     "ACTIVATION_KINDS", "BINARY_OPS", "LAYER_TYPES", "MAX_LIBRARY_SIZE", "PAD_MODES",
-    "REMOVED", "Activation", "Binary", "Concat", "Conv", "Dense", "GlobalPool", "Graph",
+    "REMOVED", "Activation", "Binary", "Col2Im", "Concat", "Conv", "Dense", "Gather",
+    "GlobalPool", "Graph",
     "IRError", "Layer", "Pad", "PatternLibrary", "PatternStyle", "Pool", "Reduce", "Reshape",
-    "ScaleShift", "Shape", "Slice", "Softmax", "Sparsity", "Split", "TensorType",
+    "Resize", "ScaleShift", "Shape", "Slice", "Softmax", "Sparsity", "Split", "TensorType",
     "Transpose", "Unary", "broadcast", "verify",
 ]

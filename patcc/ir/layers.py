@@ -20,6 +20,7 @@ import numpy as np
 
 from patcc.ir.node import IRNode
 from patcc.ir.patterns import PatternStyle, Sparsity
+from patcc.ir.resample import COORDINATE_MODES, NEAREST_MODES, RESIZE_MODES, AxisTaps, axis_taps
 from patcc.ir.storage import CompressedWeights
 
 Shape = tuple[int, ...]
@@ -332,6 +333,81 @@ class Dense(Layer):
         n_out, k = self.weight.shape
         act = f" +{self.activation}" if self.activation else ""
         return f"{k}->{n_out}{act}"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Col2Im(Layer):
+    """Sums columns of kernel taps into an image (ONNX Col2Im, torch's fold): the
+    second half of a strided ConvTranspose, after a 1x1 conv made the columns.
+
+    Input (N, C*kh*kw, H, W), channel ``(c*kh + ky)*kw + kx`` holding tap (ky, kx) of
+    output channel c; output (N, C, Ho, Wo) = ``output_size``::
+
+        out[n, c, oy, ox] = act(bias[c] + sum of in[n, (c*kh + ky)*kw + kx, iy, ix]
+                                over the taps with oy = iy*sh - pt + ky*dh, 0 <= iy < H
+                                (and the same along x))
+
+    ``pads`` (top, left, bottom, right) crop the full image of the taps; the output
+    may be up to max(stride, dilation) - 1 rows or columns longer than that cropped
+    image (ConvTranspose's output_padding), rows no tap reaches holding the bias
+    alone. ``bias`` (C,) or None for zero.
+    """
+
+    channels: int
+    kernel: tuple[int, int]
+    output_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    bias: np.ndarray | None = None
+    activation: Activation | None = None
+
+    op: ClassVar[str] = "Col2Im"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        self._rank(x, 4)
+        n, ck, h, w = x
+        _check_window(self, self.strides, self.pads, self.dilations)
+        if len(self.kernel) != 2 or min(self.kernel) < 1 or self.channels < 1:
+            raise IRError(f"Col2Im {self.name!r}: kernel {self.kernel} and channels "
+                          f"{self.channels} must be >= 1")
+        kh, kw = self.kernel
+        if ck != self.channels * kh * kw:
+            raise IRError(f"Col2Im {self.name!r}: input {format_shape(x)} has {ck} channels, "
+                          f"not channels x kernel = {self.channels} x {kh}x{kw}")
+        if self.bias is not None and self.bias.shape != (self.channels,):
+            raise IRError(f"Col2Im {self.name!r}: bias shape {self.bias.shape}, expected "
+                          f"({self.channels},)")
+        if len(self.output_size) != 2:
+            raise IRError(f"Col2Im {self.name!r}: output size {self.output_size}")
+        pt, pl, pb, pr = self.pads
+        for axis, size, out, pad in ((2, h, self.output_size[0], pt + pb),
+                                     (3, w, self.output_size[1], pl + pr)):
+            k, s, d = (v[axis - 2] for v in (self.kernel, self.strides, self.dilations))
+            least = (size - 1) * s + (k - 1) * d + 1 - pad  # the taps' cropped image
+            if not least <= out < least + max(s, d):
+                raise IRError(
+                    f"Col2Im {self.name!r}: output size {out} on axis {axis} does not fit "
+                    f"{size} columns of kernel {k}, stride {s}, dilation {d} and padding "
+                    f"{pad}: expected {least} to {least + max(s, d) - 1}")
+        image = (n, self.channels, *self.output_size)
+        check_size(f"Col2Im {self.name!r}: the output", image)
+        return (image,)
+
+    def describe(self) -> str:
+        parts = [f"k={_pair(self.kernel)}", f"s={_pair(self.strides)}"]
+        if any(self.pads):
+            parts.append(f"p={_pair(self.pads)}")
+        if self.dilations != (1, 1):
+            parts.append(f"d={_pair(self.dilations)}")
+        parts.append(f"to {format_shape(self.output_size)}")
+        if self.bias is not None:
+            parts.append("+bias")
+        if self.activation:
+            parts.append(f"+{self.activation}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -671,6 +747,41 @@ class Split(Layer):
         return f"axis={self.axis} sizes={','.join(map(str, self.sizes))}"
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Gather(Layer):
+    """The slices at constant ``indices`` along ``axis`` (numpy's ``take``): the output
+    is the input's shape with that axis replaced by the indices' shape (a scalar index
+    drops it). Indices are int64 of any shape, already non-negative (frontends add the
+    axis length to a negative one), so a backend only copies."""
+
+    axis: int
+    indices: np.ndarray
+
+    op: ClassVar[str] = "Gather"
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        if not 0 <= self.axis < len(x):
+            raise IRError(f"Gather {self.name!r}: axis {self.axis} out of range for "
+                          f"{format_shape(x)}")
+        if self.indices.dtype != np.int64:
+            raise IRError(f"Gather {self.name!r}: indices are {self.indices.dtype}, "
+                          "expected int64")
+        size = x[self.axis]
+        bad = np.flatnonzero((self.indices < 0) | (self.indices >= size))
+        if bad.size:
+            raise IRError(f"Gather {self.name!r}: index {int(self.indices.flat[bad[0]])} "
+                          f"(position {bad[0]} of the indices) is outside 0..{size - 1}, "
+                          f"the axis {self.axis} of {format_shape(x)}")
+        return ((*x[:self.axis], *self.indices.shape, *x[self.axis + 1:]),)
+
+    def describe(self) -> str:
+        flat = self.indices.reshape(-1).tolist()
+        shown = ",".join(map(str, flat[:8])) + (",..." if len(flat) > 8 else "")
+        return f"axis={self.axis} indices[{format_shape(self.indices.shape)}]={shown}"
+
+
 PAD_MODES = ("constant", "reflect", "edge")
 
 
@@ -702,15 +813,94 @@ class Pad(Layer):
         return f"{self.mode} {','.join(map(str, self.pads))}{value}"
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Resize(Layer):
+    """Resampling to ``size`` (ONNX Resize; torch interpolate): along each axis whose
+    size, scale or region changes, every output coordinate reads a window of input
+    coordinates (``patcc.ir.resample``). ``scales`` are the per-axis factors the
+    coordinate transformation uses (not always ``size / input``: ONNX floors the
+    output size of given scales); ``roi`` (all starts, then all ends, normalised) only
+    matters for ``tf_crop_and_resize``, whose outputs outside it are
+    ``extrapolation_value``."""
+
+    size: Shape
+    scales: tuple[float, ...]
+    mode: str = "nearest"
+    coordinate_mode: str = "half_pixel"
+    nearest_mode: str = "round_prefer_floor"
+    cubic_a: float = -0.75
+    exclude_outside: bool = False
+    antialias: bool = False
+    roi: tuple[float, ...] = ()
+    extrapolation_value: float = 0.0
+
+    op: ClassVar[str] = "Resize"
+
+    MAX_TABLE: ClassVar[int] = 2**22
+    """The most (output coordinate, tap) pairs one axis's table may hold: an axis of a
+    million outputs with a cubic window, built in about a second."""
+
+    def infer_shapes(self, shapes: Sequence[Shape]) -> tuple[Shape, ...]:
+        self._check_arity(shapes)
+        (x,) = shapes
+        r = len(x)
+        what = f"Resize {self.name!r}"
+        if r == 0:
+            raise IRError(f"{what}: cannot resize a scalar")
+        if len(self.size) != r or len(self.scales) != r or len(self.roi) not in (0, 2 * r):
+            raise IRError(f"{what}: size {self.size}, scales {self.scales} and roi "
+                          f"{self.roi} do not fit a rank-{r} input")
+        if (self.mode not in RESIZE_MODES or self.coordinate_mode not in COORDINATE_MODES
+                or self.nearest_mode not in NEAREST_MODES):
+            raise IRError(f"{what}: unknown mode {self.mode!r}, coordinate transformation "
+                          f"{self.coordinate_mode!r} or nearest mode {self.nearest_mode!r}")
+        if self.antialias and self.mode == "nearest":
+            raise IRError(f"{what}: antialiasing applies to the linear and cubic modes only")
+        values = (*self.scales, *self.roi, self.cubic_a, self.extrapolation_value)
+        if not all(math.isfinite(v) for v in values) or min(self.scales) <= 0:
+            raise IRError(f"{what}: scales {self.scales} must be finite and positive "
+                          "(and roi, cubic_coeff_a, extrapolation_value finite)")
+        check_size(f"{what} output", self.size)
+        support = {"nearest": 1.0, "linear": 1.0, "cubic": 2.0}[self.mode]
+        for axis, (out, scale) in enumerate(zip(self.size, self.scales, strict=True)):
+            stretch = min(scale, 1.0) if self.antialias else 1.0
+            if out * (2 * math.ceil(support / stretch) + 2) > self.MAX_TABLE:
+                raise IRError(f"{what}: axis {axis} resized by {scale:g} to {out} needs "
+                              f"a filter table of more than {self.MAX_TABLE} entries")
+        return (tuple(self.size),)
+
+    def axis_taps(self, in_shape: Shape) -> list[AxisTaps | None]:
+        """Each axis's window table, None for an axis the layer leaves as it is."""
+        r = len(in_shape)
+        result: list[AxisTaps | None] = []
+        for axis, (n_in, n_out, scale) in enumerate(
+                zip(in_shape, self.size, self.scales, strict=True)):
+            roi = (self.roi[axis], self.roi[axis + r]) if self.roi else (0.0, 1.0)
+            taps = axis_taps(mode=self.mode, coordinate_mode=self.coordinate_mode,
+                             nearest_mode=self.nearest_mode, cubic_a=self.cubic_a,
+                             exclude_outside=self.exclude_outside, antialias=self.antialias,
+                             scale=scale, in_size=n_in, out_size=n_out, roi=roi)
+            result.append(None if n_in == n_out and taps.is_identity() else taps)
+        return result
+
+    def describe(self) -> str:
+        detail = {"nearest": self.nearest_mode, "cubic": f"a={self.cubic_a:g}"}.get(self.mode)
+        extra = [self.coordinate_mode, *([detail] if detail else []),
+                 *(["antialias"] if self.antialias else []),
+                 *(["exclude_outside"] if self.exclude_outside else [])]
+        return f"{self.mode} to {format_shape(self.size)} ({', '.join(extra)})"
+
+
 LAYER_TYPES: tuple[type[Layer], ...] = (
     Conv, Dense, ScaleShift, Pool, GlobalPool, Reduce, Binary, Unary, Softmax,
-    Concat, Reshape, Transpose, Slice, Split, Pad,
+    Concat, Reshape, Transpose, Slice, Split, Pad, Resize, Gather, Col2Im,
 )
 
 __all__ = [
-    "ACTIVATION_KINDS", "Activation", "BINARY_OPS", "Binary", "Concat", "Conv", "Dense",
-    "GlobalPool", "IRError", "LAYER_TYPES", "Layer", "MAX_TENSOR_ELEMENTS",
-    "MAX_TOTAL_ELEMENTS", "PAD_MODES", "Pad", "Pool", "REDUCE_KINDS", "Reduce", "Reshape",
+    "ACTIVATION_KINDS", "Activation", "BINARY_OPS", "Binary", "Col2Im", "Concat", "Conv",
+    "Dense",
+    "Gather", "GlobalPool", "IRError", "LAYER_TYPES", "Layer", "MAX_TENSOR_ELEMENTS",
+    "MAX_TOTAL_ELEMENTS", "PAD_MODES", "Pad", "Pool", "REDUCE_KINDS", "Reduce", "Reshape", "Resize",
     "ScaleShift", "Shape", "Slice", "Softmax", "Split", "Transpose", "Unary", "broadcast",
     "check_size",
 ]

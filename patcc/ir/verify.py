@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from patcc.ir.graph import Graph
-from patcc.ir.layers import Conv, Dense, IRError, ScaleShift
+from patcc.ir.layers import Col2Im, Conv, Dense, IRError, ScaleShift
 from patcc.ir.patterns import MAX_LIBRARY_SIZE, REMOVED, Sparsity
 
 
@@ -41,6 +41,8 @@ def verify(graph: Graph) -> Graph:
     for layer in graph.layers:
         if isinstance(layer, (Conv, Dense)):
             _check_array(layer.name, "weight", layer.weight)
+            _check_array(layer.name, "bias", layer.bias)
+        if isinstance(layer, Col2Im) and layer.bias is not None:
             _check_array(layer.name, "bias", layer.bias)
         if isinstance(layer, ScaleShift):
             _check_array(layer.name, "scale", layer.scale)

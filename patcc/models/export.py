@@ -7,6 +7,7 @@ import io
 import os
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,14 +20,16 @@ def export_onnx(
     input_shape: tuple[int, ...],
     opset: int = 17,
     fold_batchnorm: bool = True,
+    output_names: Sequence[str] = ("output",),
 ) -> None:
     """Export ``module`` in eval mode to ``path``, atomically.
 
     Uses the TorchScript exporter (``dynamo=False``), about 20x faster here than the
     dynamo one, with its deprecation chatter silenced. The graph has one input named
-    ``input`` of static shape ``input_shape`` and one output named ``output``. The file
-    is written next to ``path`` under a temporary name and renamed into place, so a
-    reader never sees a half-written model. The module's train/eval mode is restored.
+    ``input`` of static shape ``input_shape``, and outputs named ``output_names``
+    (one, ``output``, by default). The file is written next to ``path`` under a
+    temporary name and renamed into place, so a reader never sees a half-written model.
+    The module's train/eval mode is restored.
 
     In eval mode the exporter itself folds each BatchNorm that follows a Conv into the
     Conv's weights; ``fold_batchnorm=False`` keeps them as ``BatchNormalization``
@@ -38,6 +41,8 @@ def export_onnx(
         input_shape: static NCHW input shape, e.g. ``(1, 3, 224, 224)``.
         opset: ONNX opset version.
         fold_batchnorm: let the exporter fold Conv+BatchNorm pairs.
+        output_names: a name for each output the module returns, in order (the
+            exporter numbers any beyond them).
 
     Raises:
         ValueError: if ``input_shape`` has a non-positive dimension.
@@ -74,7 +79,7 @@ def export_onnx(
                 dynamo=False,
                 opset_version=opset,
                 input_names=["input"],
-                output_names=["output"],
+                output_names=list(output_names),
                 # PRESERVE exports the module in its current (eval) mode but skips the
                 # eval-only peephole pass that fuses Conv+BatchNorm.
                 training=(

@@ -14,6 +14,8 @@ BENCHMARK_VARIANTS: tuple[tuple[str, str], ...] = (
     ("resnet18", "6x"),
     ("vgg16", "8x"),
     ("mobilenet_v2", "dw-patterns+pw50"),
+    ("yolo_tiny", "6x"),
+    ("unet_small", "6x"),
 )
 
 _RATE = re.compile(r"(\d+(?:\.\d+)?)x")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from patcc.ir.graph import Graph
-from patcc.ir.layers import Activation, Binary, Conv, Dense, Layer, ScaleShift, Unary
+from patcc.ir.layers import Activation, Binary, Col2Im, Conv, Dense, Layer, ScaleShift, Unary
 
 
 def fuse_into_producer(graph: Graph, fuse: Callable[[Layer, Layer], Layer | None]) -> Graph:
@@ -81,13 +81,15 @@ def fold_batchnorm(graph: Graph) -> Graph:
 def _fuse_activation(producer: Layer, consumer: Layer) -> Layer | None:
     if not isinstance(consumer, Unary):
         return None
-    if isinstance(producer, (Conv, Dense, ScaleShift, Binary)) and producer.activation is None:
+    if (isinstance(producer, (Conv, Dense, ScaleShift, Binary, Col2Im))
+            and producer.activation is None):
         return dataclasses.replace(producer, activation=consumer.activation)
     return None
 
 
 def fuse_activations(graph: Graph) -> Graph:
-    """Fuse a standalone activation into the Conv/Dense/ScaleShift/Binary before it."""
+    """Fuse a standalone activation into the Conv/Dense/ScaleShift/Binary/Col2Im
+    before it."""
     return fuse_into_producer(graph, _fuse_activation)
 
 

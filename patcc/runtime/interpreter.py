@@ -20,15 +20,18 @@ from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import (
     Activation,
     Binary,
+    Col2Im,
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     Layer,
     Pad,
     Pool,
     Reduce,
     Reshape,
+    Resize,
     ScaleShift,
     Slice,
     Softmax,
@@ -202,6 +205,38 @@ def _conv(layer: Conv, args: list[np.ndarray]) -> list[np.ndarray]:
     return [apply_activation(layer.activation, y)]
 
 
+def _col2im(layer: Col2Im, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Each tap's column added, strided, where it lands in the output: input position
+    i of tap k lands on i*stride - pad + k*dilation, when that is inside the output."""
+    (x,) = args
+    n, _, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    pt, pl, _, _ = layer.pads
+    ho, wo = layer.output_size
+    y = np.zeros((n, layer.channels, ho, wo))
+    cols = x.astype(np.float64).reshape(n, layer.channels, kh, kw, h, w)
+    for ky in range(kh):
+        rows = _landing(h, ho, sh, ky * dh - pt)
+        for kx in range(kw):
+            columns = _landing(w, wo, sw, kx * dw - pl)
+            if rows is not None and columns is not None:
+                y[:, :, rows[1], columns[1]] += cols[:, :, ky, kx, rows[0], columns[0]]
+    if layer.bias is not None:
+        y += layer.bias.astype(np.float64)[None, :, None, None]
+    return [apply_activation(layer.activation, y)]
+
+
+def _landing(size: int, out: int, stride: int, shift: int) -> tuple[slice, slice] | None:
+    """(input positions i, the output positions i*stride + shift they land on) for the
+    i in [0, size) that land in [0, out); None if none does."""
+    first = max(0, -(shift // stride))  # ceil(-shift / stride)
+    last = min(size - 1, (out - 1 - shift) // stride)
+    if first > last:
+        return None
+    start = first * stride + shift
+    return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
+
+
 def _dense(layer: Dense, args: list[np.ndarray]) -> list[np.ndarray]:
     (x,) = args
     y = x.astype(np.float64) @ layer.weight.astype(np.float64).T + layer.bias
@@ -316,9 +351,33 @@ def _pad(layer: Pad, args: list[np.ndarray]) -> list[np.ndarray]:
     return [np.pad(x, widths, mode=layer.mode)]  # type: ignore[call-overload]
 
 
+def _gather(layer: Gather, args: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.take(args[0], layer.indices, axis=layer.axis)]
+
+
+def _resize(layer: Resize, args: list[np.ndarray]) -> list[np.ndarray]:
+    """One axis at a time: gather each output coordinate's window, weight, sum; outputs
+    outside the region of interest take the extrapolation value."""
+    x = args[0].astype(np.float64)
+    outside = np.zeros(layer.size, bool)
+    for axis, taps in enumerate(layer.axis_taps(args[0].shape)):
+        if taps is None:
+            continue
+        window = np.take(x, taps.index, axis=axis)  # the axis becomes (out, taps)
+        shape = [1] * window.ndim
+        shape[axis:axis + 2] = taps.weight.shape
+        x = (window * taps.weight.reshape(shape)).sum(axis=axis + 1)
+        if taps.outside is not None:
+            flags = [1] * len(layer.size)
+            flags[axis] = len(taps.outside)
+            outside |= taps.outside.reshape(flags)
+    return [np.where(outside, layer.extrapolation_value, x)]
+
+
 _EVALUATORS: dict[type, Callable[[Any, list[np.ndarray]], list[np.ndarray]]] = {
     Conv: _conv, Dense: _dense, ScaleShift: _scale_shift, Pool: _pool,
     GlobalPool: _global_pool, Reduce: _reduce, Binary: _binary, Unary: _unary, Softmax: _softmax,
     Concat: _concat, Reshape: _reshape, Transpose: _transpose, Slice: _slice,
-    Split: _split, Pad: _pad,
+    Split: _split, Pad: _pad, Resize: _resize, Col2Im: _col2im,
+    Gather: _gather,
 }

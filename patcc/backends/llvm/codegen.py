@@ -21,6 +21,7 @@ from llvmlite import ir
 
 import patcc
 from patcc.backends.abi import ABI_VERSION, ERR_NULL, ERR_WORKSPACE, OK
+from patcc.backends.llvm.col2im import lower_col2im
 from patcc.backends.llvm.conv import lower_conv, lower_dense
 from patcc.backends.llvm.elementwise import (
     lower_binary,
@@ -38,27 +39,37 @@ from patcc.backends.llvm.lowering import (
     WeightBlob,
     load_operands,
 )
-from patcc.backends.llvm.movement import lower_concat, lower_pad, lower_reshape_copy, lower_split
+from patcc.backends.llvm.movement import (
+    lower_concat,
+    lower_gather,
+    lower_pad,
+    lower_reshape_copy,
+    lower_split,
+)
 from patcc.backends.llvm.pooling import (
     lower_global_pool,
     lower_pool,
     lower_reduce,
     lower_softmax,
 )
+from patcc.backends.llvm.resample import lower_resize
 from patcc.backends.llvm.threads import ThreadPool
-from patcc.backends.memory import Buffer, naive_peak, plan_memory
+from patcc.backends.memory import Buffer, concat_placements, naive_peak, plan_memory
 from patcc.backends.target import Target
 from patcc.ir import (
     Binary,
+    Col2Im,
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     Graph,
     Pad,
     Pool,
     Reduce,
     Reshape,
+    Resize,
     ScaleShift,
     Slice,
     Softmax,
@@ -73,10 +84,12 @@ WORKSPACE_ALIGN = 64
 Lowering = Callable[..., LayerCode]
 LOWERINGS: dict[type, Lowering] = {
     Conv: lower_conv, Dense: lower_dense, Binary: lower_binary, Unary: lower_unary,
+    Col2Im: lower_col2im,
     ScaleShift: lower_scale_shift, Pool: lower_pool, GlobalPool: lower_global_pool,
     Reduce: lower_reduce, Softmax: lower_softmax, Concat: lower_concat, Split: lower_split,
     Pad: lower_pad, Transpose: lower_transpose, Slice: lower_slice,
-    Reshape: lower_reshape_copy,
+    Reshape: lower_reshape_copy, Resize: lower_resize,
+    Gather: lower_gather,
 }
 
 
@@ -86,6 +99,7 @@ class Location:
 
     kind: str
     index: int  # input/output position, or byte offset in the blob or workspace
+    offset: int = 0  # bytes into an input or output (a Concat input written in place)
 
 
 @dataclass
@@ -109,7 +123,9 @@ def plan_module(graph: Graph, target: Target,
     out all tensors; nothing is emitted yet."""
     shapes = dict(graph.shapes)
     blob = WeightBlob()
-    ctx = LoweringContext(shapes=shapes, target=target, blob=blob, schedules=schedules or {})
+    placed = concat_placements(graph)
+    ctx = LoweringContext(shapes=shapes, target=target, blob=blob, schedules=schedules or {},
+                          in_place=frozenset(placed))
     outputs = set(graph.outputs)
     alias: dict[str, str] = {}
     codes: list[LayerCode] = []
@@ -130,14 +146,20 @@ def plan_module(graph: Graph, target: Target,
     def root(t: str) -> str:
         return alias.get(t, t)
 
+    def home(t: str) -> str:
+        """The buffer a tensor lives in: its own, or (in place) its Concat's."""
+        while t in placed:
+            t = placed[t][0]
+        return t
+
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for step, code in enumerate(codes):
         for t in code.layer.outputs:
-            first.setdefault(t, step)
-            last[t] = max(last.get(t, step), step)
+            first.setdefault(home(t), step)
+            last[home(t)] = max(last.get(home(t), step), step)
         for t in code.layer.inputs:
-            last[root(t)] = step
+            last[home(root(t))] = step
     buffers = [Buffer(t, 4 * math.prod(shapes[t]), first[t], last[t])
                for t in first if t not in locations]
     scratch_keys: dict[str, str] = {}  # buffer name -> layer; no tensor has that name
@@ -152,6 +174,16 @@ def plan_module(graph: Graph, target: Target,
     for buf in buffers:
         if buf.name not in scratch_keys:
             locations[buf.name] = Location("workspace", memory.offsets[buf.name])
+    def place(t: str) -> Location:
+        if t not in locations:
+            parent, offset = placed[t]
+            at = place(parent)
+            locations[t] = (Location(at.kind, at.index + offset) if at.kind == "workspace"
+                            else Location(at.kind, at.index, at.offset + offset))
+        return locations[t]
+
+    for t in placed:
+        place(t)
     for t, r in alias.items():
         locations[t] = locations[r]
     scratch = {layer: memory.offsets[key] for key, layer in scratch_keys.items()}
@@ -326,10 +358,10 @@ def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Va
 
     def pointer(tensor: str) -> ir.Value:
         loc = plan.locations[tensor]
-        if loc.kind == "input":
-            return b.load(b.gep(inputs, [i64(loc.index)], source_etype=PTR), typ=PTR)
-        if loc.kind == "output":
-            return b.load(b.gep(outputs, [i64(loc.index)], source_etype=PTR), typ=PTR)
+        if loc.kind in ("input", "output"):
+            table = inputs if loc.kind == "input" else outputs
+            ptr = b.load(b.gep(table, [i64(loc.index)], source_etype=PTR), typ=PTR)
+            return b.gep(ptr, [i64(loc.offset)], source_etype=I8) if loc.offset else ptr
         base = blob if loc.kind == "const" else ws
         return b.gep(base, [i64(loc.index)], source_etype=I8)
 

@@ -120,6 +120,9 @@ class LoweringContext:
     blob: WeightBlob
     schedules: Mapping[str, Schedule] = field(default_factory=dict)
     memo: dict[tuple[str, str], object] = field(default_factory=dict)
+    in_place: frozenset[str] = frozenset()
+    """Tensors their producer writes straight into the Concat that reads them
+    (``patcc.backends.memory.concat_placements``): that Concat copies the others."""
     """Analyses of a layer kept for the rest of the lowering (key: layer name and
     what), e.g. its ranked schedules: the cost model runs once per layer."""
 

@@ -1,4 +1,4 @@
-"""Data movement: Concat, Split and Reshape as block copies, Pad as an index map.
+"""Data movement: Concat, Split, Gather and Reshape as block copies, Pad as an index map.
 
 A Reshape whose output can share its input's memory is planned away by the memory
 planner and emits nothing; the copies here are the cases that cannot (a graph
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.elementwise import row_major_strides
 from patcc.backends.llvm.irutil import I1, I64, PTR, VOID, KernelBuilder, declare, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
-from patcc.ir.layers import Concat, Pad, Reshape, Split
+from patcc.ir.layers import Concat, Gather, Pad, Reshape, Split
 
 
 def _memcpy(kb: KernelBuilder, dst: ir.Value, src: ir.Value, floats: ir.Value | int) -> None:
@@ -33,17 +34,20 @@ def lower_concat(layer: Concat, ctx: LoweringContext) -> LayerCode:
     outer, out_chunk = _blocks(out_shape, layer.axis)
     pieces = []
     start = 0
-    for i in range(len(layer.inputs)):
+    for i, t in enumerate(layer.inputs):
         _, chunk = _blocks(ctx.in_shape(layer, i), layer.axis)
-        pieces.append((i, chunk, start))
+        if t not in ctx.in_place:  # the others' producers wrote them in place
+            pieces.append((i, chunk, start))
         start += chunk
+    if not pieces:
+        return LayerCode(layer, [], kernel="in-place")
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
         b = kb.b
         o = b.sdiv(task, i64(len(pieces)))
         which = b.srem(task, i64(len(pieces)))
-        for i, chunk, offset in pieces:
-            with b.if_then(b.icmp_signed("==", which, i64(i))):
+        for k, (i, chunk, offset) in enumerate(pieces):
+            with b.if_then(b.icmp_signed("==", which, i64(k))):
                 _memcpy(kb, kb.at(ops.outputs[0], b.add(b.mul(o, i64(out_chunk)), i64(offset))),
                         kb.at(ops.inputs[i], b.mul(o, i64(chunk))), chunk)
 
@@ -72,6 +76,39 @@ def lower_split(layer: Split, ctx: LoweringContext) -> LayerCode:
                         kb.at(ops.inputs[0], b.add(b.mul(o, i64(in_chunk)), i64(offset))), chunk)
 
     return LayerCode(layer, [Phase("split", outer * len(pieces), body)], kernel="copy")
+
+
+GATHER_TASK_FLOATS = 256
+"""Blocks of fewer floats are copied several to a task (a run of consecutive indices),
+so that a gather along an inner axis is not one task per element."""
+
+
+def lower_gather(layer: Gather, ctx: LoweringContext) -> LayerCode:
+    """One block copy per (outer index, index): the block from the gathered axis on.
+    The indices are an int64 array in the weights blob, read at run time."""
+    in_shape = ctx.in_shape(layer)
+    outer, in_chunk = _blocks(in_shape, layer.axis)
+    inner = math.prod(in_shape[layer.axis + 1:])
+    flat = layer.indices.reshape(-1)
+    count = flat.size
+    per_task = min(count, max(1, GATHER_TASK_FLOATS // inner))
+    runs = -(-count // per_task)
+    offset = ctx.blob.add(flat.astype(np.int64))
+
+    def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
+        b = kb.b
+        o = b.sdiv(task, i64(runs))
+        first = b.mul(b.srem(task, i64(runs)), i64(per_task))
+        last = b.add(first, i64(per_task))
+        last = b.select(b.icmp_signed("<", last, i64(count)), last, i64(count))
+        table = ops.weights(kb, offset)
+        with kb.loop(first, last, 1, "k") as k:
+            index = kb.load(table, k, I64)
+            src = b.add(b.mul(o, i64(in_chunk)), b.mul(index, i64(inner)))
+            dst = b.mul(b.add(b.mul(o, i64(count)), k), i64(inner))
+            _memcpy(kb, kb.at(ops.outputs[0], dst), kb.at(ops.inputs[0], src), inner)
+
+    return LayerCode(layer, [Phase("gather", outer * runs, body)], kernel="copy")
 
 
 def lower_reshape_copy(layer: Reshape, ctx: LoweringContext) -> LayerCode:

@@ -21,9 +21,10 @@ Kernels:
   one work-item per output element, the weight loops fully known at compile time;
   on targets with on-chip local memory, ungrouped convs are a tiled implicit
   matrix product whose work-groups stage inputs and weights there.
-- fully connected layers, pooling, global pooling, softmax, scale/shift, element-wise
+- fully connected layers, col2im (one work-item per output pixel, gathering the
+  taps that land on it), pooling, global pooling, softmax, scale/shift, element-wise
   layers with numpy broadcasting, and the data movement layers (reshape, transpose,
-  slice, split, concat, pad) as index maps with constant strides.
+  slice, split, concat, pad, gather) as index maps with constant strides.
 
 Bias, activation and a fused residual add are applied in the kernel's epilogue.
 ``precision="fp16"`` stores activations and weights as ``half`` and computes in
@@ -45,15 +46,18 @@ from patcc.ir.graph import Graph
 from patcc.ir.layers import (
     Activation,
     Binary,
+    Col2Im,
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     Layer,
     Pad,
     Pool,
     Reduce,
     Reshape,
+    Resize,
     ScaleShift,
     Shape,
     Slice,
@@ -477,6 +481,34 @@ class _Renderer:
         self.layer_info.append({"layer": layer.name, "kernel": kind, "patterns": m,
                                 "kept_kernels": int(cw.channels.size)})
 
+    def _col2im(self, layer: Col2Im) -> None:
+        """One work-item per output pixel: the taps whose strided position lands on it,
+        each checked (a stride phase takes some taps, not others)."""
+        _, _, h, w = self.shapes[layer.inputs[0]]
+        n, c, ho, wo = self.shapes[layer.outputs[0]]
+        (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+        pt, pl, _, _ = layer.pads
+        bias = "0.0f" if layer.bias is None else (
+            f"(float)((__global const real*)(wb + {self.blob.add(layer.bias)}))[nc % {c}]")
+        total = n * c * ho * wo
+        body = (
+            f"  const int x = i % {wo}, y = (i / {wo}) % {ho}, nc = i / {ho * wo};\n"
+            f"  __global const real* xc = {self.ws(layer.inputs[0])} + nc * {kh * kw * h * w};\n"
+            f"  float acc = 0.0f;\n"
+            f"  for (int ky = 0; ky < {kh}; ++ky) {{\n"
+            f"    const int ty = y + {pt} - ky * {dh};\n"
+            f"    if (ty < 0 || ty % {sh} != 0 || ty / {sh} >= {h}) continue;\n"
+            f"    for (int kx = 0; kx < {kw}; ++kx) {{\n"
+            f"      const int tx = x + {pl} - kx * {dw};\n"
+            f"      if (tx < 0 || tx % {sw} != 0 || tx / {sw} >= {w}) continue;\n"
+            f"      acc += (float)xc[((ky * {kw} + kx) * {h} + ty / {sh}) * {w} + tx / {sw}];\n"
+            f"    }}\n  }}\n"
+            f"  float v = acc + {bias};\n"
+            f"  v = {activation_expr(layer.activation, 'v')};\n"
+            f"  {self.ws(layer.outputs[0])}[i] = (real)v;\n")
+        self.add(layer, self.linear(total, body), total)
+        self.layer_info.append({"layer": layer.name, "kernel": "col2im"})
+
     def _dense(self, layer: Dense) -> None:
         x_shape = self.shapes[layer.inputs[0]]
         k = x_shape[-1]
@@ -685,6 +717,48 @@ class _Renderer:
                    [st * step for st, step in zip(in_strides, layer.steps, strict=True)],
                    base, self.ws(layer.outputs[0]), _strides(out_shape), 0)
 
+    def _resize(self, layer: Resize) -> None:
+        """One work-item per output element: nested loops over the windows of the
+        resized axes (tables of ``patcc.ir.resample`` in the blob, offsets premultiplied
+        by the input strides), the others read straight through."""
+        in_shape, out_shape = self.shapes[layer.inputs[0]], self.shapes[layer.outputs[0]]
+        in_strides, out_strides = _strides(in_shape), _strides(out_shape)
+        total = math.prod(out_shape)
+        lines = ["  float acc = 0.0f;\n", "  int base = 0;\n"]
+        loops, inner, outside = [], [], []
+        for a, taps in enumerate(layer.axis_taps(in_shape)):
+            coord = f"((i / {out_strides[a]}) % {out_shape[a]})"
+            if taps is None:
+                if out_shape[a] > 1:
+                    lines.append(f"  base += {coord} * {in_strides[a]};\n")
+                continue
+            offsets = self.blob.add(taps.index * in_strides[a], np.int32)
+            weights = self.blob.add(taps.weight, np.float32)
+            n = taps.taps
+            lines.append(f"  const int c{a} = {coord};\n")
+            if taps.outside is not None:
+                flags = self.blob.add(taps.outside, np.int32)
+                outside.append(f"((__global const int*)(wb + {flags}))[c{a}]")
+            loops.append(
+                f"  for (int t{a} = 0; t{a} < {n}; ++t{a}) {{\n"
+                f"  const int o{a} = ((__global const int*)(wb + {offsets}))[c{a} * {n} + t{a}];\n"
+                f"  const float w{a} = ((__global const float*)(wb + {weights}))"
+                f"[c{a} * {n} + t{a}];\n")
+            inner.append(a)
+        read = " + ".join(["base", *(f"o{a}" for a in inner)])
+        weight = " * ".join(f"w{a}" for a in inner) or "1.0f"
+        body = "".join(lines)
+        if outside:
+            fill = _f(layer.extrapolation_value)
+            body += (f"  if ({' || '.join(outside)}) {{\n"
+                     f"    {self.ws(layer.outputs[0])}[i] = (real){fill};\n"
+                     f"    return;\n  }}\n")
+        body += "".join(loops)
+        body += f"  acc += {weight} * (float){self.ws(layer.inputs[0])}[{read}];\n"
+        body += "  }\n" * len(loops)
+        body += f"  {self.ws(layer.outputs[0])}[i] = (real)acc;\n"
+        self.add(layer, self.linear(total, body), total)
+
     def _concat(self, layer: Concat) -> None:
         out_shape = self.shapes[layer.outputs[0]]
         axis = layer.axis % len(out_shape)
@@ -708,6 +782,20 @@ class _Renderer:
                        start * in_strides[axis], self.ws(t), _strides(shape), 0,
                        suffix=f"_out{j}")
             start += shape[axis]
+
+    def _gather(self, layer: Gather) -> None:
+        """One work-item per output element; the indices are an int array in the blob."""
+        in_shape = self.shapes[layer.inputs[0]]
+        inner = math.prod(in_shape[layer.axis + 1:])
+        flat = layer.indices.reshape(-1)
+        table = self.blob.add(flat, np.int32)
+        total = math.prod(self.shapes[layer.outputs[0]])
+        body = (
+            f"  const int o = i / {flat.size * inner}, k = (i / {inner}) % {flat.size};\n"
+            f"  const int index = ((__global const int*)(wb + {table}))[k];\n"
+            f"  {self.ws(layer.outputs[0])}[i] = {self.ws(layer.inputs[0])}"
+            f"[o * {in_shape[layer.axis] * inner} + index * {inner} + i % {inner}];\n")
+        self.add(layer, self.linear(total, body), total)
 
     def _pad(self, layer: Pad) -> None:
         in_shape = self.shapes[layer.inputs[0]]

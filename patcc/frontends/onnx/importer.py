@@ -8,7 +8,8 @@ are translated by the converters in ``ops``. Identity and Dropout become aliases
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,67 @@ from patcc.errors import PatccError
 from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import IRError, Layer, Reshape, Shape, check_size
 from patcc.ir.verify import verify
+
+MAX_FOLDED_ELEMENTS = 2**26
+"""The most elements a constant computed at import may have (256 MiB of float32). The
+shape arithmetic and index ranges exported models fold are tiny; the operators whose
+result can be far larger than their inputs (``_generated_elements``) are measured
+before they run, so a hostile model cannot make the import hang or exhaust memory."""
+
+
+def _generated_elements(node: Node, values: Sequence[np.ndarray | None]) -> int | None:
+    """Elements ConstantOfShape, Range, Expand, Tile or Gather would produce from the
+    constant inputs ``values`` (None where omitted); None for any other operator, whose
+    result is no larger than its inputs, or for inputs the evaluator will reject."""
+    def ints(value: np.ndarray | None) -> list[int]:
+        return [int(d) for d in np.asarray(value).reshape(-1)]
+
+    op = node.op_type
+    try:
+        if op == "ConstantOfShape":
+            return math.prod(max(d, 0) for d in ints(values[0]))
+        if op == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3])
+            return max(math.ceil((limit - start) / delta), 0)
+        if op == "Expand" and values[0] is not None:
+            return math.prod(np.broadcast_shapes(values[0].shape, tuple(ints(values[1]))))
+        if op == "Tile" and values[0] is not None:
+            return values[0].size * math.prod(max(r, 0) for r in ints(values[1]))
+        if op == "Gather" and values[0] is not None and values[1] is not None:
+            data, axis = values[0], int(node.attr("axis", 0))
+            return data.size // data.shape[axis] * values[1].size
+    except (ValueError, TypeError, IndexError, OverflowError, ZeroDivisionError):
+        return None
+    return None
+
+
+SHAPE_OPERAND_ELEMENTS = 4096
+"""Constant inputs up to this size are shown to shape inference as values (scales,
+pads, target shapes); larger ones, weights, only by their shape."""
+
+
+def _inferred_elements(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> int:
+    """The elements of the largest output of a one-node model as onnx's shape inference
+    sees it before anything runs (0 when it cannot tell): any operator, Resize, Pad or
+    an outer-product MatMul of constants included."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name, value in feeds.items():
+        if value.size <= SHAPE_OPERAND_ELEMENTS:
+            try:
+                probe.graph.initializer.append(numpy_helper.from_array(value, name))
+            except (TypeError, ValueError):
+                continue
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:  # inference is only a pre-check; the evaluator has the last word
+        return 0
+    largest = 0
+    for info in inferred.graph.output:
+        dims = info.type.tensor_type.shape.dim
+        if info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            largest = max(largest, math.prod(max(d.dim_value, 0) for d in dims))
+    return largest
 
 
 @dataclass
@@ -203,6 +265,11 @@ class Importer:
         del proto_node.input[:]
         proto_node.input.extend(node.inputs)
         feeds = {i: self.consts[i] for i in node.inputs if i}
+        count = _generated_elements(node, [self.consts[i] if i else None
+                                           for i in node.inputs])
+        if count is not None and count > MAX_FOLDED_ELEMENTS:
+            raise PatccError(f"would compute a constant of {count} elements at import, more "
+                             f"than patcc's limit of {MAX_FOLDED_ELEMENTS} (2^26)", node.where)
         # A one-node model pins the operator set: given a bare node, the evaluator
         # would use the newest version of the operator (Unsqueeze-13 for an opset-11
         # model, whose axes are an attribute, not an input).
@@ -214,6 +281,10 @@ class Importer:
             [onnx.ValueInfoProto(name=o) for o in node.outputs if o],
         )
         model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        count = _inferred_elements(model, feeds)
+        if count > MAX_FOLDED_ELEMENTS:
+            raise PatccError(f"would compute a constant of {count} elements at import, more "
+                             f"than patcc's limit of {MAX_FOLDED_ELEMENTS} (2^26)", node.where)
         try:
             results = ReferenceEvaluator(model).run(None, feeds)
         except Exception as e:  # the reference evaluator raises many exception types

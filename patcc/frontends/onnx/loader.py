@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from patcc.errors import PatccError
 from patcc.ir.layers import IRError, check_size
 
-MIN_OPSET = 11
+MIN_OPSET = 7
 MAX_OPSET = 28
 """Opsets 22-28 changed the operators patcc converts only in the element types they
 allow (bfloat16, 4- and 8-bit types), for Cast in attributes for 8-bit floats, and
@@ -26,7 +26,7 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
     """Return the ModelProto for a path or a ModelProto, checked and of a supported opset.
 
     Raises ``PatccError`` for a missing or unreadable file, a file that is not an ONNX
-    model, a model the ONNX checker rejects, or an opset outside 11-28.
+    model, a model the ONNX checker rejects, or an opset outside 7-28.
     """
     if isinstance(model, onnx.ModelProto):
         proto, where = model, "model"

@@ -2,9 +2,10 @@
 
 One function per operator family; each reads a resolved ``Node`` and appends layers
 through the ``Importer``. Semantics follow the ONNX operator specification for
-opsets 11-28 (later than 21 only element types changed for these operators),
-including where attributes moved to inputs (Clip 11, Split/Squeeze/Unsqueeze 13,
-Reduce* 18, Pad axes 18).
+opsets 7-28 (later than 21 only element types changed for these operators),
+including where attributes moved to inputs (Slice 10, Clip and Pad 11,
+Split/Squeeze/Unsqueeze 13, Reduce* 18, Pad axes 18) and Upsample (7-9), which with
+Resize-10 became Resize-11's asymmetric coordinates.
 """
 
 from __future__ import annotations
@@ -18,23 +19,28 @@ import onnx
 
 from patcc.errors import PatccError
 from patcc.frontends.onnx.importer import Importer, Node
+from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
     Activation,
     Binary,
+    Col2Im,
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     Pad,
     Pool,
     Reduce,
     Reshape,
+    Resize,
     ScaleShift,
     Slice,
     Softmax,
     Split,
     Transpose,
     Unary,
+    check_size,
 )
 
 
@@ -111,17 +117,25 @@ def _window_pads(node: Node, hw: tuple[int, int], kernel: tuple[int, int],
 # ---------------------------------------------------------------------------------------
 
 
-def conv(ctx: Importer, node: Node) -> None:
-    _, _, h, w = _spatial_input(ctx, node)
+def _conv_operands(ctx: Importer, node: Node, what: str
+                   ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int],
+                              tuple[int, int], tuple[int, int]]:
+    """(weight, bias, kernel, strides, dilations) of a 2-D Conv or ConvTranspose."""
     weight = ctx.weight(node, 1, "weight")
     if weight.ndim != 4:
-        unsupported(node, f"only 2-D convolution is supported (weight rank {weight.ndim})")
+        unsupported(node, f"only 2-D {what} is supported (weight rank {weight.ndim})")
     bias = ctx.weight(node, 2, "bias") if len(node.inputs) > 2 and node.inputs[2] else None
     kernel = (int(weight.shape[2]), int(weight.shape[3]))
     if _int_list(node, "kernel_shape", kernel, 2, 1) != kernel:
         raise PatccError(f"kernel_shape {node.attr('kernel_shape')} does not match the "
-                         f"weight {weight.shape}", node.where)
+                         f"weight {list(weight.shape)}", node.where)
     strides, dilations = _window_attrs(node)
+    return weight, bias, kernel, strides, dilations
+
+
+def conv(ctx: Importer, node: Node) -> None:
+    _, _, h, w = _spatial_input(ctx, node)
+    weight, bias, kernel, strides, dilations = _conv_operands(ctx, node, "convolution")
     groups = node.attr("group", 1)
     if not isinstance(groups, int) or groups < 1:
         raise PatccError(f"group {groups!r} must be a positive integer", node.where)
@@ -134,6 +148,112 @@ def conv(ctx: Importer, node: Node) -> None:
         dilations=dilations,
         groups=groups,
     ))
+
+
+def _transpose_pads(node: Node, hw: tuple[int, int], full: tuple[int, int],
+                    strides: tuple[int, int], output_padding: tuple[int, int]
+                    ) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """ConvTranspose's (pads, output padding) from ``pads``, ``auto_pad`` or
+    ``output_shape`` (which overrides pads), per the ONNX formulas: the total padding
+    is the full output (``full``, plus output_padding) less the output asked for
+    (``output_shape``, or input x stride for SAME_*), split with the larger half at
+    the start but for SAME_UPPER; an output longer than the full one is output
+    padding. ONNX (and onnxruntime) allow at most stride - 1 of that."""
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise PatccError(f"unknown auto_pad {auto!r}", node.where)
+    wanted = node.attr("output_shape")
+    if wanted is not None:
+        wanted = _int_list(node, "output_shape", (), 2, 1)
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = tuple(size * s for size, s in zip(hw, strides, strict=True))
+    elif auto == "VALID":
+        return (0, 0, 0, 0), output_padding
+    else:
+        return _int_list(node, "pads", (0, 0, 0, 0), 4, 0), output_padding
+    begin, end, extra = [], [], []
+    for axis in range(2):
+        total = full[axis] + output_padding[axis] - wanted[axis]
+        if total < 0 and (auto == "SAME_UPPER" or node.attr("output_shape") is None):
+            # the reference evaluator pads by -1 at the start, onnxruntime sizes the
+            # output without the padding: no answer is the ONNX one
+            raise PatccError(
+                f"auto_pad {auto} asks for {-total} row(s) of negative padding on axis "
+                f"{axis + 2} (the kernel spans less than the stride), which onnxruntime "
+                "and the ONNX reference evaluator size differently; give pads and "
+                "output_padding instead", node.where)
+        small = max(0, total) // 2
+        begin.append(small if auto == "SAME_UPPER" else max(0, total) - small)
+        end.append(max(0, total) - begin[-1])
+        extra.append(output_padding[axis] + max(0, -total))
+    return (begin[0], begin[1], end[0], end[1]), (extra[0], extra[1])
+
+
+def conv_transpose(ctx: Importer, node: Node) -> None:
+    """A 2-D ConvTranspose as a flipped Conv (stride 1) or a 1x1 Conv and Col2Im
+    (``patcc.frontends.transpose_conv``)."""
+    x_shape = _spatial_input(ctx, node)
+    weight, bias, kernel, strides, dilations = _conv_operands(ctx, node, "ConvTranspose")
+    output_padding = _int_list(node, "output_padding", (0, 0), 2, 0)
+    hw = (x_shape[2], x_shape[3])
+    shape_only = TransposedConv(weight=weight, bias=None, strides=strides,
+                                dilations=dilations)
+    pads, extra = _transpose_pads(node, hw, shape_only.full_size(hw), strides,
+                                  output_padding)  # type: ignore[arg-type]
+    for axis, (e, s) in enumerate(zip(extra, strides, strict=True)):
+        if e >= s:
+            raise PatccError(f"output_padding or output_shape adds {e} row(s) on axis "
+                             f"{axis + 2} past the full output; ONNX allows at most stride "
+                             f"- 1 = {s - 1}", node.where)
+    spec = TransposedConv(weight=weight, bias=bias, strides=strides,
+                          pads=pads, dilations=dilations,  # type: ignore[arg-type]
+                          groups=node.attr("group", 1), output_padding=extra)
+    for layer in lower_conv_transpose(
+            spec, node.inputs[0], x_shape, node.outputs[0],
+            lambda suffix: ctx.layer_name(node, suffix),
+            lambda suffix: ctx.temp(node, suffix), node.where):
+        ctx.add(layer)
+
+
+def col2im(ctx: Importer, node: Node) -> None:
+    """Col2Im (opset 18) on a 2-D image: the (N, C*kh*kw, L) columns reshaped to the
+    (N, C*kh*kw, Lh, Lw) grid of block positions, then the Col2Im layer."""
+    x_shape = ctx.shape(node.inputs[0])
+    image = _ints(ctx.const(node, 1, "image_shape").reshape(-1), ())
+    block = _ints(ctx.const(node, 2, "block_shape").reshape(-1), ())
+    if len(image) != 2 or len(block) != 2:
+        unsupported(node, f"only 2-D Col2Im is supported (image_shape {list(image)}, "
+                          f"block_shape {list(block)})")
+    if len(x_shape) != 3:
+        raise PatccError(f"the input has shape {list(x_shape)}; Col2Im reads (N, C x "
+                         "block size, blocks)", node.where)
+    if min(image) < 1 or min(block) < 1 or x_shape[1] % (block[0] * block[1]):
+        raise PatccError(f"image_shape {list(image)} and block_shape {list(block)} must be "
+                         f">= 1, and the block size must divide the input's {x_shape[1]} "
+                         "channels", node.where)
+    strides, dilations = _window_attrs(node)
+    pads = _int_list(node, "pads", (0, 0, 0, 0), 4, 0)
+    grid = []
+    for axis in range(2):
+        span = (block[axis] - 1) * dilations[axis] + 1
+        room = image[axis] + pads[axis] + pads[axis + 2] - span
+        if room < 0:
+            raise PatccError(f"a block spanning {span} does not fit the padded image "
+                             f"{image[axis] + pads[axis] + pads[axis + 2]} on axis "
+                             f"{axis + 2}", node.where)
+        grid.append(room // strides[axis] + 1)
+    if grid[0] * grid[1] != x_shape[2]:
+        raise PatccError(f"the input has {x_shape[2]} blocks, but image_shape {list(image)} "
+                         f"with these blocks, pads and strides has {grid[0]} x {grid[1]}",
+                         node.where)
+    n, ck = x_shape[0], x_shape[1]
+    columns = ctx.temp(node, "grid")
+    ctx.add(Reshape(name=ctx.layer_name(node, "_grid"), inputs=(node.inputs[0],),
+                    outputs=(columns,), shape=(n, ck, grid[0], grid[1])))
+    ctx.add(Col2Im(name=ctx.layer_name(node), inputs=(columns,), outputs=(node.outputs[0],),
+                   channels=ck // (block[0] * block[1]), kernel=(block[0], block[1]),
+                   output_size=(image[0], image[1]), strides=strides,
+                   pads=pads, dilations=dilations))  # type: ignore[arg-type]
 
 
 def gemm(ctx: Importer, node: Node) -> None:
@@ -173,17 +293,103 @@ def gemm(ctx: Importer, node: Node) -> None:
                        outputs=(node.outputs[0],), binop="add"))
 
 
+MAX_MATMUL_MATRICES = 256
+"""The most matrices a batched constant B of MatMul may hold: each becomes a Dense."""
+
+
 def matmul(ctx: Importer, node: Node) -> None:
+    """numpy's matmul with a constant B: a 1-D A is a row and a 1-D B a column whose
+    added axis leaves the result; B's batch axes broadcast against A's. A 2-D (or 1-D)
+    B is one Dense on A's last axis. A batched B is one Dense per matrix of B: A is
+    split along the batch axes where B varies (where A varies too), each piece meets
+    its matrix, and Concats put the results back in order, so no weight is copied."""
     if node.inputs[1] not in ctx.consts:
         unsupported(node, "MatMul of two computed tensors is not supported "
                           "(the second operand must be a constant weight)")
     b = ctx.weight(node, 1, "B")
-    if b.ndim != 2 or len(ctx.shape(node.inputs[0])) < 2:
-        unsupported(node, f"MatMul with weight of shape {b.shape} is not supported "
-                          "(needs a 2-D weight and an input of rank >= 2)")
-    ctx.add(Dense(name=ctx.layer_name(node), inputs=(node.inputs[0],),
-                  outputs=(node.outputs[0],), weight=np.ascontiguousarray(b.T),
-                  bias=np.zeros(b.shape[1], np.float32)))
+    a = node.inputs[0]
+    a_shape = ctx.shape(a)
+    if not a_shape or b.ndim == 0:
+        raise PatccError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: both "
+                         "operands need rank >= 1", node.where)
+    depth = b.shape[-2] if b.ndim >= 2 else b.shape[0]
+    if a_shape[-1] != depth:
+        raise PatccError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: A's last "
+                         f"axis {a_shape[-1]} must equal B's rows {depth}", node.where)
+    if b.ndim <= 2:
+        weight = np.ascontiguousarray(b.reshape(depth, -1).T)
+        column = b.ndim == 1
+        out = ctx.temp(node, "column") if column else node.outputs[0]
+        ctx.add(Dense(name=ctx.layer_name(node), inputs=(a,), outputs=(out,), weight=weight,
+                      bias=np.zeros(weight.shape[0], np.float32)))
+        if column:
+            ctx.add(Reshape(name=ctx.layer_name(node, "_drop"), inputs=(out,),
+                            outputs=(node.outputs[0],), shape=a_shape[:-1]))
+        return
+    rows = a_shape if len(a_shape) >= 2 else (1, *a_shape)
+    rank = max(len(rows), b.ndim)
+    a_full = (1,) * (rank - len(rows)) + tuple(rows)
+    b_full = b.reshape((1,) * (rank - b.ndim) + b.shape)
+    batch = []
+    for axis in range(rank - 2):
+        da, db = a_full[axis], int(b_full.shape[axis])
+        if da != db and 1 not in (da, db):
+            raise PatccError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: batch "
+                             f"axes {da} and {db} do not broadcast", node.where)
+        batch.append(max(da, db))
+    out_shape = (*batch, a_full[-2], b.shape[-1])
+    final = out_shape if len(a_shape) >= 2 else (*batch, b.shape[-1])
+    source = a
+    if a_full != a_shape:
+        source = ctx.temp(node, "batched")
+        ctx.add(Reshape(name=ctx.layer_name(node, "_batched"), inputs=(a,), outputs=(source,),
+                        shape=a_full))
+    varying = [axis for axis in range(rank - 2) if b_full.shape[axis] > 1]
+    if math.prod(b_full.shape[:-2]) > MAX_MATMUL_MATRICES:
+        unsupported(node, f"MatMul with {math.prod(b_full.shape[:-2])} weight matrices (B of "
+                          f"shape {list(b.shape)}) is not supported (at most "
+                          f"{MAX_MATMUL_MATRICES}: each is a Dense layer)")
+    pieces: dict[tuple[str, int], tuple[str, ...]] = {}
+
+    def piece(tensor: str, axis: int, k: int) -> str:
+        """Index ``k`` of ``tensor`` along ``axis``, the tensor itself where it has one."""
+        shape = ctx.shape(tensor)
+        if shape[axis] == 1:
+            return tensor
+        if (tensor, axis) not in pieces:
+            names = tuple(ctx.temp(node, f"split{len(pieces)}_{j}")
+                          for j in range(shape[axis]))
+            ctx.add(Split(name=ctx.layer_name(node, f"_split{axis}"), inputs=(tensor,),
+                          outputs=names, axis=axis, sizes=(1,) * shape[axis]))
+            pieces[tensor, axis] = names
+        return pieces[tensor, axis][k]
+
+    def product(tensor: str, index: tuple[int, ...], target: str) -> None:
+        """``target`` = the part of the result where B's varying axes start at ``index``."""
+        if len(index) == len(varying):
+            at = [0] * (rank - 2)
+            for axis, k in zip(varying, index, strict=True):
+                at[axis] = k
+            matrix = b_full[tuple(at)]
+            ctx.add(Dense(name=ctx.layer_name(node, "".join(f"_{k}" for k in index)),
+                          inputs=(tensor,), outputs=(target,),
+                          weight=np.ascontiguousarray(matrix.T),
+                          bias=np.zeros(matrix.shape[1], np.float32)))
+            return
+        axis = varying[len(index)]
+        parts = []
+        for k in range(b_full.shape[axis]):
+            part = ctx.temp(node, "mm_" + "_".join(map(str, (*index, k))))
+            product(piece(tensor, axis, k), (*index, k), part)
+            parts.append(part)
+        ctx.add(Concat(name=ctx.layer_name(node, f"_cat{axis}"), inputs=tuple(parts),
+                       outputs=(target,), axis=axis))
+
+    result = node.outputs[0] if final == out_shape else ctx.temp(node, "rows")
+    product(source, (), result)
+    if final != out_shape:
+        ctx.add(Reshape(name=ctx.layer_name(node, "_drop"), inputs=(result,),
+                        outputs=(node.outputs[0],), shape=final))
 
 
 def instance_norm(ctx: Importer, node: Node) -> None:
@@ -222,12 +428,52 @@ def instance_norm(ctx: Importer, node: Node) -> None:
     layer(ScaleShift, "", (normed,), node.outputs[0], scale=scale, shift=bias)
 
 
+def lrn(ctx: Importer, node: Node) -> None:
+    """Local response normalisation across channels (AlexNet, GoogLeNet):
+    ``x / (bias + alpha / size * sum(x^2 over channels c - floor((size-1)/2) ..
+    c + ceil((size-1)/2)))^beta``. The windowed sum is an average Pool over the channel
+    axis of ``x * x`` seen as (N, 1, C, pixels), zero-padded and counting the padding,
+    so that it divides by ``size``: ``size`` taps per value where a banded 1x1 conv
+    would take C, and no weight the pruning passes would take for a filter."""
+    x = node.inputs[0]
+    shape = ctx.shape(x)
+    if len(shape) < 3:
+        unsupported(node, f"LRN of a rank-{len(shape)} tensor is not supported (needs N, C "
+                          "and spatial axes)")
+    size = node.attr("size")
+    if not isinstance(size, int) or size < 1:
+        raise PatccError(f"size {size!r} must be an integer >= 1", node.where)
+    alpha, beta = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75))
+    bias = float(node.attr("bias", 1.0))
+    n, c = shape[:2]
+    pixels = math.prod(shape[2:])
+    before = (size - 1) // 2
+    square, planes, window, base, denominator, back = (
+        ctx.temp(node, t) for t in ("square", "planes", "window", "base", "denominator",
+                                    "back"))
+
+    def layer(cls: type, suffix: str, inputs: tuple[str, ...], out: str, **kw: object) -> None:
+        ctx.add(cls(name=ctx.layer_name(node, suffix), inputs=inputs, outputs=(out,), **kw))
+
+    layer(Binary, "_square", (x, x), square, binop="mul")
+    layer(Reshape, "_planes", (square,), planes, shape=(n, 1, c, pixels))
+    layer(Pool, "_window", (planes,), window, kind="avg", kernel=(size, 1),
+          pads=(before, 0, size - 1 - before, 0), count_include_pad=True)
+    layer(ScaleShift, "_scale", (window,), base, scale=np.array([alpha], np.float32),
+          shift=np.array([bias], np.float32))
+    layer(Unary, "_pow", (base,), denominator, activation=Activation("pow", beta))
+    layer(Reshape, "_back", (denominator,), back, shape=tuple(shape))
+    layer(Binary, "", (x, back), node.outputs[0], binop="div")
+
+
 def batch_norm(ctx: Importer, node: Node) -> None:
     if node.attr("training_mode", 0):
         unsupported(node, "BatchNormalization in training mode is not supported "
                           "(export the model in eval mode)")
     if any(node.outputs[1:]):
         unsupported(node, "BatchNormalization running-statistics outputs are not supported")
+    if not node.attr("spatial", 1):  # opset 7-8: statistics per element, not per channel
+        unsupported(node, "BatchNormalization with spatial=0 is not supported")
     shape = ctx.shape(node.inputs[0])
     channels = shape[1] if len(shape) >= 2 else 0
     scale, shift, mean, var = (ctx.weight(node, i, what) for i, what in
@@ -419,6 +665,9 @@ def activation(kind: str) -> Callable[[Importer, Node], None]:
             alpha = float(node.attr("alpha", 0.01))
         elif kind == "hard_sigmoid":
             alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
+        elif kind == "clip" and ctx.opset < 11:  # Clip-6: bounds are attributes
+            alpha = _clip_bound(node, node.attr("min"), -math.inf)
+            beta = _clip_bound(node, node.attr("max"), math.inf)
         elif kind == "clip":
             lo, hi = ctx.optional_const(node, 1, "min"), ctx.optional_const(node, 2, "max")
             alpha, beta = _clip_bound(node, lo, -math.inf), _clip_bound(node, hi, math.inf)
@@ -603,6 +852,7 @@ def expand(ctx: Importer, node: Node) -> None:
         out = np.broadcast_shapes(shape, target)
     except ValueError:
         raise PatccError(f"cannot expand {list(shape)} to {list(target)}", node.where) from None
+    check_size(f"output {node.outputs[0]!r}", out)  # before a zeros operand of that size
     if out == tuple(shape):
         ctx.alias[node.outputs[0]] = node.inputs[0]
         return
@@ -613,13 +863,21 @@ def expand(ctx: Importer, node: Node) -> None:
                    inputs=(node.inputs[0], _constant_operand(ctx, node, "zeros", zeros))))
 
 
+TILE_CONCAT_INPUTS = 8
+"""Tile copies one Concat takes; more repeats are built by doubling (log2 layers)."""
+
+
 def tile(ctx: Importer, node: Node) -> None:
-    """Repeats along each axis: a Concat of copies per repeated axis."""
+    """Repeats along each axis: a Concat of copies per repeated axis (of doublings of
+    the input for many repeats, so that the layers grow with the log of the count).
+    The output's size is checked first: a hostile repeat count builds nothing."""
     shape = ctx.shape(node.inputs[0])
     repeats = [int(r) for r in ctx.const(node, 1, "repeats").reshape(-1)]
     if len(repeats) != len(shape) or min(repeats, default=1) < 1:
-        raise PatccError(f"repeats {repeats} for a rank-{len(shape)} input must be one "
-                         "integer >= 1 per axis", node.where)
+        raise PatccError(f"repeats {repeats}"[:120] + f" for a rank-{len(shape)} input must "
+                         "be one integer >= 1 per axis", node.where)
+    check_size(f"output {node.outputs[0]!r}",
+               tuple(d * r for d, r in zip(shape, repeats, strict=True)))
     axes = [a for a, r in enumerate(repeats) if r > 1]
     if not axes:
         ctx.alias[node.outputs[0]] = node.inputs[0]
@@ -628,9 +886,125 @@ def tile(ctx: Importer, node: Node) -> None:
     for k, axis in enumerate(axes):
         last = k == len(axes) - 1
         out = node.outputs[0] if last else ctx.temp(node, f"tile{axis}")
+        copies = [source] * repeats[axis]
+        if repeats[axis] > TILE_CONCAT_INPUTS:
+            copies, block, count = [], source, repeats[axis]
+            while count:
+                if count & 1:
+                    copies.append(block)
+                count >>= 1
+                if count:
+                    doubled = ctx.temp(node, f"tile{axis}_double")
+                    ctx.add(Concat(name=ctx.layer_name(node, f"_{axis}_double"),
+                                   inputs=(block, block), outputs=(doubled,), axis=axis))
+                    block = doubled
         ctx.add(Concat(name=ctx.layer_name(node, "" if last else f"_{axis}"),
-                       inputs=(source,) * repeats[axis], outputs=(out,), axis=axis))
+                       inputs=tuple(copies), outputs=(out,), axis=axis))
         source = out
+
+
+def _resize_target(ctx: Importer, node: Node, axes: list[int]
+                   ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(output shape, per-axis scales) from the ``scales`` or ``sizes`` input of
+    Resize, with ``keep_aspect_ratio_policy`` applied to sizes."""
+    shape = ctx.shape(node.inputs[0])
+    given_scales = ctx.optional_const(node, 2, "scales")
+    given_sizes = ctx.optional_const(node, 3, "sizes")
+    if given_scales is not None and given_scales.size == 0:
+        given_scales = None
+    if given_sizes is not None and given_sizes.size == 0:
+        given_sizes = None
+    if (given_scales is None) == (given_sizes is None):
+        raise PatccError("Resize needs exactly one of scales and sizes", node.where)
+    given = given_scales if given_scales is not None else given_sizes
+    assert given is not None
+    if given.ndim != 1 or len(given) != len(axes):
+        raise PatccError(f"{'scales' if given_scales is not None else 'sizes'} "
+                         f"{given.tolist()} must hold one value per resized axis "
+                         f"({len(axes)})"[:200], node.where)
+    size, scales = list(shape), [1.0] * len(shape)
+    if given_scales is not None:
+        if not np.issubdtype(given_scales.dtype, np.floating):
+            raise PatccError(f"scales have dtype {given_scales.dtype}", node.where)
+        for axis, value in zip(axes, given_scales.tolist(), strict=True):
+            if not (math.isfinite(value) and value > 0):
+                raise PatccError(f"scale {value} of axis {axis} must be positive and "
+                                 "finite", node.where)
+            scales[axis] = float(value)
+            size[axis] = math.floor(value * shape[axis])
+        return tuple(size), tuple(scales)
+    if not np.issubdtype(given.dtype, np.integer) or given.min() < 1:
+        raise PatccError(f"sizes {given.tolist()} must be positive integers"[:200], node.where)
+    for axis, value in zip(axes, given.tolist(), strict=True):
+        size[axis], scales[axis] = int(value), value / shape[axis]
+    policy = node.attr("keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        raise PatccError(f"unknown keep_aspect_ratio_policy {policy!r}", node.where)
+    if policy != "stretch":
+        common = (min if policy == "not_larger" else max)(scales[a] for a in axes)
+        for axis in axes:
+            scales[axis] = common
+            size[axis] = int(common * shape[axis] + 0.5)  # round half up, as ONNX
+    return tuple(size), tuple(scales)
+
+
+def upsample(ctx: Importer, node: Node) -> None:
+    """Upsample (opsets 7-9, deprecated since 10) and Resize-10: scales (an attribute
+    of Upsample-7, else the second input), nearest or (bi)linear, in asymmetric
+    coordinates (x = y / scale); nearest takes the floor when up-sampling and, as
+    onnxruntime, the ceiling when every resized axis shrinks."""
+    shape = ctx.shape(node.inputs[0])
+    attr = node.attr("scales")
+    if node.op_type == "Upsample" and attr is not None:
+        scales = [float(v) for v in attr]
+    else:
+        scales = [float(v) for v in ctx.const(node, 1, "scales").reshape(-1)]
+    if len(scales) != len(shape) or not all(math.isfinite(v) and v > 0 for v in scales):
+        raise PatccError(f"scales {scales} must be one positive number per axis of "
+                         f"{list(shape)}"[:200], node.where)
+    mode = {"bilinear": "linear"}.get(node.attr("mode", "nearest"), node.attr("mode", "nearest"))
+    if mode not in ("nearest", "linear"):
+        raise PatccError(f"unknown mode {mode!r} (nearest or linear)", node.where)
+    resized = [v for v in scales if v != 1.0]
+    shrinks = bool(resized) and all(v < 1.0 for v in resized)
+    ctx.add(Resize(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                   outputs=(node.outputs[0],),
+                   size=tuple(math.floor(v * d) for v, d in zip(scales, shape, strict=True)),
+                   scales=tuple(scales), mode=mode, coordinate_mode="asymmetric",
+                   nearest_mode="ceil" if shrinks else "floor"))
+
+
+def resize(ctx: Importer, node: Node) -> None:
+    """Resize (opset 11-19 forms): nearest, linear and cubic over any axes, every
+    coordinate transformation, scales or sizes, antialiasing, tf_crop_and_resize."""
+    if ctx.opset < 11:
+        upsample(ctx, node)
+        return
+    shape = ctx.shape(node.inputs[0])
+    r = len(shape)
+    axes = [_axis(node, a, r) for a in _ints(node.attr("axes"), tuple(range(r)))]
+    if len(set(axes)) != len(axes):
+        raise PatccError(f"axes {axes} repeat an axis", node.where)
+    size, scales = _resize_target(ctx, node, axes)
+    coordinate_mode = node.attr("coordinate_transformation_mode", "half_pixel")
+    roi: tuple[float, ...] = ()
+    if coordinate_mode == "tf_crop_and_resize":
+        given = ctx.optional_const(node, 1, "roi")
+        if given is None or given.size != 2 * len(axes):
+            raise PatccError(f"tf_crop_and_resize needs a roi of {2 * len(axes)} values "
+                             "(starts, then ends, of the resized axes)", node.where)
+        full = [0.0] * r + [1.0] * r
+        for i, axis in enumerate(axes):
+            full[axis], full[r + axis] = float(given[i]), float(given[len(axes) + i])
+        roi = tuple(full)
+    ctx.add(Resize(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                   outputs=(node.outputs[0],), size=size, scales=scales,
+                   mode=node.attr("mode", "nearest"), coordinate_mode=coordinate_mode,
+                   nearest_mode=node.attr("nearest_mode", "round_prefer_floor"),
+                   cubic_a=float(node.attr("cubic_coeff_a", -0.75)),
+                   exclude_outside=bool(node.attr("exclude_outside", 0)),
+                   antialias=bool(node.attr("antialias", 0)), roi=roi,
+                   extrapolation_value=float(node.attr("extrapolation_value", 0.0))))
 
 
 def concat(ctx: Importer, node: Node) -> None:
@@ -661,10 +1035,19 @@ def split(ctx: Importer, node: Node) -> None:
 def slice_(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     rank = len(shape)
-    starts = ctx.const(node, 1, "starts").reshape(-1).astype(np.int64)
-    ends = ctx.const(node, 2, "ends").reshape(-1).astype(np.int64)
-    axes_v = ctx.optional_const(node, 3, "axes")
-    steps_v = ctx.optional_const(node, 4, "steps")
+    if ctx.opset < 10:  # Slice-1: starts, ends and axes are attributes, no steps
+        starts = np.array(_ints(node.attr("starts"), ()), np.int64)
+        ends = np.array(_ints(node.attr("ends"), ()), np.int64)
+        axes_attr = node.attr("axes")
+        axes_v = None if axes_attr is None else np.array(_ints(axes_attr, ()), np.int64)
+        steps_v = None
+    else:
+        starts = ctx.const(node, 1, "starts").reshape(-1).astype(np.int64)
+        ends = ctx.const(node, 2, "ends").reshape(-1).astype(np.int64)
+        axes_v = ctx.optional_const(node, 3, "axes")
+        steps_v = ctx.optional_const(node, 4, "steps")
+    if len(ends) != len(starts):
+        raise PatccError(f"{len(starts)} starts but {len(ends)} ends", node.where)
     axes = range(len(starts)) if axes_v is None else axes_v.reshape(-1).tolist()
     steps = [1] * len(starts) if steps_v is None else steps_v.reshape(-1).tolist()
     lo, hi, st = [0] * rank, list(shape), [1] * rank
@@ -684,25 +1067,63 @@ def slice_(ctx: Importer, node: Node) -> None:
                   outputs=(node.outputs[0],), starts=tuple(lo), ends=tuple(hi), steps=tuple(st)))
 
 
+def gather(ctx: Importer, node: Node) -> None:
+    """Gather with constant indices of any shape (negative ones count from the end) on
+    a computed tensor: one Gather layer. (With constant data too, it was folded.)"""
+    shape = ctx.shape(node.inputs[0])
+    axis = _axis(node, int(node.attr("axis", 0)), len(shape))
+    indices = ctx.const(node, 1, "indices")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise PatccError(f"indices have dtype {indices.dtype}; ONNX requires int32 or int64",
+                         node.where)
+    size = shape[axis]
+    flat = indices.reshape(-1)
+    bad = np.flatnonzero((flat < -size) | (flat >= size))
+    if bad.size:
+        raise PatccError(f"index {int(flat[bad[0]])} is out of range for axis {axis} of "
+                         f"shape {list(shape)} (valid: {-size}..{size - 1})", node.where)
+    normalised = np.where(indices < 0, indices.astype(np.int64) + size, indices)
+    ctx.add(Gather(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+                   outputs=(node.outputs[0],), axis=axis,
+                   indices=np.array(normalised, dtype=np.int64)))
+
+
 def pad(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     rank = len(shape)
     mode = node.attr("mode", "constant")
     if mode not in ("constant", "reflect", "edge"):
         unsupported(node, f"Pad mode {mode!r} is not supported (constant, reflect, edge)")
-    given = [int(p) for p in ctx.const(node, 1, "pads").reshape(-1)]
-    value = ctx.optional_const(node, 2, "constant_value")
-    axes_v = ctx.optional_const(node, 3, "axes")
+    if ctx.opset < 11:  # Pad-2: pads and value are attributes
+        given = list(_ints(node.attr("pads"), ()))
+        value: np.ndarray | None = np.array(float(node.attr("value", 0.0)))
+        axes_v = None
+    else:
+        given = [int(p) for p in ctx.const(node, 1, "pads").reshape(-1)]
+        value = ctx.optional_const(node, 2, "constant_value")
+        axes_v = ctx.optional_const(node, 3, "axes")
     axes = list(range(rank)) if axes_v is None else [
         _axis(node, int(a), rank) for a in axes_v.reshape(-1)]
     if len(given) != 2 * len(axes):
         raise PatccError(f"pads {given} do not match {len(axes)} axes", node.where)
-    if min(given, default=0) < 0:
-        unsupported(node, f"negative pads {given} (cropping) are not supported")
     pads = [0] * (2 * rank)
     for k, a in enumerate(axes):
         pads[a], pads[a + rank] = given[k], given[k + len(axes)]
-    ctx.add(Pad(name=ctx.layer_name(node), inputs=(node.inputs[0],),
+    source = node.inputs[0]
+    if min(pads) < 0:  # negative pads crop: a Slice first, then what remains to pad
+        if mode != "constant":
+            unsupported(node, f"negative pads {given} (cropping) with mode {mode!r}")
+        starts = [max(0, -p) for p in pads[:rank]]
+        ends = [d - max(0, -p) for d, p in zip(shape, pads[rank:], strict=True)]
+        if any(e <= s for s, e in zip(starts, ends, strict=True)):
+            raise PatccError(f"pads {given} crop all of shape {list(shape)}", node.where)
+        cropped = node.outputs[0] if max(pads) <= 0 else ctx.temp(node, "cropped")
+        ctx.add(Slice(name=ctx.layer_name(node, "_crop"), inputs=(source,), outputs=(cropped,),
+                      starts=tuple(starts), ends=tuple(ends), steps=(1,) * rank))
+        if max(pads) <= 0:
+            return
+        source, pads = cropped, [max(0, p) for p in pads]
+    ctx.add(Pad(name=ctx.layer_name(node), inputs=(source,),
                 outputs=(node.outputs[0],), pads=tuple(pads), mode=mode,
                 value=0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])))
 
@@ -733,6 +1154,8 @@ def shape_of(ctx: Importer, node: Node) -> None:
 
 CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Col2Im": col2im,
     "Gemm": gemm,
     "MatMul": matmul,
     "BatchNormalization": batch_norm,
@@ -790,6 +1213,10 @@ CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
     "Split": split,
     "Slice": slice_,
     "Pad": pad,
+    "Gather": gather,
+    "LRN": lrn,
+    "Resize": resize,
+    "Upsample": upsample,
     "Identity": identity,
     "Dropout": identity,
     "Cast": identity,

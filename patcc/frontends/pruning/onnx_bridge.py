@@ -10,7 +10,11 @@ the torch function of the same meaning. The batch dimension is left free.
 
 :func:`write_back` puts the pruned convolution weights into the original ONNX
 model's initializers (a convolution is found by its output tensor, which ONNX
-keeps unique), so the file keeps its structure, names and metadata.
+keeps unique), so the file keeps its structure, names and metadata. Only the convs
+of ONNX Conv nodes can be written back: the convs a ConvTranspose becomes hold its
+weight rearranged (flipped, or as a 1x1 conv before a ``Col2Im``), so they are
+rebuilt as constant ``F.conv2d`` calls that pruning neither prunes nor trains, and
+the ConvTranspose keeps its weights.
 """
 
 from __future__ import annotations
@@ -37,13 +41,16 @@ from patcc.ir import Graph
 from patcc.ir.layers import (
     Activation,
     Binary,
+    Col2Im,
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     Pad,
     Pool,
     Reshape,
+    Resize,
     ScaleShift,
     Slice,
     Softmax,
@@ -74,7 +81,8 @@ def import_for_pruning(path: str) -> tuple[onnx.ModelProto, TorchModel]:
     (shape,) = [t.shape for t in graph.inputs.values()]
     if len(shape) != 4:
         raise PatccError(f"pruning needs an NCHW image input, got shape {shape}", path)
-    return proto, _build(graph, tuple(shape), _batch_norms(proto))
+    conv_outputs = {node.output[0] for node in proto.graph.node if node.op_type == "Conv"}
+    return proto, _build(graph, tuple(shape), _batch_norms(proto), conv_outputs)
 
 
 def _batch_norms(proto: onnx.ModelProto) -> dict[str, tuple[np.ndarray, ...]]:
@@ -169,7 +177,10 @@ _BINARY: dict[str, Callable[..., Any]] = {
 
 
 def _build(graph: Graph, input_shape: tuple[int, ...],
-           batch_norms: dict[str, tuple[np.ndarray, ...]]) -> TorchModel:
+           batch_norms: dict[str, tuple[np.ndarray, ...]],
+           conv_outputs: set[str] | None = None) -> TorchModel:
+    """The torch module of ``graph``; a Conv whose output is not in ``conv_outputs``
+    (the outputs of the model's Conv nodes; None: every Conv's) is a constant."""
     root = nn.Module()
     g = fx.Graph()
     taken: set[str] = set()
@@ -194,7 +205,10 @@ def _build(graph: Graph, input_shape: tuple[int, ...],
         args = [env[t] for t in layer.inputs]
         x = args[0] if args else None
         out: fx.Node | list[fx.Node]
-        if isinstance(layer, Conv):
+        if isinstance(layer, Conv) and conv_outputs is not None \
+                and layer.outputs[0] not in conv_outputs:
+            out = _activation(g, layer.activation, _frozen_conv(g, layer, args, module))
+        elif isinstance(layer, Conv):
             pt, pl, pb, pr = layer.pads
             conv = nn.Conv2d(layer.weight.shape[1] * layer.groups, layer.weight.shape[0],
                              layer.kernel_shape, layer.strides,
@@ -269,6 +283,16 @@ def _build(graph: Graph, input_shape: tuple[int, ...],
                    for i in range(len(layer.outputs))]
         elif isinstance(layer, Pad):
             out = _pad(g, layer, x)  # type: ignore[arg-type]
+        elif isinstance(layer, Col2Im):
+            out = _activation(g, layer.activation, _col2im(
+                g, layer, x, shapes[layer.inputs[0]], module))  # type: ignore[arg-type]
+        elif isinstance(layer, Gather):
+            # numpy-style indexing with one index list (a scalar drops the axis), as Gather
+            index = (*(slice(None),) * layer.axis, layer.indices.tolist())
+            out = g.call_function(operator.getitem, (x, index))
+        elif isinstance(layer, Resize):
+            resample = _Resample(layer, shapes[layer.inputs[0]])
+            out = g.call_module(module(layer.name, resample), (x,))
         else:
             raise PatccError(f"pruning cannot rebuild {layer.op} layers in torch", layer.name)
         for name, node in zip(layer.outputs, out if isinstance(out, list) else [out],
@@ -289,6 +313,78 @@ class _Constant(nn.Module):
     def forward(self) -> torch.Tensor:
         value: torch.Tensor = self.get_buffer("value")
         return value
+
+
+class _Resample(nn.Module):
+    """A Resize from its window tables (``patcc.ir.resample``), so that every mode
+    means in torch what it means to patcc; the batch and channel axes stay free."""
+
+    def __init__(self, layer: Resize, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.axes: list[int] = []
+        self.extrapolation = float(layer.extrapolation_value)
+        for axis, taps in enumerate(layer.axis_taps(in_shape)):
+            if taps is None:
+                continue
+            if axis < 2:
+                raise PatccError("pruning cannot rebuild a Resize of the batch or channel "
+                                 "axis", layer.name)
+            self.axes.append(axis)
+            self.register_buffer(f"index{axis}", torch.from_numpy(taps.index))
+            self.register_buffer(f"weight{axis}", torch.from_numpy(
+                taps.weight.astype(np.float32)))
+            outside = np.zeros(len(taps.index), bool) if taps.outside is None else taps.outside
+            self.register_buffer(f"outside{axis}", torch.from_numpy(outside))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outside = None
+        for axis in self.axes:
+            index, weight = self.get_buffer(f"index{axis}"), self.get_buffer(f"weight{axis}")
+            window = x.index_select(axis, index.reshape(-1)).unflatten(axis, index.shape)
+            view = [1] * window.dim()
+            view[axis:axis + 2] = index.shape
+            x = (window * weight.reshape(view)).sum(axis + 1)
+            flags = self.get_buffer(f"outside{axis}")
+            flag_view = [1] * x.dim()
+            flag_view[axis] = len(flags)
+            flags = flags.reshape(flag_view)
+            outside = flags if outside is None else outside | flags
+        return x if outside is None else torch.where(outside, self.extrapolation, x)
+
+
+def _frozen_conv(g: fx.Graph, layer: Conv, args: list[fx.Node],
+                 module: Callable[[str, nn.Module], str]) -> fx.Node:
+    """``layer`` as ``F.conv2d`` with constant weights: no ``nn.Conv2d`` for the
+    pruning algorithms to prune or train (``write_back`` could not store it)."""
+    pt, pl, pb, pr = layer.pads
+    x = args[0]
+    if (pt, pl) != (pb, pr):
+        x = g.call_function(F.pad, (x, (pl, pr, pt, pb)))
+    weight = g.call_module(module(layer.name + "_weight", _Constant(layer.weight)), ())
+    bias = g.call_module(module(layer.name + "_bias", _Constant(layer.bias)), ())
+    y = g.call_function(F.conv2d, (x, weight, bias, layer.strides,
+                                   (pt, pl) if (pt, pl) == (pb, pr) else 0,
+                                   layer.dilations, layer.groups))
+    return g.call_function(operator.add, (y, args[1])) if len(args) == 2 else y
+
+
+def _col2im(g: fx.Graph, layer: Col2Im, x: fx.Node, in_shape: tuple[int, ...],
+            module: Callable[[str, nn.Module], str]) -> fx.Node:
+    """``F.fold`` of the taps into their full image, cropped (negative ``F.pad``) by
+    the pads and extended by any output padding, plus the bias."""
+    _, _, h, w = in_shape
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.strides, layer.dilations
+    full = ((h - 1) * sh + (kh - 1) * dh + 1, (w - 1) * sw + (kw - 1) * dw + 1)
+    image = g.call_function(F.fold, (g.call_function(torch.flatten, (x, 2)), full,
+                                     layer.kernel), {"dilation": layer.dilations,
+                                                     "stride": layer.strides})
+    pt, pl, _, _ = layer.pads
+    ho, wo = layer.output_size
+    y = g.call_function(F.pad, (image, (-pl, wo + pl - full[1], -pt, ho + pt - full[0])))
+    if layer.bias is None:
+        return y
+    bias = module(layer.name + "_bias", _Constant(layer.bias.reshape(1, -1, 1, 1)))
+    return g.call_function(operator.add, (y, g.call_module(bias, ())))
 
 
 def _pool(g: fx.Graph, layer: Pool, x: fx.Node) -> fx.Node:
@@ -332,8 +428,10 @@ def write_back(proto: onnx.ModelProto, model: TorchModel,
     for ident, layer in model.convs.items():
         node = producer.get(layer.outputs[0])
         conv = model.module.get_submodule(ident)
-        if node is None:
-            raise PatccError("no ONNX Conv produces this layer's output", layer.name)
+        if node is None:  # e.g. a ConvTranspose's rearranged weight: not stored as is
+            raise PatccError("no ONNX Conv node produces this layer's output, so its "
+                             "weights have nowhere to go; pruning writes back Conv "
+                             "nodes only", layer.name)
         weight = conv.weight.detach().numpy()  # type: ignore[operator]
         _replace_initializer(initializers, node.input[1], weight, used, layer.name)
         bias = conv.bias.detach().numpy()  # type: ignore[operator]

@@ -9,13 +9,14 @@ shapes, then walks the ATen graph:
   ``torch.nn.utils.parametrize`` functions and any other weight arithmetic become
   the effective weights, with no clean-up by the user;
 - the rest map onto IR layers (see ``_CONVERTERS``): convolution (grouped,
-  depthwise, dilated, strided, ``padding="same"``), batch norm, linear, ReLU, ReLU6 /
-  hardtanh, hardswish, hardsigmoid, SiLU, sigmoid, tanh, leaky ReLU, ELU, SELU, GELU,
-  Mish, softplus, exp, log, sqrt, neg, abs, reciprocal, erf, element-wise arithmetic
-  with broadcasting (residuals, squeeze-excite), cat,
+  depthwise, dilated, strided, ``padding="same"``), transposed convolution, batch
+  norm, linear, ReLU, ReLU6 / hardtanh, hardswish, hardsigmoid, SiLU, sigmoid, tanh,
+  leaky ReLU, ELU, SELU, GELU, Mish, softplus, exp, log, sqrt, neg, abs, reciprocal,
+  erf, element-wise arithmetic with broadcasting (residuals, squeeze-excite), cat,
   flatten/view/reshape, transpose/permute (channel shuffle), split/chunk, mean and
   adaptive/global pooling, max/avg pooling, softmax, log_softmax, slicing, padding (constant,
-  reflect, replicate), and dropout/identity/clone in eval mode (removed).
+  reflect, replicate), select / index_select / indexing with a constant index (a Gather),
+  and dropout/identity/clone in eval mode (removed).
 
 Then the frontend pipeline runs as for ONNX: batch norms fold into convolutions,
 activations fuse, and each conv's pattern style is detected from its weights.
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from patcc.errors import PatccError
+from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import (
     Activation,
@@ -43,12 +45,14 @@ from patcc.ir.layers import (
     Concat,
     Conv,
     Dense,
+    Gather,
     GlobalPool,
     IRError,
     Layer,
     Pad,
     Pool,
     Reshape,
+    Resize,
     ScaleShift,
     Slice,
     Softmax,
@@ -268,8 +272,10 @@ def _conv(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) ->
     dilation = _pairs(_arg(args, kwargs, 5, "dilation", 1))
     groups = int(_arg(args, kwargs, 6, "groups", 1))
     if getattr(node.target, "_opname", "") == "convolution":  # (.., transposed, out_pad, g)
-        if args[6]:
-            raise PatccError("transposed convolution is not supported", _where(node))
+        if _arg(args, kwargs, 6, "transposed", False):
+            return _conv_transpose(imp, node, [
+                x, args[1], bias, stride, padding, _arg(args, kwargs, 7, "output_padding", 0),
+                _arg(args, kwargs, 8, "groups", 1), dilation], {})
         groups = int(args[8])
     if weight.ndim != 4:
         raise PatccError(f"only 2-D convolutions are supported (weight {weight.shape})",
@@ -291,6 +297,32 @@ def _conv(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) ->
     return imp.emit(Conv(name=name, inputs=(x.name,), outputs=(name,), weight=weight,
                          bias=b, strides=stride, pads=pads, dilations=dilation,
                          groups=groups), shape)
+
+
+def _conv_transpose(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]
+                    ) -> Any:
+    """conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups,
+    dilation): a flipped Conv or a 1x1 Conv and Col2Im (``patcc.frontends.transpose_conv``)."""
+    x, weight = args[0], imp.array(args[1], node, "weight")
+    bias = _arg(args, kwargs, 2, "bias", None)
+    padding = _arg(args, kwargs, 4, "padding", 0)
+    if isinstance(padding, str):
+        raise PatccError(f"conv_transpose2d with padding={padding!r} is not supported "
+                         "(give the padding as integers)", _where(node))
+    ph, pw = _pairs(padding)
+    spec = TransposedConv(
+        weight=weight, bias=None if bias is None else imp.array(bias, node, "bias"),
+        strides=_pairs(_arg(args, kwargs, 3, "stride", 1)), pads=(ph, pw, ph, pw),
+        output_padding=_pairs(_arg(args, kwargs, 5, "output_padding", 0)),
+        groups=int(_arg(args, kwargs, 6, "groups", 1)),
+        dilations=_pairs(_arg(args, kwargs, 7, "dilation", 1)))
+    name, shape = imp.out(node)
+    for layer in lower_conv_transpose(
+            spec, x.name, x.shape, name,
+            lambda suffix: name if not suffix else imp.unique(name + suffix),
+            lambda suffix: imp.unique(f"{name}_{suffix}"), _where(node)):
+        imp.layers.append(layer)
+    return _Tensor(name, shape)
 
 
 def _batch_norm(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -540,6 +572,79 @@ def _slice(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -
                           ends=tuple(ends), steps=tuple(steps)), shape)
 
 
+def _upsample(mode: str, exact: bool = False, antialias: bool = False) -> Converter:
+    """aten.upsample_{nearest,bilinear,bicubic}2d (and the ``.vec`` forms, the exact-
+    nearest and antialiased variants) as a Resize in torch's coordinates: nearest reads
+    floor(y / scale) (nearest-exact rounds half-pixel centres), bilinear and bicubic
+    use half-pixel centres or, with align_corners, the corners; given scale factors
+    set the coordinate scale, sizes the ratio of sizes. Antialiased filters, like
+    torch's, drop the taps that fall outside the image and renormalise (and take
+    bicubic with a = -0.5, as PIL)."""
+    def convert(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        x = args[0]
+        in_shape = imp.shape(x)
+        name, shape = imp.out(node)
+        opname = node.target._overloadname
+        rest = args[1:]
+        align = False
+        if mode != "nearest":
+            align = bool(rest[1] if len(rest) > 1 else kwargs.get("align_corners", False))
+            rest = rest[:1] + rest[2:]
+        if opname == "vec":  # (x, output_size, [align_corners,] scale_factors)
+            factors = rest[1] if len(rest) > 1 else kwargs.get("scale_factors")
+        else:  # (x, output_size, [align_corners,] scales_h, scales_w)
+            factors = list(rest[1:3]) if len(rest) > 2 and None not in rest[1:3] else None
+        if factors and not align:
+            scales = (1.0, 1.0, *(float(f) for f in factors))
+        else:  # align_corners maps corners to corners whatever the factor
+            scales = tuple(o / i for o, i in zip(shape, in_shape, strict=True))
+        if mode == "nearest":
+            coordinate, rule = ("half_pixel", "round_prefer_ceil") if exact else \
+                ("asymmetric", "floor")
+        else:
+            coordinate, rule = ("align_corners" if align else "half_pixel"), "floor"
+        return imp.emit(Resize(name=name, inputs=(x.name,), outputs=(name,), size=shape,
+                               scales=scales, mode=mode, coordinate_mode=coordinate,
+                               nearest_mode=rule, cubic_a=-0.5 if antialias else -0.75,
+                               antialias=antialias,
+                               exclude_outside=antialias), shape)
+    return convert
+
+
+def _gather(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """aten.select (``x[:, 0]``), index_select and index with one constant index tensor
+    (``x[:, [0, 2]]``): a Gather layer; negative indices count from the end."""
+    x = args[0]
+    shape = imp.shape(x)
+    op = node.target._opname
+    if op == "index":
+        given = list(args[1])
+        used = [i for i, t in enumerate(given) if t is not None]
+        if len(used) != 1:
+            raise PatccError(f"indexing with {len(used)} index tensors is not supported "
+                             "(one, on one axis)", _where(node))
+        dim, index = used[0], given[used[0]]
+    else:
+        dim, index = int(_arg(args, kwargs, 1, "dim", 0)), _arg(args, kwargs, 2, "index", 0)
+    if not -len(shape) <= dim < len(shape) or isinstance(index, _Tensor):
+        raise PatccError(f"aten.{op} on dim {dim} of {list(shape)} with a computed index is "
+                         "not supported (the index must be a constant)", _where(node))
+    dim %= len(shape)
+    values = np.asarray(index.detach().cpu().numpy() if isinstance(index, imp.torch.Tensor)
+                        else index)
+    if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
+        raise PatccError(f"aten.{op}: an index of dtype {values.dtype} is not supported "
+                         "(integer indices)", _where(node))
+    size = shape[dim]
+    if ((values < -size) | (values >= size)).any():
+        raise PatccError(f"aten.{op}: index {values.reshape(-1).tolist()[:8]} out of range "
+                         f"for dim {dim} of size {size}", _where(node))
+    name, out_shape = imp.out(node)
+    return imp.emit(Gather(name=name, inputs=(x.name,), outputs=(name,), axis=dim,
+                           indices=np.where(values < 0, values + size, values).astype(np.int64)),
+                    out_shape)
+
+
 def _pad(imp: _Importer, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """aten.constant_pad_nd / pad: torch's pads run from the last axis backwards in
     (begin, end) pairs; the IR's are all begins, then all ends."""
@@ -575,6 +680,7 @@ def _softmax(log: bool) -> Converter:
 
 _CONVERTERS: dict[str, Converter] = {
     "conv2d": _conv, "convolution": _conv, "_convolution": _conv,
+    "conv_transpose2d": _conv_transpose,
     "batch_norm": _batch_norm, "_native_batch_norm_legit_no_training": _batch_norm,
     "linear": _linear,
     "relu": _activation("relu"), "relu_": _activation("relu"),
@@ -617,6 +723,12 @@ _CONVERTERS: dict[str, Converter] = {
     "neg": _activation("neg"), "abs": _activation("abs"),
     "reciprocal": _activation("reciprocal"),
     "slice": _slice, "constant_pad_nd": _pad, "pad": _pad,
+    "select": _gather, "index_select": _gather, "index": _gather,
+    "upsample_nearest2d": _upsample("nearest"),
+    "_upsample_nearest_exact2d": _upsample("nearest", exact=True),
+    "upsample_bilinear2d": _upsample("linear"), "upsample_bicubic2d": _upsample("cubic"),
+    "_upsample_bilinear2d_aa": _upsample("linear", antialias=True),
+    "_upsample_bicubic2d_aa": _upsample("cubic", antialias=True),
 }
 """ATen operation (overload packet name) -> converter."""
 
