@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # the newest CUDA build (several GB); 2.13.0 is the CPU build these machines carry.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-full bench bench-pruning bench-opencl lint clean
+.PHONY: install demo test test-full bench bench-layers bench-pruning bench-opencl lint clean
 
 # The stamp makes a second `make install` a no-op unless pyproject.toml changed.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,12 @@ test-full: install
 TARGET ?= x86_64
 bench: install
 	$(PY) benchmarks/run.py --target $(TARGET)
+
+# The layers dense-prediction networks add (up-sampling + Concat, bilinear Resize,
+# ConvTranspose dense and pruned), single layers against onnxruntime.
+bench-layers: install
+	$(PY) benchmarks/layers.py
+	$(PY) benchmarks/conv_transpose.py
 
 bench-pruning: install
 	$(PY) benchmarks/pruning.py
