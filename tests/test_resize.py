@@ -95,7 +95,7 @@ def resize_specs(draw: st.DrawFn, rank: int = 4) -> dict[str, object]:
                          for s, a in zip(sizes, resized, strict=True)]
         spec["keep_aspect_ratio_policy"] = draw(
             st.sampled_from(["stretch", "not_larger", "not_smaller"]))
-        if spec["keep_aspect_ratio_policy"] != "stretch" and 0 in resized or 1 in resized:
+        if spec["keep_aspect_ratio_policy"] != "stretch" and (0 in resized or 1 in resized):
             spec["keep_aspect_ratio_policy"] = "stretch"  # an aspect over N and C is odd
     if coordinate == "tf_crop_and_resize":
         # binary fractions: ties at the region's edges are exact in every float type
