@@ -71,15 +71,10 @@ def test_forward_gives_the_registered_outputs(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DENSE_PREDICTION_ARCHITECTURES)
-def test_builds_are_deterministic_seeded_and_leave_global_rng_alone(name: str) -> None:
+def test_the_seed_changes_the_weights_and_batch_norms_are_measured(name: str) -> None:
+    """(Determinism and the global RNG: test_models.py, with every architecture.)"""
     builder = REFERENCE_ARCHITECTURES[name]
-    torch.manual_seed(123)
-    expected_draw = torch.rand(3)
-    torch.manual_seed(123)
-    first = builder()
-    assert torch.equal(torch.rand(3), expected_draw)
-    again, other = builder().state_dict(), builder(seed=1).state_dict()  # type: ignore[call-arg]
-    assert all(torch.equal(v, again[k]) for k, v in first.state_dict().items())
+    first, other = builder(), builder(seed=1).state_dict()  # type: ignore[call-arg]
     assert any(not torch.equal(v, other[k]) for k, v in first.state_dict().items())
     for bn in (m for m in first.modules() if isinstance(m, _BatchNorm)):
         assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))

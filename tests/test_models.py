@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from patcc.models import (
+    DENSE_PREDICTION_ARCHITECTURES,
     INPUT_SHAPES,
     NUM_CLASSES,
     REFERENCE_ARCHITECTURES,
@@ -88,7 +89,8 @@ def test_forward_gives_finite_class_scores(name: str) -> None:
     assert (out - other).abs().max() > 0.01 * out.abs().max()
 
 
-@pytest.mark.parametrize("name", [*SMALL_ARCHITECTURES, "resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", [*SMALL_ARCHITECTURES, *DENSE_PREDICTION_ARCHITECTURES,
+                                  "resnet18", "mobilenet_v2"])
 def test_builds_are_deterministic_and_leave_global_rng_alone(name: str) -> None:
     builder = REFERENCE_ARCHITECTURES[name]
     torch.manual_seed(123)

@@ -9,8 +9,8 @@ it while it is still in L1; when the last axis is resized too, the rows are firs
 blended into one input-width row on the stack (contiguous, vectorised) and the last
 axis's windows read from it. Along the last axis three loops cover what models use:
 a contiguous read (the axis is not resized), a repeat (nearest up-sampling by an
-integer factor s: each input element stored s times, which LLVM vectorises as an
-interleaved store), and the general gather over the axis's taps.
+integer factor s: a vector of inputs spread by shuffles into s vectors of outputs),
+and the general gather over the axis's taps.
 """
 
 from __future__ import annotations
@@ -105,7 +105,22 @@ def lower_resize(layer: Resize, ctx: LoweringContext) -> LayerCode:
                 put(x, kb.load(src, b.add(base, x)))
         elif repeat:
             full = min(width // repeat, in_width)
-            with kb.loop(0, full, 1, "j") as j:
+            done = 0
+            if scale is None and first is None:
+                # a vector of inputs becomes `repeat` vectors of outputs, each lane's
+                # input spread by a shuffle (LLVM does not vectorise the scalar form)
+                lanes = kb.width
+                done = full // lanes * lanes
+                spread = [ir.Constant(ir.VectorType(I32, lanes),
+                                      [(k * lanes + lane) // repeat for lane in range(lanes)])
+                          for k in range(repeat)]
+                with kb.loop(0, done, lanes, "j") as j:
+                    v = kb.vload(src, b.add(base, j))
+                    at = b.add(row_out, b.mul(j, i64(repeat)))
+                    for k in range(repeat):
+                        kb.vstore(b.shuffle_vector(v, v, spread[k]), ops.outputs[0],
+                                  b.add(at, i64(k * lanes)))
+            with kb.loop(done, full, 1, "j") as j:
                 v = kb.load(src, b.add(base, j))
                 for k in range(repeat):
                     put(b.add(b.mul(j, i64(repeat)), i64(k)), v)
