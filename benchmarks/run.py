@@ -268,15 +268,9 @@ def thread_scaling(model: Any, x: Any, runs: int, threads: int) -> dict[str, Any
 
 def kernel_times(compiled: Any, runs: int, threads: int) -> dict[str, dict[str, float]]:
     """Per kernel: layers, profiled milliseconds and non-zero MACs of its layers."""
-    from patcc.report import layer_rows
+    from patcc.report import kernel_rows, layer_rows
 
-    kernels: dict[str, dict[str, float]] = {}
-    for r in layer_rows(compiled, runs=runs, threads=threads):
-        k = kernels.setdefault(r["kernel"], {"layers": 0, "ms": 0.0, "nonzero_macs": 0})
-        k["layers"] += 1
-        k["ms"] += r.get("ms", 0.0)
-        k["nonzero_macs"] += r.get("nonzero_macs", 0)
-    return kernels
+    return kernel_rows(layer_rows(compiled, runs=runs, threads=threads))
 
 
 # --- the run -----------------------------------------------------------------------
@@ -318,6 +312,12 @@ def machine_info() -> dict[str, Any]:
             "isa": isa, "python": platform.python_version(),
             "versions": {"patcc": patcc.__version__, "onnxruntime": onnxruntime.__version__,
                          "torch": torch.__version__, "numpy": np.__version__}}
+
+
+def target_record(target: Any) -> dict[str, Any]:
+    """The compile target as the results JSON records it."""
+    return {"tag": target.tag, "cpu": target.cpu, "vector_bits": target.vector_bits,
+            "vector_registers": target.vector_registers}
 
 
 def add_efficiency(row: dict[str, Any], peak: float, fma_peak: float) -> None:
@@ -522,9 +522,7 @@ def write_results(args: argparse.Namespace, rows: list[dict[str, Any]],
     json_path = out_dir / "bench.json"
     json_path.write_text(json.dumps({
         "machine": {**info, "load_average_1min": load},
-        "target": {"tag": target.tag, "cpu": target.cpu, "vector_bits": target.vector_bits,
-                   "vector_registers": target.vector_registers},
-        "sgemm_peak_gflops": peak,
+        "target": target_record(target), "sgemm_peak_gflops": peak,
         "threads": args.threads, "runs": args.runs, "warmup_runs": WARMUP_RUNS,
         "environment": {v: os.environ.get(v) for v in
                         ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")},

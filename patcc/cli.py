@@ -184,7 +184,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     check_output(args.output, [args.model], example, package=opencl)
     model = compile_model(args.model, args.target, _input_shapes(args.input_shape),
                           tune=args.tune, progress=not args.quiet and sys.stderr.isatty(),
-                          cpu=args.cpu, features=args.features, precision=args.precision)
+                          cpu=args.cpu, features=args.features, precision=args.precision,
+                          fuse_blocks=args.fuse_blocks)
     model.save(args.output, emit)
     elapsed = time.perf_counter() - start
     if not args.quiet:
@@ -274,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fastest, cached in the user cache directory (default: on for this "
                         "machine's target unless PATCC_TUNE=0; other targets use the cost "
                         "model)")
+    p.add_argument("--fuse-blocks", action="store_true",
+                   help="CPU targets: run each large inverted-residual block (1x1, depthwise, "
+                        "1x1) as one computation over bands of rows; off by default (slower "
+                        "on the CPUs measured so far, see the README)")
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=_cmd_compile)

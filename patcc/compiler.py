@@ -127,6 +127,7 @@ def compile(
     precision: str = "fp32",
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
+    fuse_blocks: bool = False,
 ) -> Any:
     """Compile an ONNX model (path or ModelProto), a ``torch.nn.Module`` (with
     ``example_inputs``: a tensor or tuple of tensors of the shapes to compile for;
@@ -145,6 +146,12 @@ def compile(
     environment sets ``PATCC_TUNE=0``; other targets take the cost model's choice
     unless tuning is asked for and their code runs here.
     ``progress`` shows a progress bar on stderr while tuning.
+
+    ``fuse_blocks`` runs each inverted-residual block with a large expanded tensor
+    (1x1 expand, depthwise, 1x1 project) as one computation over bands of rows
+    (``patcc.backends.llvm.fused``). Off by default: on the machines measured so far
+    (Zen 4, with 1 MiB of L2 per core and a large L3) the band-sized kernels cost
+    more than the memory traffic fusion saves.
 
     An OpenCL tag (``opencl``, ``opencl-adreno``) returns an ``OpenCLPackage`` instead,
     whose ``save`` writes a package directory; ``precision="fp16"`` stores and
@@ -176,8 +183,9 @@ def compile(
 
         graph = import_onnx(model, input_shapes)
     if isinstance(target, str) and target in OPENCL_TARGETS:
-        if cpu or features or tune:
-            raise PatccError(f"--cpu, --features and --tune apply to CPU targets, not {target}")
+        if cpu or features or tune or fuse_blocks:
+            raise PatccError(f"--cpu, --features, --tune and --fuse-blocks apply to CPU "
+                             f"targets, not {target}")
         graph = run_pipeline(graph, BACKEND_PIPELINE)
         timings["import"] = time.perf_counter() - start
         return build_opencl(graph, OPENCL_TARGETS[target], precision, timings)
@@ -202,7 +210,7 @@ def compile(
         tuning = tune_graph(graph, tgt, progress=progress)
         timings["tune"] = time.perf_counter() - start
     compiled = build(graph, tgt, {name: t.schedule for name, t in tuning.items()}, profile,
-                     timings)
+                     timings, fuse_blocks)
     for code in compiled.plan.codes:
         if code.layer.name in tuning:
             tuned = tuning[code.layer.name]
@@ -238,12 +246,13 @@ def call_with_torch_io(run: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 
 
 def build(graph: Graph, target: Target, schedules: Mapping[str, Schedule] | None = None,
-          profile: bool = False, timings: dict[str, float] | None = None) -> CompiledModel:
+          profile: bool = False, timings: dict[str, float] | None = None,
+          fuse_blocks: bool = False) -> CompiledModel:
     """Lower an optimised graph (after ``BACKEND_PIPELINE``) with the given per-layer
     schedules (others take the cost model's choice) and compile it to objects."""
     timings = {} if timings is None else timings
     start = time.perf_counter()
-    plan = codegen.plan_module(graph, target, schedules or {})
+    plan = codegen.plan_module(graph, target, schedules or {}, fuse_blocks)
     module = codegen.emit_module(plan, profile=profile)
     timings["codegen"] = time.perf_counter() - start
     start = time.perf_counter()

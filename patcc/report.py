@@ -24,6 +24,7 @@ not in it).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,10 @@ def layer_rows(compiled: Any, runs: int = 10, threads: int = 0) -> list[dict[str
                                "block": code.notes.get("block", ""),
                                "tasks": code.notes.get("tasks", sum(p.tasks for p in
                                                                     code.phases))}
-        if isinstance(layer, (Conv, Dense)):
-            out = shapes[layer.outputs[0]]
-            positions = math.prod(out[2:]) if isinstance(layer, Conv) else math.prod(out[:-1])
-            row["nonzero_macs"] = int(np.count_nonzero(layer.weight)) * positions
-            row["weight_bytes"] = int(layer.weight.nbytes)
+        parts = getattr(layer, "convs", (layer,))  # a fused block: its convs
+        if all(isinstance(part, (Conv, Dense)) for part in parts):
+            row["nonzero_macs"] = sum(_nonzero_macs(part, shapes) for part in parts)
+            row["weight_bytes"] = sum(int(part.weight.nbytes) for part in parts)
         if "compressed_bytes" in code.notes:
             row["compressed_bytes"] = code.notes["compressed_bytes"]
         for key in ("loads_per_fma", "loads_per_fma_without_lre"):
@@ -67,7 +67,11 @@ def layer_rows(compiled: Any, runs: int = 10, threads: int = 0) -> list[dict[str
     if compiled.target.runs_here:
         schedules = {code.layer.name: Schedule.parse(str(code.notes["schedule"]))
                      for code in compiled.plan.codes if "schedule" in code.notes}
-        profiled = build(compiled.graph, compiled.target, schedules, profile=True)
+        for code in compiled.plan.codes:  # a fused block's convs
+            schedules.update({name: Schedule.parse(str(text)) for name, text
+                              in dict(code.notes.get("schedules", {})).items()})
+        profiled = build(compiled.graph, compiled.target, schedules, profile=True,
+                         fuse_blocks=compiled.plan.fuse_blocks)
         model = profiled.load(num_threads=threads)
         rng = np.random.default_rng(0)
         inputs = [rng.uniform(-1, 1, t.shape).astype(np.float32) for t in model.inputs.values()]
@@ -82,6 +86,12 @@ def layer_rows(compiled: Any, runs: int = 10, threads: int = 0) -> list[dict[str
             if row.get("nonzero_macs") and s > 0:
                 row["nonzero_gflops"] = float(f"{2 * row['nonzero_macs'] / s / 1e9:.3g}")
     return rows
+
+
+def _nonzero_macs(layer: Conv | Dense, shapes: Any) -> int:
+    out = shapes[layer.outputs[0]]
+    positions = math.prod(out[2:]) if isinstance(layer, Conv) else math.prod(out[:-1])
+    return int(np.count_nonzero(layer.weight)) * positions
 
 
 def add_loop_figures(compiled: Any, rows: list[dict[str, Any]]) -> list[str]:
@@ -127,10 +137,47 @@ def add_loop_figures(compiled: Any, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def report(compiled: Any) -> str:
-    """What ``patcc compile --report`` prints."""
-    rows = layer_rows(compiled)
+    """What ``patcc compile --report`` prints: the layers, the loop figures' notes, and
+    (when the model ran here) the time by kernel against the measured FMA peak."""
+    threads = os.cpu_count() or 1
+    rows = layer_rows(compiled, threads=threads)
     notes = add_loop_figures(compiled, rows)
-    return "\n".join([format_rows(rows), *notes])
+    parts = [format_rows(rows, threads), *notes]
+    if any("ms" in r for r in rows):
+        from patcc.backends.llvm.peak import fma_peak
+
+        peak = fma_peak(compiled.target, threads)
+        parts += ["", format_kernels(kernel_rows(rows), peak, threads)]
+    return "\n".join(parts)
+
+
+def kernel_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per kernel (pattern, depthwise, sparse, gemm, ...), the layers that run it, their
+    summed profiled ms and non-zero MACs, from ``layer_rows``' timed rows."""
+    kernels: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        k = kernels.setdefault(r["kernel"], {"layers": 0, "ms": 0.0, "nonzero_macs": 0})
+        k["layers"] += 1
+        k["ms"] += r.get("ms", 0.0)
+        k["nonzero_macs"] += r.get("nonzero_macs", 0)
+    return kernels
+
+
+def format_kernels(kernels: dict[str, dict[str, Any]], fma_peak: float, threads: int) -> str:
+    """The time-by-kernel table: each kernel's share of the model's time, its non-zero
+    GFLOP/s and that as a share of ``fma_peak`` (GFLOP/s of the target's FMAs measured
+    here at ``threads`` threads), the slowest kernel first."""
+    total = sum(k["ms"] for k in kernels.values()) or 1.0
+    lines = [f"{'kernel':<18}{'layers':>7}{'ms':>9}{'share':>8}{'nz GF/s':>9}{'% FMA pk':>10}"]
+    for name, k in sorted(kernels.items(), key=lambda kv: -kv[1]["ms"]):
+        line = f"{name:<18}{k['layers']:>7}{k['ms']:>9.3f}{100 * k['ms'] / total:>7.1f}%"
+        if k["nonzero_macs"] and k["ms"]:
+            rate = 2 * k["nonzero_macs"] / (k["ms"] / 1e3) / 1e9
+            line += f"{rate:>9.1f}{100 * rate / fma_peak:>9.1f}%"
+        lines.append(line)
+    lines.append(f"FMA peak measured here: {fma_peak:.0f} GFLOP/s at {threads} threads "
+                 "(independent FMAs of the target's vectors)")
+    return "\n".join(lines)
 
 
 _COLUMNS = (
@@ -145,7 +192,7 @@ _COLUMNS = (
 )
 
 
-def format_rows(rows: list[dict[str, Any]]) -> str:
+def format_rows(rows: list[dict[str, Any]], threads: int = 0) -> str:
     """The table ``--report`` prints; columns no row has are left out."""
     columns = [(h, k) for h, k in _COLUMNS if k == "name" or any(k in r for r in rows)]
     head = tuple(h for h, _ in columns)
@@ -155,5 +202,5 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
              for t in table]
     if any("ms" in r for r in rows):
         lines.append(f"total {sum(r.get('ms', 0) for r in rows):.2f} ms per run "
-                     "(profiling build, threads: one per core)")
+                     f"(profiling build, {threads or 'one per core'} threads)")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from patcc.backends.llvm.elementwise import (
     lower_transpose,
     lower_unary,
 )
+from patcc.backends.llvm.fused import inverted_residuals, lower_inverted_residual
 from patcc.backends.llvm.irutil import I8, I32, I64, PTR, KernelBuilder, declare, i32, i64
 from patcc.backends.llvm.lowering import (
     BLOB_SYMBOL,
@@ -115,12 +116,15 @@ class ModulePlan:
     workspace_naive: int
     blob: WeightBlob
     info: dict[str, object] = field(default_factory=dict)
+    fuse_blocks: bool = False
 
 
 def plan_module(graph: Graph, target: Target,
-                schedules: Mapping[str, Schedule] | None = None) -> ModulePlan:
+                schedules: Mapping[str, Schedule] | None = None,
+                fuse_blocks: bool = False) -> ModulePlan:
     """Lower every layer (with its schedule from ``schedules`` where given) and lay
-    out all tensors; nothing is emitted yet."""
+    out all tensors; nothing is emitted yet. With ``fuse_blocks``, inverted-residual
+    blocks whose expanded tensor is large are one step (``patcc.backends.llvm.fused``)."""
     shapes = dict(graph.shapes)
     blob = WeightBlob()
     placed = concat_placements(graph)
@@ -129,7 +133,14 @@ def plan_module(graph: Graph, target: Target,
     outputs = set(graph.outputs)
     alias: dict[str, str] = {}
     codes: list[LayerCode] = []
+    blocks = inverted_residuals(graph, frozenset(placed)) if fuse_blocks else {}
+    inner = {conv.name for block in blocks.values() for conv in block.convs[:2]}
     for layer in graph.layers:
+        if layer.name in inner:
+            continue  # computed by its block, in the project conv's place
+        if layer.name in blocks:
+            codes.append(lower_inverted_residual(blocks[layer.name], ctx))
+            continue
         if isinstance(layer, Reshape) and layer.outputs[0] not in outputs:
             alias[layer.outputs[0]] = alias.get(layer.inputs[0], layer.inputs[0])
             continue
@@ -188,7 +199,7 @@ def plan_module(graph: Graph, target: Target,
         locations[t] = locations[r]
     scratch = {layer: memory.offsets[key] for key, layer in scratch_keys.items()}
     plan = ModulePlan(graph, target, codes, locations, scratch, memory.peak,
-                      naive_peak(buffers, WORKSPACE_ALIGN), blob)
+                      naive_peak(buffers, WORKSPACE_ALIGN), blob, fuse_blocks=fuse_blocks)
     plan.info = model_info(plan)
     return plan
 

@@ -1,4 +1,5 @@
-"""The FMA peak of a compile target on this machine, measured: what "x% of peak" means.
+"""The FMA peak of a compile target on this machine, measured: what "x% of peak" means
+in ``--report`` and in the benchmarks.
 
 A loop of independent fused multiply-adds on the target's vectors, with more chains
 than FMA latency times FMA pipes (so nothing waits on a result), compiled for the
@@ -18,6 +19,8 @@ from typing import Any
 
 from llvmlite import ir
 
+from patcc.backends.llvm import toolchain
+
 CHAINS = 12
 """Independent accumulators: more than 4 cycles latency x 2 pipes, and with the
 constant operands they fit 16 registers as well as 32."""
@@ -28,8 +31,6 @@ ITERATIONS = 2_000_000
 def _kernel(target: Any) -> tuple[Any, Any]:
     """JIT-compile ``float peak(int64 n)`` for ``target``; (function, engine)."""
     import llvmlite.binding as llvm
-
-    from patcc.backends.llvm import toolchain
 
     width = target.vector_width
     f32, i64 = ir.FloatType(), ir.IntType(64)
