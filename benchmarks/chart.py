@@ -5,7 +5,10 @@ the interquartile range as an error bar, each group annotated with the onnxrunti
 patcc ratio (> 1: patcc is faster). The latency axis is logarithmic, because the
 models differ by more than 10x in cost. Uses matplotlib's Agg backend (no display).
 
-Usage: ``python benchmarks/chart.py [bench.json] [bench.png]``
+``make_peers_chart`` draws ``peers.json`` (``benchmarks/peers.py``): each engine's
+speed-up over onnxruntime, grouped by model.
+
+Usage: ``python benchmarks/chart.py [bench.json|peers.json] [OUT.png]``
 """
 
 from __future__ import annotations
@@ -62,9 +65,68 @@ def make_chart(json_path: str | Path, png_path: str | Path) -> None:
     plt.close(fig)
 
 
+PEER_COLOURS = {"patcc": "#2a7ab0", "onnxruntime": "#e08a2c", "openvino": "#6a3d9a",
+                "mnn": "#33a02c", "mnn-sparse": "#b2df8a", "executorch": "#e31a1c",
+                "deepsparse": "#8a8a8a"}
+
+
+def make_peers_chart(json_path: str | Path, png_path: str | Path) -> None:
+    """Draw ``peers.json`` (``benchmarks/peers.py``) as grouped bars to ``png_path``.
+
+    One group per model, one bar per engine: its speed-up over onnxruntime
+    (``ort_ms / engine_ms``, > 1: faster; 1 is drawn as a line). An engine with no time
+    on a model (wrong output, failed, not run) gets a labelled gap, not a bar.
+
+    Raises:
+        KeyError: if the JSON lacks the ``engines`` and ``results`` ``peers.py`` writes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(json_path).read_text())
+    rows = data["results"]
+    engines = [name for name, e in data["engines"].items() if e.get("status") == "ok"]
+    width = 0.8 / max(1, len(engines))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows) * max(1, len(engines)) / 3), 5))
+    for i, name in enumerate(engines):
+        offset = (i - (len(engines) - 1) / 2) * width
+        for j, row in enumerate(rows):
+            result = row["engines"].get(name, {})
+            speedup = result.get("speedup_vs_onnxruntime")
+            if speedup is None:
+                ax.text(j + offset, 0.05, result.get("status", "n/a"), rotation=90,
+                        ha="center", va="bottom", fontsize=6, color="#c00000")
+                continue
+            ax.bar(j + offset, speedup, width, color=PEER_COLOURS.get(name, "#444444"),
+                   label=data["engines"][name]["label"])
+            ax.text(j + offset, speedup + 0.02, f"{speedup:.2f}", ha="center", va="bottom",
+                    fontsize=6, rotation=90)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=min(4, len(unique)), fontsize=8, frameon=False)
+    ax.set_xticks(range(len(rows)), [f"{r['model']}\n{r['variant']}" for r in rows],
+                  fontsize=8)
+    ax.set_ylabel("speed-up over onnxruntime (ort ms / engine ms)")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
+    machine = data.get("machine", {})
+    ax.set_title(f"batch 1, {data.get('threads', '?')} threads, fp32, median of "
+                 f"{data.get('runs', '?')} interleaved runs; {machine.get('cpu', '')} "
+                 f"({machine.get('isa', '')})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     json_in = Path(args[0]) if args else RESULTS_DIR / "bench.json"
     png_out = Path(args[1]) if len(args) > 1 else json_in.with_suffix(".png")
-    make_chart(json_in, png_out)
+    if "engines" in json.loads(json_in.read_text()):  # peers.json, from peers.py
+        make_peers_chart(json_in, png_out)
+    else:
+        make_chart(json_in, png_out)
     print(f"wrote {png_out}")
