@@ -221,3 +221,38 @@ def test_softmax_row_compiles_for_other_cpus() -> None:
                              "skylake-avx512"], capture_output=True, text=True, check=False,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-600:]
+
+
+BORDER_POOLS = [  # (input shape, kernel, strides, pads, dilations, ceil_mode)
+    ((1, 8, 5, 5), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 0),  # YOLO's SPP at 160x160
+    ((1, 3, 2, 3), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0),
+    ((1, 4, 7, 6), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    ((2, 2, 6, 6), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 0),
+    ((1, 2, 3, 21), (2, 3), (2, 1), (1, 0, 1, 2), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("tag", X86_TAGS)
+@pytest.mark.parametrize("case", BORDER_POOLS, ids=lambda c: "x".join(map(str, c[0])))
+def test_border_max_pools(case: tuple, tag: str) -> None:
+    """Max pools whose outputs are mostly border run from a -inf padded copy on the
+    stack (``pooling._padded_max_pool``): asserted, and equal to the interpreter and
+    onnxruntime."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    shape, kernel, strides, pads, dilations, ceil_mode = case
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=list(kernel),
+                            strides=list(strides), pads=list(pads),
+                            dilations=list(dilations), ceil_mode=ceil_mode)
+    graph = helper.make_graph([node], "pool",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             ["n", "c", "h", "w"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(len(shape) + shape[-1]).standard_normal(shape).astype(np.float32)
+    compiled = patcc.compile(model, runnable_target(tag), tune=False)
+    assert compiled.plan.codes[0].notes.get("block") == "padded"
+    got = run_with_threads(compiled.load(), {"x": x})["y"]
+    assert_close(got, run(import_onnx(model), {"x": x})["y"], "interpreter")
+    assert_close(got, run_onnxruntime(model, {"x": x}, ["y"])["y"], "onnxruntime")
