@@ -34,7 +34,8 @@ def peers_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "peers.py"), "--models", MODEL,
          "--engines", "patcc,onnxruntime,openvino", "--bench-python", str(missing),
-         "--runs", str(RUNS), "--threads", "2", "--pause-ms", "5", "--sgemm-runs", "3",
+         "--runs", str(RUNS), "--per-turn", "2", "--threads", "2", "--pause-ms", "5",
+         "--sgemm-runs", "3",
          "--out-dir", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "PATCC_TUNE": "0"})
@@ -45,6 +46,7 @@ def peers_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
 def test_both_engines_checked_and_timed(peers_run: tuple[dict[str, Any], Path, str]) -> None:
     data, _, _ = peers_run
     assert data["runs"] == RUNS and data["threads"] == 2 and data["tolerance"] == 1e-4
+    assert data["per_turn"] == 2
     (row,) = data["results"]
     assert (row["model"], row["variant"]) == ("senet_tiny", "6x")
     assert 0 < row["nonzero_gmacs"] < row["dense_gmacs"]  # 6x pattern-pruned
@@ -57,7 +59,8 @@ def test_both_engines_checked_and_timed(peers_run: tuple[dict[str, Any], Path, s
         assert lat["runs"] == len(lat["times"]) == RUNS
         assert min(lat["times"]) == pytest.approx(lat["min"])
         assert 0 < lat["min"] <= lat["q1"] <= lat["median"] <= lat["q3"]
-        assert len(result["idle_cpu_ms"]["times"]) == RUNS  # measured after every run
+        # measured after every turn: 3 runs in turns of 2 and 1
+        assert len(result["idle_cpu_ms"]["times"]) == 2
         assert result["load_s"] > 0 and result["config"]
     ort, patcc = row["engines"]["onnxruntime"], row["engines"]["patcc"]
     assert ort["correctness"]["max_rel_error"] == 0.0  # the reference itself
