@@ -256,3 +256,33 @@ def test_border_max_pools(case: tuple, tag: str) -> None:
     got = run_with_threads(compiled.load(), {"x": x})["y"]
     assert_close(got, run(import_onnx(model), {"x": x})["y"], "interpreter")
     assert_close(got, run_onnxruntime(model, {"x": x}, ["y"])["y"], "onnxruntime")
+
+
+@pytest.mark.parametrize("tag", X86_TAGS)
+def test_vector_exp_matches_expf(tag: str) -> None:
+    """The in-IR exp (``KernelBuilder.exp``; Exp, Sigmoid, SiLU, Tanh, Softmax... use
+    it) against float32 expf over its whole range: within 2 ulp where the result is
+    normal, inf exactly where expf overflows, subnormals within a few of the smallest,
+    NaN kept, e**-inf = 0."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    n = 1 << 16
+    graph = helper.make_graph(
+        [helper.make_node("Exp", ["x"], ["y"])], "exp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n + 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n + 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.concatenate([np.linspace(-110, 95, n), [np.nan, np.inf, -np.inf]])
+    x = x.astype(np.float32)[None]
+    got = patcc.compile(model, runnable_target(tag), tune=False).load()(x)[0]
+    with np.errstate(over="ignore"):
+        ref = np.exp(x[0])
+    assert np.isnan(got[-3]) and got[-2] == np.inf and got[-1] == 0.0
+    got, ref = got[:-3], ref[:-3]
+    assert np.array_equal(np.isinf(got), np.isinf(ref))
+    normal = np.isfinite(ref) & (ref >= np.finfo(np.float32).tiny)
+    rel = np.abs(got[normal].astype(np.float64) - ref[normal]) / ref[normal]
+    assert rel.max() < 2.4e-7, rel.max()
+    assert np.abs(got[~normal & np.isfinite(ref)] - ref[~normal & np.isfinite(ref)]).max() \
+        <= 4 * np.finfo(np.float32).smallest_subnormal

@@ -288,13 +288,13 @@ def _softmax_rows(length: int, width: int, log: bool) -> PhaseBody:
         peak = kb.splat(kb.reduce("fmax", acc))
         b.store(kb.const(kb.vec, 0.0), slot)
         with kb.loop(0, full, width, "e") as e:
-            ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, e), peak)])
+            ex = kb.exp(b.fsub(kb.vload(src, e), peak))
             if not log:
                 kb.vstore(ex, dst, e)
             b.store(b.fadd(b.load(slot, typ=kb.vec), ex), slot)
         total = b.load(slot, typ=kb.vec)
         if tail:
-            ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, full, tail), peak)])
+            ex = kb.exp(b.fsub(kb.vload(src, full, tail), peak))
             if not log:
                 kb.vstore(ex, dst, full, tail)
             total = b.fadd(total, b.select(kb.mask(tail), ex, kb.const(kb.vec, 0.0)))
@@ -341,7 +341,7 @@ def _softmax_columns(length: int, inner: int, width: int, log: bool) -> PhaseBod
             b.store(kb.const(kb.vec, 0.0), slot)
             with kb.loop(0, length, 1, "e") as e:
                 at = b.mul(e, i64(inner))
-                ex = kb.intrinsic("llvm.exp", kb.vec, [b.fsub(kb.vload(src, at, lanes), peak)])
+                ex = kb.exp(b.fsub(kb.vload(src, at, lanes), peak))
                 if not log:
                     kb.vstore(ex, dst, at, lanes)
                 b.store(b.fadd(b.load(slot, typ=kb.vec), ex), slot)
