@@ -102,7 +102,7 @@ def compile_block(model: onnx.ModelProto, tag: str) -> patcc.compiler.CompiledMo
 
 @given(spec=blocks(), budget=st.integers(4 << 10, 512 << 10),
        tag=st.sampled_from(runnable_x86_tags()))
-@settings(max_examples=fuzz_examples(25), deadline=None, derandomize=True,
+@settings(max_examples=fuzz_examples(15), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 def test_fused_block_matches_interpreter(spec: dict, budget: int, tag: str,
                                          fuse_small) -> None:  # type: ignore[no-untyped-def]

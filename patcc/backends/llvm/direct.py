@@ -140,7 +140,9 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
     n, c = geometry.n, geometry.c
     rows, nvec, group = geometry.rows, geometry.nvec, geometry.group
     blob = ctx.blob
-    stream, fstart = _kernel_stream(cw, geometry.chan)
+    # Depthwise (fused): each task pads its filters' channels one after another into
+    # one slot of its own, so the stream's channel offsets are all 0.
+    stream, fstart = _kernel_stream(cw, 0 if geometry.fused else geometry.chan)
     offsets = {
         "counts": blob.add(cw.counts), "stream": blob.add(stream), "fstart": blob.add(fstart),
         "bias": blob.add(layer.bias), "order": blob.add(cw.filter_order),
@@ -161,7 +163,7 @@ def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
     return LayerCode(
         layer, [conv_phase] if geometry.fused
         else [Phase("pad", n * c, pad_body), conv_phase],
-        kernel=kernel, scratch_bytes=n * c * geometry.chan * 4,
+        kernel=kernel, scratch_bytes=(tasks if geometry.fused else n * c) * geometry.chan * 4,
         notes={"block": (f"{nvec}v flat x {group}f" if geometry.flat
                          else f"{rows}r x {nvec}v x {group}f")
                + (" aligned" if geometry.aligned else ""), "tasks": tasks,
@@ -469,12 +471,14 @@ class _Geometry:
         return self.n * self.task_row_blocks * -(-self.o // self.group)
 
 
-def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry) -> None:
+def _emit_pad(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
+              slot: ir.Value | None = None) -> None:
     """Task (n, c) (flat index ``n * C + c``): zero-padded, stride-split copy of one
-    input channel, the planes of its read stride phases one after the other."""
+    input channel, the planes of its read stride phases one after the other, into
+    scratch slot ``slot`` (default: the channel's own)."""
     b = kb.b
     src = kb.at(ops.inputs[0], b.mul(task, i64(g.h * g.w)))
-    dst = b.mul(task, i64(g.chan))
+    dst = b.mul(task if slot is None else slot, i64(g.chan))
     for index, phase in enumerate(g.phases):
         plane = kb.at(ops.scratch, b.add(dst, i64(index * g.plane)))
         fill_plane(kb, src, plane, (g.h, g.w), (g.hq, g.wq), (g.sh, g.sw), phase,
@@ -539,7 +543,9 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     biases = ops.weights(kb, off["bias"])
     order = ops.weights(kb, off["order"])
     i16 = ir.IntType(16)
-    xbase = kb.at(ops.scratch, b.mul(b.mul(ni, i64(g.c)), i64(g.chan)))
+    # Depthwise: the task's own slot, reused by each of its channels (it stays in L1/L2
+    # and is never written back); otherwise the image's padded channels.
+    xbase = kb.at(ops.scratch, b.mul(task if g.fused else b.mul(ni, i64(g.c)), i64(g.chan)))
     acc_slots = [[[kb.entry_alloca(kb.vec, f"acc{s}_{r}_{v}") for v in range(g.nvec)]
                   for r in range(g.rows)] for s in range(g.sets)]
     pslot = kb.entry_alloca(I64, "pos")
@@ -639,7 +645,7 @@ def _emit_conv(kb: KernelBuilder, ops: Operands, task: ir.Value, g: _Geometry,
     with kb.loop(f_lo, f_hi, 1, "f") as f:
         if g.fused:  # depthwise: filter f reads only input channel order[f]
             channel = b.sext(kb.load(order, f, I32), I64)
-            _emit_pad(kb, ops, b.add(b.mul(ni, i64(g.c)), channel), g)
+            _emit_pad(kb, ops, b.add(b.mul(ni, i64(g.c)), channel), g, slot=task)
             with kb.loop(0, rb_count, 1, "rb") as rb:
                 filter_rows(f, rb)
         else:
