@@ -267,6 +267,15 @@ def probe(engine: Engine, env: dict[str, str]) -> tuple[str | None, str]:
     return None, f"worker exited with status {proc.returncode}: {tail}"[:400]
 
 
+def repo_relative(path: str | Path | None) -> str | None:
+    """``path`` relative to the repository when inside it: the JSON is committed, and
+    names no directory of the machine that wrote it."""
+    if path is None:
+        return None
+    resolved = Path(path).absolute()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def resolve_engines(names: list[str], bench_python: Path, deepsparse_python: Path,
                     env: dict[str, str]) -> tuple[list[Engine], dict[str, dict[str, Any]]]:
     """The engines that can run (probed, with versions), and a record of every engine
@@ -279,12 +288,13 @@ def resolve_engines(names: list[str], bench_python: Path, deepsparse_python: Pat
             version, why = probe(Engine(name, python), env)
         if python is None or version is None:
             print(f"skipping {LABELS[name]}{SUFFIXES.get(name, '')}: {why}", flush=True)
-            record[name] = {"status": "skipped", "reason": why, "python": python}
+            record[name] = {"status": "skipped", "reason": why,
+                            "python": repo_relative(python)}
             continue
         engine = Engine(name, python, version=version)
         engines.append(engine)
         record[name] = {"status": "ok", "label": engine.label, "version": version,
-                        "python": python, "environment": ENVIRONMENTS[name]}
+                        "python": repo_relative(python), "environment": ENVIRONMENTS[name]}
     return engines, record
 
 

@@ -47,6 +47,7 @@ def test_both_engines_checked_and_timed(peers_run: tuple[dict[str, Any], Path, s
     data, _, _ = peers_run
     assert data["runs"] == RUNS and data["threads"] == 2 and data["tolerance"] == 1e-4
     assert data["per_turn"] == 2
+    assert str(ROOT) not in json.dumps(data)  # the JSON is committed: no machine paths
     (row,) = data["results"]
     assert (row["model"], row["variant"]) == ("senet_tiny", "6x")
     assert 0 < row["nonzero_gmacs"] < row["dense_gmacs"]  # 6x pattern-pruned

@@ -63,6 +63,7 @@ from patcc.backends.llvm.lowering import (
     Operands,
     Phase,
 )
+from patcc.backends.llvm.movement import copy_floats
 from patcc.ir import Graph
 from patcc.ir.layers import Activation, Conv, IRError, Layer, Shape
 
@@ -186,7 +187,7 @@ def _bands(block: InvertedResidual, shapes: Mapping[str, Shape], width: int) -> 
 
     def floats(rows: int) -> int:
         rows_in = (rows - 1) * stride + reach
-        padded = e * (rows_in + 1) * (w + kw + width)  # the depthwise kernel's planes
+        padded = e * (rows_in + 1) * (w + kw + width)  # depthwise planes, at most
         return max(c * rows_in * w, padded, o * rows * wo) + e * rows_in * w + e * rows * wo
 
     rows = max([r for r in range(1, ho + 1) if 4 * floats(r) <= BAND_BYTES], default=1)
@@ -198,11 +199,6 @@ def _bands(block: InvertedResidual, shapes: Mapping[str, Shape], width: int) -> 
 def _memset_zero(kb: KernelBuilder, dst: ir.Value, floats: ir.Value) -> None:
     fn = declare(kb.module, "llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
     kb.b.call(fn, [dst, ir.Constant(I8, 0), kb.b.mul(floats, i64(4)), ir.Constant(I1, 0)])
-
-
-def _memcpy(kb: KernelBuilder, dst: ir.Value, src: ir.Value, floats: ir.Value) -> None:
-    fn = declare(kb.module, "llvm.memcpy.p0.p0.i64", VOID, [PTR, PTR, I64, I1])
-    kb.b.call(fn, [dst, src, kb.b.mul(floats, i64(4)), ir.Constant(I1, 0)])
 
 
 def _align(size: int) -> int:
@@ -327,7 +323,7 @@ def _copy_band_in(kb: KernelBuilder, x: ir.Value, dst: ir.Value, chw: tuple[int,
     with kb.loop(0, c, 1, "cin") as ch:
         row0 = b.mul(ch, i64(rows_in * w))
         _memset_zero(kb, kb.at(dst, row0), b.mul(r0, i64(w)))
-        _memcpy(kb, kb.at(dst, b.add(row0, b.mul(r0, i64(w)))),
+        copy_floats(kb, kb.at(dst, b.add(row0, b.mul(r0, i64(w)))),
                 kb.at(x, b.add(b.mul(ch, i64(h * w)), b.mul(b.add(lo, r0), i64(w)))),
                 b.mul(b.sub(r1, r0), i64(w)))
         _memset_zero(kb, kb.at(dst, b.add(row0, b.mul(r1, i64(w)))),

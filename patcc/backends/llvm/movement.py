@@ -18,7 +18,9 @@ from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, P
 from patcc.ir.layers import Concat, Gather, Pad, Reshape, Split
 
 
-def _memcpy(kb: KernelBuilder, dst: ir.Value, src: ir.Value, floats: ir.Value | int) -> None:
+def copy_floats(kb: KernelBuilder, dst: ir.Value, src: ir.Value, floats: ir.Value | int
+                ) -> None:
+    """dst[0:floats] = src[0:floats] (``llvm.memcpy``; the buffers do not overlap)."""
     fn = declare(kb.module, "llvm.memcpy.p0.p0.i64", VOID, [PTR, PTR, I64, I1])
     size = i64(4 * floats) if isinstance(floats, int) else kb.b.mul(floats, i64(4))
     kb.b.call(fn, [dst, src, size, ir.Constant(I1, 0)])
@@ -48,7 +50,7 @@ def lower_concat(layer: Concat, ctx: LoweringContext) -> LayerCode:
         which = b.srem(task, i64(len(pieces)))
         for k, (i, chunk, offset) in enumerate(pieces):
             with b.if_then(b.icmp_signed("==", which, i64(k))):
-                _memcpy(kb, kb.at(ops.outputs[0], b.add(b.mul(o, i64(out_chunk)), i64(offset))),
+                copy_floats(kb, kb.at(ops.outputs[0], b.add(b.mul(o, i64(out_chunk)), i64(offset))),
                         kb.at(ops.inputs[i], b.mul(o, i64(chunk))), chunk)
 
     return LayerCode(layer, [Phase("concat", outer * len(pieces), body)], kernel="copy")
@@ -72,7 +74,7 @@ def lower_split(layer: Split, ctx: LoweringContext) -> LayerCode:
             if chunk == 0:
                 continue
             with b.if_then(b.icmp_signed("==", which, i64(i))):
-                _memcpy(kb, kb.at(ops.outputs[i], b.mul(o, i64(chunk))),
+                copy_floats(kb, kb.at(ops.outputs[i], b.mul(o, i64(chunk))),
                         kb.at(ops.inputs[0], b.add(b.mul(o, i64(in_chunk)), i64(offset))), chunk)
 
     return LayerCode(layer, [Phase("split", outer * len(pieces), body)], kernel="copy")
@@ -106,7 +108,7 @@ def lower_gather(layer: Gather, ctx: LoweringContext) -> LayerCode:
             index = kb.load(table, k, I64)
             src = b.add(b.mul(o, i64(in_chunk)), b.mul(index, i64(inner)))
             dst = b.mul(b.add(b.mul(o, i64(count)), k), i64(inner))
-            _memcpy(kb, kb.at(ops.outputs[0], dst), kb.at(ops.inputs[0], src), inner)
+            copy_floats(kb, kb.at(ops.outputs[0], dst), kb.at(ops.inputs[0], src), inner)
 
     return LayerCode(layer, [Phase("gather", outer * runs, body)], kernel="copy")
 
@@ -115,7 +117,7 @@ def lower_reshape_copy(layer: Reshape, ctx: LoweringContext) -> LayerCode:
     total = math.prod(ctx.out_shape(layer))
 
     def body(kb: KernelBuilder, ops: Operands, task: ir.Value) -> None:
-        _memcpy(kb, ops.outputs[0], ops.inputs[0], total)
+        copy_floats(kb, ops.outputs[0], ops.inputs[0], total)
 
     return LayerCode(layer, [Phase("copy", 1, body)], kernel="copy")
 
