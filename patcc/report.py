@@ -77,10 +77,13 @@ def layer_rows(compiled: Any, runs: int = 10, threads: int = 0) -> list[dict[str
         inputs = [rng.uniform(-1, 1, t.shape).astype(np.float32) for t in model.inputs.values()]
         written = {name: np.zeros(t.shape, np.float32) for name, t in model.outputs.items()}
         model.run(inputs, written)  # outputs in place: no page faults in the last layer
-        before = model.layer_times()
+        # The median of each layer's per-run times: a mean lets the odd descheduled
+        # run (a shared machine) inflate a short layer several times over.
+        laps = [model.layer_times()]
         for _ in range(runs):
             model.run(inputs, written)
-        seconds = (model.layer_times() - before) / runs
+            laps.append(model.layer_times())
+        seconds = np.median(np.diff(np.array(laps), axis=0), axis=0)
         for row, s in zip(rows, seconds, strict=True):
             row["ms"] = round(1e3 * float(s), 4)
             if row.get("nonzero_macs") and s > 0:

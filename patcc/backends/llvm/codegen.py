@@ -390,6 +390,5 @@ def _emit_run(module: ir.Module, plan: ModulePlan, pool: ThreadPool, blob: ir.Va
         if timer and start is not None:
             timer.add(b, li, start)
     pool.end_run(b)
-    pool.end_run(b)
     b.call(pool.p_unlock, [pool.run_mutex])
     b.ret(i32(OK))
