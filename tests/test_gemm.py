@@ -27,7 +27,9 @@ import patcc
 from conftest import X86_TAGS, runnable_target, runnable_x86_tags
 from patcc.backends.llvm import gemm
 from patcc.backends.llvm.conv import _Planes, _planes
+from patcc.backends.llvm.gemv import GEMV_MAX_ROWS
 from patcc.backends.llvm.planes import inside
+from patcc.backends.target import get_target
 from patcc.compiler import CompiledModel
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Conv, verify
@@ -166,7 +168,30 @@ def test_gemm_dense_matches_interpreter(m: int, k: int, n: int, relu: bool, seed
     if relu:
         nodes.append(helper.make_node("Relu", ["y"], ["z"]))
     model = _model(nodes, {"x": (m, k)}, nodes[-1].output[0], (m, n), consts)
-    _check(model, {"x": rng.standard_normal((m, k)).astype(np.float32)}, kernel="gemm",
+    dots = m <= GEMV_MAX_ROWS and k >= get_target(tag).vector_width
+    _check(model, {"x": rng.standard_normal((m, k)).astype(np.float32)},
+           kernel="gemv" if dots else "gemm", target=tag)
+
+
+@examples
+@given(st.integers(1, GEMV_MAX_ROWS), st.integers(1, 3000), st.integers(1, 700),
+       st.sampled_from((None, "Relu", "Sigmoid")), st.integers(0, 2**32 - 1),
+       st.sampled_from(runnable_x86_tags()))
+def test_gemv_dense_matches_interpreter(m: int, k: int, n: int, activation: str | None,
+                                        seed: int, tag: str) -> None:
+    """A classifier on a few rows runs as dot products (``gemv``): K across whole
+    vectors and a tail, N across register blocks of rows and tasks, with the last
+    task's rows cut short, and a fused activation."""
+    width = get_target(tag).vector_width
+    k = max(k, width)
+    rng = np.random.default_rng(seed)
+    consts = {"w": rng.standard_normal((n, k)).astype(np.float32),
+              "b": rng.standard_normal(n).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    if activation:
+        nodes.append(helper.make_node(activation, ["y"], ["z"]))
+    model = _model(nodes, {"x": (m, k)}, nodes[-1].output[0], (m, n), consts)
+    _check(model, {"x": rng.standard_normal((m, k)).astype(np.float32)}, kernel="gemv",
            target=tag)
 
 

@@ -10,7 +10,8 @@
   with X the im2col matrix, never built: each kernel tap reads its row of X as a
   contiguous run of the input (unstrided, unpadded convs) or of per-channel planes
   the ``planes`` phase rearranges the input into (padded, split by stride phase).
-- Dense layers are the same matrix product with the roles of A and B swapped.
+- Dense layers are the same matrix product with the roles of A and B swapped; on a
+  few rows (a classifier at batch 1), dot products over the weight rows (``gemv``).
 
 Each conv lists the schedules it can run (``conv_schedules``); the tuner times them on
 the host, other targets take the first, the cost model's choice.
@@ -36,6 +37,7 @@ from patcc.backends.llvm.gemm import (
     register_tile,
     tiling_candidates,
 )
+from patcc.backends.llvm.gemv import lower_gemv, use_gemv
 from patcc.backends.llvm.irutil import KernelBuilder, i64
 from patcc.backends.llvm.lowering import (
     LayerCode,
@@ -319,7 +321,10 @@ def _planes_body(layer: Conv, in_shape: tuple[int, int, int, int], planes: _Plan
 
 
 def lower_dense(layer: Dense, ctx: LoweringContext) -> LayerCode:
-    """y = x @ W.T + b on the last axis: A = x (runtime rows), B = W.T packed (K, N)."""
+    """y = x @ W.T + b on the last axis: A = x (runtime rows), B = W.T packed (K, N);
+    on a few rows (``use_gemv``), dot products over W's rows (``gemv.py``)."""
+    if use_gemv(layer, ctx):
+        return lower_gemv(layer, ctx)
     target = ctx.target
     shape = ctx.in_shape(layer)
     n_out, k = layer.weight.shape
