@@ -23,13 +23,15 @@ demo: install
 	$(PY) -m patcc.demo
 
 # One pytest worker per core (pytest-xdist); TEST_WORKERS=0 runs in one process.
+# TEST_ARGS goes to pytest, e.g. a tier: TEST_ARGS='-m "not cross and not opencl"'.
 TEST_WORKERS ?= auto
+TEST_ARGS    ?=
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(TEST_ARGS)
 
 # Every architecture in every variant on every backend (about 25 minutes on 2 cores).
 test-full: install
-	PATCC_FULL_MATRIX=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
+	PATCC_FULL_MATRIX=1 $(PY) -m pytest -q -n $(TEST_WORKERS) $(TEST_ARGS)
 
 # make bench TARGET=x86_64-avx2: patcc's code for that tag, tuned and timed here.
 TARGET ?= x86_64

@@ -6,8 +6,7 @@ The pipeline is frontends -> IR -> passes -> backends -> runtime; see README.md.
 from typing import Any
 
 from patcc.errors import PatccError
-
-__version__ = "0.1.0"
+from patcc.version import __version__
 
 
 def compile(model: Any, target: Any = "x86_64", input_shapes: Any = None,
@@ -19,18 +18,9 @@ def compile(model: Any, target: Any = "x86_64", input_shapes: Any = None,
 
 
 def load(path: Any, num_threads: int | None = None) -> Any:
-    """Load a compiled model: a ``.so`` (patcc.runtime.native.load) or an OpenCL
-    package directory (patcc.runtime.opencl.load, on ``PATCC_OPENCL_DEVICE``)."""
-    from patcc.runtime.opencl import is_package
-
-    if is_package(path):
-        if num_threads is not None:
-            raise PatccError("num_threads is for compiled .so models; an OpenCL package "
-                             "runs on its device")
-        from patcc.runtime.opencl import load as _load_package
-
-        return _load_package(path)
-    from patcc.runtime.native import load as _load
+    """Load a compiled model: a ``.so`` or an OpenCL package directory; see
+    ``patcc.runtime.load``."""
+    from patcc.runtime import load as _load
 
     return _load(path, num_threads)
 

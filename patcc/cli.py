@@ -22,6 +22,7 @@ import numpy as np
 
 from patcc import __version__
 from patcc.errors import PatccError
+from patcc.fileio import check_output
 
 EXIT_USER_ERROR = 2
 
@@ -42,40 +43,6 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Raise ``UsageError`` with argparse's one-line ``message``."""
         raise UsageError(" ".join(message.split()), self.prog)
-
-
-def check_output(output: str, inputs: Sequence[str | os.PathLike[str]], example: str,
-                 package: bool = False) -> None:
-    """Refuse, before any work, an ``-o OUTPUT`` that cannot be written or would lose
-    something.
-
-    Refused: an empty name; an existing directory (unless ``package``: an OpenCL
-    target writes a package directory, and ``write_package`` decides which existing
-    one it may replace), or one holding an input; a file that is one of ``inputs``
-    under any name (the same path, a symbolic or a hard link). ``example`` is a file
-    name to suggest. Raises ``PatccError``.
-    """
-    if not output:
-        raise PatccError(f"the output name is empty; name the file to write (e.g. -o {example})",
-                         where="-o")
-    out = Path(output)
-    if out.is_dir():
-        if not package:
-            raise PatccError("is a directory; -o names the file to write (e.g. -o "
-                             f"{out / example})", where=output)
-        for source in inputs:
-            if out.resolve() in Path(source).resolve().parents:
-                raise PatccError(f"holds the input {os.fspath(source)!r}, which replacing "
-                                 "the package would delete; choose another output directory",
-                                 where=output)
-    for source in inputs:
-        try:
-            same = os.path.samefile(out, source)
-        except OSError:  # the output does not exist yet (or the input does not)
-            continue
-        if same:
-            raise PatccError(f"is also the input {os.fspath(source)!r}: writing it would "
-                             "destroy the input; choose another output name", where=output)
 
 
 def _input_shapes(specs: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -210,7 +177,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sources += sorted(Path(args.artifact).iterdir())
     check_output(args.output, sources, "outputs.npz")
     if kind == "so":
-        from patcc.runtime.native import load
+        from patcc.runtime import load
 
         model = load(args.artifact, args.threads)
         inputs = _read_inputs(args.input, list(model.inputs))
@@ -290,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", action="append", metavar="NAME=DIMS", help=shape_help)
     p.set_defaults(func=_cmd_inspect)
 
-    from patcc.frontends.pruning.command import add_parser as add_prune_parser
+    from patcc.prune_command import add_parser as add_prune_parser
 
     add_prune_parser(sub)
 

@@ -1,105 +1,57 @@
-"""The compile driver: model -> IR -> passes -> LLVM -> shared object.
+"""The compile driver: ``patcc.compile`` as one pipeline.
 
-``compile(model, target=...)`` returns a ``CompiledModel`` that can be saved, called,
-or asked for any intermediate form (``emit``: so, obj, llvm, asm, header).
+    import (raw graph) -> FRONTEND_PIPELINE -> BACKEND_PIPELINE -> [tune] -> backend.build
+
+The frontends read a model into the raw graph (``patcc.frontends.onnx.read_onnx``,
+``patcc.frontends.torch.import_module``); the two pass pipelines are
+``patcc.passes``' (``PATCC_VERIFY=1`` verifies the graph after every pass); the tuner
+(``patcc.tuning``, CPU targets this machine runs) picks each layer's schedule; the
+backend the target names builds its artifact: ``patcc.backends.llvm.build`` a
+``Library`` (a ``.so``), ``patcc.backends.opencl.build`` an ``OpenCLPackage``. What
+``compile`` returns is that artifact made runnable here: a ``CompiledModel`` or a
+``CompiledPackage``, which ``save``, ``emit``, ``load`` and run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from patcc.backends.abi import render_header
-from patcc.backends.llvm import codegen, toolchain
+from patcc.backends.llvm.artifact import EMIT_KINDS, BuildOptions, Library
+from patcc.backends.llvm.artifact import build as build_library
 from patcc.backends.llvm.lowering import Schedule
-from patcc.backends.opencl import OPENCL_TARGETS
+from patcc.backends.opencl import OpenCLPackage, OpenCLTarget
 from patcc.backends.opencl import build as build_opencl
-from patcc.backends.target import Target, get_target, with_overrides
-from patcc.errors import PatccError
-from patcc.fileio import atomic_write
+from patcc.backends.target import Target, find_target, with_overrides
+from patcc.errors import BackendError, PatccError
 from patcc.ir.graph import Graph
 from patcc.ir.verify import verify
-from patcc.passes import BACKEND_PIPELINE, run_pipeline
+from patcc.passes import BACKEND_PIPELINE, FRONTEND_PIPELINE, run_pipeline
+from patcc.runtime import load
+from patcc.runtime.opencl import load as load_package
 
-EMIT_KINDS = ("so", "obj", "llvm", "asm", "header")
+__all__ = ["EMIT_KINDS", "CompiledModel", "CompiledPackage", "build", "call_with_torch_io",
+           "compile", "runnable"]
 
 
-@dataclass
-class CompiledModel:
-    """A model compiled for a target: ``save`` it, ``emit`` other forms, or call it."""
+class CompiledModel(Library):
+    """A model compiled for a CPU target (``patcc.backends.llvm.Library``) that can
+    also run here: ``load`` it, or call it."""
 
-    graph: Graph
-    target: Target
-    plan: codegen.ModulePlan
-    llvm_module: Any  # llvmlite.binding.ModuleRef, optimised
-    code_object: bytes
-    weights_object: bytes
-    timings: dict[str, float] = field(default_factory=dict)
-    profile: bool = False
-    _shared_object: tuple[str | None, bytes] | None = None  # (soname, library)
     _loaded: Any = None
     _tmpdir: Any = None
 
-    @property
-    def info(self) -> dict[str, Any]:
-        """The model description the compiled library reports (``patcc_model_info``)."""
-        return dict(self.plan.info)
-
-    @property
-    def workspace_size(self) -> int:
-        return self.plan.workspace
-
-    def shared_object(self, soname: str | None = None) -> bytes:
-        """The linked ``.so`` for the target, with ``soname`` as its ``DT_SONAME``
-        when given (``save`` gives the file's name where ``Target.soname``); the last
-        one linked is kept."""
-        if self._shared_object is None or self._shared_object[0] != soname:
-            start = time.perf_counter()
-            exports = toolchain.EXPORTS + (("patcc_profile_ns",) if self.profile else ())
-            library = toolchain.link([self.code_object, self.weights_object], self.target,
-                                     exports=exports, soname=soname)
-            self._shared_object = (soname, library)
-            self.timings["link"] = time.perf_counter() - start
-        return self._shared_object[1]
-
-    def emit(self, kind: str = "so") -> bytes:
-        """The artifact of ``kind`` (one of EMIT_KINDS) as bytes."""
-        if kind == "so":
-            return self.shared_object()
-        if kind == "obj":
-            return toolchain.link([self.code_object, self.weights_object], self.target,
-                                  relocatable=True)
-        if kind == "llvm":
-            return str(self.llvm_module).encode()
-        if kind == "asm":
-            return toolchain.emit_assembly(self.llvm_module, self.target).encode()
-        if kind == "header":
-            return render_header(self.info).encode()
-        raise PatccError(f"unknown --emit {kind!r}; expected one of {', '.join(EMIT_KINDS)}")
-
-    def save(self, path: str | os.PathLike[str], kind: str = "so") -> None:
-        """Write the artifact of ``kind`` to ``path`` atomically (a ``.so`` for a
-        target that wants a soname, Android, is named after the file)."""
-        soname = Path(path).name if self.target.soname else None
-        if kind == "so" and soname in self.target.libraries:
-            raise PatccError(f"{soname} is the name of a system library on "
-                             f"{self.target.tag}; the loader would take one for the "
-                             "other (name the model e.g. libmodel.so)", where=str(path))
-        data = self.shared_object(soname) if kind == "so" else self.emit(kind)
-        atomic_write(path, lambda f: f.write(data))
-
     def load(self, num_threads: int | None = None) -> Any:
-        """This model loaded into the process (``patcc.load`` of a private copy)."""
-        from patcc.runtime.native import load
-
+        """This model loaded into the process (``patcc.runtime.load`` of a private
+        copy)."""
         if self._loaded is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="patcc-")
             path = Path(self._tmpdir.name) / "model.so"
@@ -113,6 +65,33 @@ class CompiledModel:
         """Run on numpy arrays or torch tensors (positional or by input name); returns
         the same kind: one array/tensor for one output, else a dict by name."""
         return call_with_torch_io(self.load(), args, kwargs)
+
+
+class CompiledPackage(OpenCLPackage):
+    """A model compiled for an OpenCL target (``patcc.backends.opencl.OpenCLPackage``)
+    that can also run here, through pyopencl (``patcc.runtime.opencl``)."""
+
+    _loaded: Any = None
+    _tmpdir: Any = None
+
+    def load(self, profile: bool = False) -> Any:
+        """The package loaded on the selected OpenCL device (a private copy)."""
+        if self._loaded is None or self._loaded.profile != profile:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="patcc-ocl-")
+            path = Path(self._tmpdir.name) / "model.ocl"
+            self.save(path)
+            self._loaded = load_package(path, profile=profile)
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on numpy arrays or torch tensors; returns the same kind."""
+        return call_with_torch_io(self.load(), args, kwargs)
+
+
+def runnable(artifact: Library | OpenCLPackage) -> CompiledModel | CompiledPackage:
+    """A backend's artifact as the class ``compile`` returns (the same fields)."""
+    kind: type[Any] = CompiledModel if isinstance(artifact, Library) else CompiledPackage
+    return kind(**{f.name: getattr(artifact, f.name) for f in dataclasses.fields(artifact)})
 
 
 def compile(
@@ -161,40 +140,16 @@ def compile(
     toolchain failure.
     """
     timings: dict[str, float] = {}
+    backend, tgt = _resolve_target(target, cpu, features, precision, tune, fuse_blocks)
     start = time.perf_counter()
-    if isinstance(model, Graph):
-        graph = verify(model)
-    elif _is_torch_module(model):
-        from patcc.frontends.torch import import_module
-
-        if dynamic_shapes is not None:
-            raise PatccError("dynamic shapes are not supported: patcc compiles static shapes "
-                             "(those of example_inputs); compile once per deployment shape")
-        if example_inputs is None:
-            raise PatccError("compiling an nn.Module needs example_inputs: a tensor or tuple "
-                             "of tensors of the shapes to compile for, e.g. "
-                             "example_inputs=(torch.randn(1, 3, 224, 224),)")
-        if input_shapes:
-            raise PatccError("input_shapes is for ONNX models; an nn.Module takes its shapes "
-                             "from example_inputs")
-        graph = import_module(model, example_inputs)
-    else:
-        from patcc.frontends.onnx import import_onnx
-
-        graph = import_onnx(model, input_shapes)
-    if isinstance(target, str) and target in OPENCL_TARGETS:
-        if cpu or features or tune or fuse_blocks:
-            raise PatccError(f"--cpu, --features, --tune and --fuse-blocks apply to CPU "
-                             f"targets, not {target}")
-        graph = run_pipeline(graph, BACKEND_PIPELINE)
-        timings["import"] = time.perf_counter() - start
-        return build_opencl(graph, OPENCL_TARGETS[target], precision, timings)
-    if precision != "fp32":
-        raise PatccError(f"--precision {precision} is for OpenCL targets; CPU targets "
-                         "compute in fp32")
-    tgt = with_overrides(get_target(target), cpu, features)
+    graph = _import(model, input_shapes, example_inputs, dynamic_shapes)
+    graph = run_pipeline(graph, FRONTEND_PIPELINE, check=True)
     graph = run_pipeline(graph, BACKEND_PIPELINE)
     timings["import"] = time.perf_counter() - start
+    if backend == "opencl":
+        assert isinstance(tgt, OpenCLTarget)
+        return runnable(build_opencl(graph, tgt, precision, timings))
+    assert isinstance(tgt, Target)
     tuning: dict[str, Any] = {}
     if tune is None:  # the host's own tag; portable tags may deploy to other CPUs
         tune = "host" in tgt.tags and os.environ.get("PATCC_TUNE") != "0"
@@ -209,16 +164,54 @@ def compile(
         start = time.perf_counter()
         tuning = tune_graph(graph, tgt, progress=progress)
         timings["tune"] = time.perf_counter() - start
-    compiled = build(graph, tgt, {name: t.schedule for name, t in tuning.items()}, profile,
-                     timings, fuse_blocks)
-    for code in compiled.plan.codes:
-        if code.layer.name in tuning:
-            tuned = tuning[code.layer.name]
-            code.notes["tuned_ms"] = tuned.best_ms
-            code.notes["tuning"] = tuned.verdict
-            code.notes["model_ms"] = tuned.model_ms
-            code.notes["fastest_ms"] = min(tuned.times_ms.values())
-    return compiled
+    notes = {name: {"tuned_ms": t.best_ms, "tuning": t.verdict, "model_ms": t.model_ms,
+                    "fastest_ms": min(t.times_ms.values())} for name, t in tuning.items()}
+    options = BuildOptions({name: t.schedule for name, t in tuning.items()}, profile,
+                           fuse_blocks, notes)
+    return runnable(build_library(graph, tgt, options, timings))
+
+
+def _resolve_target(target: str | Target, cpu: str | None, features: str | None,
+                    precision: str, tune: bool | None, fuse_blocks: bool
+                    ) -> tuple[str, Target | OpenCLTarget]:
+    """The backend (``"llvm"`` or ``"opencl"``) and target a tag names, the options
+    checked against it."""
+    found = find_target(target)
+    if isinstance(found, OpenCLTarget):
+        if cpu or features or tune or fuse_blocks:
+            raise BackendError(f"--cpu, --features, --tune and --fuse-blocks apply to CPU "
+                               f"targets, not {found.tag}")
+        return "opencl", found
+    if precision != "fp32":
+        raise BackendError(f"--precision {precision} is for OpenCL targets; CPU targets "
+                           "compute in fp32")
+    return "llvm", with_overrides(found, cpu, features)
+
+
+def _import(model: str | os.PathLike[str] | onnx.ModelProto | Graph,
+            input_shapes: Mapping[str, tuple[int, ...]] | None, example_inputs: Any,
+            dynamic_shapes: Any) -> Graph:
+    """The raw graph of ``model``: a patcc Graph as given (verified), an
+    ``nn.Module`` through the torch frontend, anything else through the ONNX one."""
+    if isinstance(model, Graph):
+        return verify(model)
+    if _is_torch_module(model):
+        from patcc.frontends.torch import read_module
+
+        if dynamic_shapes is not None:
+            raise PatccError("dynamic shapes are not supported: patcc compiles static shapes "
+                             "(those of example_inputs); compile once per deployment shape")
+        if example_inputs is None:
+            raise PatccError("compiling an nn.Module needs example_inputs: a tensor or tuple "
+                             "of tensors of the shapes to compile for, e.g. "
+                             "example_inputs=(torch.randn(1, 3, 224, 224),)")
+        if input_shapes:
+            raise PatccError("input_shapes is for ONNX models; an nn.Module takes its shapes "
+                             "from example_inputs")
+        return read_module(model, example_inputs)
+    from patcc.frontends.onnx import read_onnx
+
+    return read_onnx(model, input_shapes)
 
 
 def _is_torch_module(model: object) -> bool:
@@ -248,16 +241,9 @@ def call_with_torch_io(run: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
 def build(graph: Graph, target: Target, schedules: Mapping[str, Schedule] | None = None,
           profile: bool = False, timings: dict[str, float] | None = None,
           fuse_blocks: bool = False) -> CompiledModel:
-    """Lower an optimised graph (after ``BACKEND_PIPELINE``) with the given per-layer
-    schedules (others take the cost model's choice) and compile it to objects."""
-    timings = {} if timings is None else timings
-    start = time.perf_counter()
-    plan = codegen.plan_module(graph, target, schedules or {}, fuse_blocks)
-    module = codegen.emit_module(plan, profile=profile)
-    timings["codegen"] = time.perf_counter() - start
-    start = time.perf_counter()
-    optimised = toolchain.optimize(module, target)
-    code = toolchain.emit_object(optimised, target)
-    timings["llvm"] = time.perf_counter() - start
-    weights = toolchain.weights_object(plan.blob.tobytes(), target)
-    return CompiledModel(graph, target, plan, optimised, code, weights, timings, profile)
+    """``patcc.backends.llvm.build`` of an optimised graph (after ``BACKEND_PIPELINE``),
+    as a runnable ``CompiledModel``: the tuner's and the profiler's door."""
+    options = BuildOptions(schedules or {}, profile, fuse_blocks)
+    model = runnable(build_library(graph, target, options, timings))
+    assert isinstance(model, CompiledModel)
+    return model

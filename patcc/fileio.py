@@ -1,4 +1,5 @@
-"""Writing outputs atomically and reading user arrays, with user-facing errors."""
+"""Outputs checked before any work and written atomically, and user arrays read, with
+user-facing errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -78,6 +79,40 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output(output: str, inputs: Sequence[str | os.PathLike[str]], example: str,
+                 package: bool = False) -> None:
+    """Refuse, before any work, an ``-o OUTPUT`` that cannot be written or would lose
+    something.
+
+    Refused: an empty name; an existing directory (unless ``package``: an OpenCL
+    target writes a package directory, and ``write_package`` decides which existing
+    one it may replace), or one holding an input; a file that is one of ``inputs``
+    under any name (the same path, a symbolic or a hard link). ``example`` is a file
+    name to suggest. Raises ``PatccError``.
+    """
+    if not output:
+        raise PatccError(f"the output name is empty; name the file to write (e.g. -o {example})",
+                         where="-o")
+    out = Path(output)
+    if out.is_dir():
+        if not package:
+            raise PatccError("is a directory; -o names the file to write (e.g. -o "
+                             f"{out / example})", where=output)
+        for source in inputs:
+            if out.resolve() in Path(source).resolve().parents:
+                raise PatccError(f"holds the input {os.fspath(source)!r}, which replacing "
+                                 "the package would delete; choose another output directory",
+                                 where=output)
+    for source in inputs:
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:  # the output does not exist yet (or the input does not)
+            continue
+        if same:
+            raise PatccError(f"is also the input {os.fspath(source)!r}: writing it would "
+                             "destroy the input; choose another output name", where=output)
 
 
 NPZ_SAFE_CHARS = frozenset(
@@ -178,3 +213,11 @@ def load_npy(path: str | os.PathLike[str]) -> np.ndarray:
     except (ValueError, OSError, EOFError) as e:
         raise PatccError(f"not a .npy array file ({e})", where=where) from e
     return value
+
+
+def cache_dir() -> Path:
+    """Where patcc keeps its per-user cache."""
+    if os.environ.get("PATCC_CACHE_DIR"):
+        return Path(os.environ["PATCC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "patcc"

@@ -1,12 +1,13 @@
 """``patcc compile --report``: what the compiler chose for each layer, and what it costs.
 
 Per layer: the kernel, its register block and task count, weight storage (dense and,
-for sparse kernels, compressed), loads per FMA of the inner loop as generated and as
-it would be without load-redundancy elimination ("w/o LRE"), how many schedules the
-layer could use ("cands") and, when tuned, the chosen one's time alone ("tuned ms")
-and the tuner's verdict ("tuning": ``model`` when the cost model's choice was fastest,
-``tuned`` when another was faster beyond the noise, ``noise`` when another had a
-lower median within the noise and the cost model's choice was kept), and -- when
+for the pattern, depthwise and sparse kernels, compressed), loads per FMA of the inner
+loop as generated and as it would be without load-redundancy elimination ("w/o
+LRE"), how many schedules the layer could use ("cands") and, when tuned, the chosen
+one's time alone ("tuned ms") and the tuner's verdict ("tuning": ``model`` when the
+cost model's choice was fastest, ``tuned`` when another was faster beyond the noise,
+``noise`` when another had a lower median within the noise and the cost model's
+choice was kept), and -- when
 the target is this machine -- the measured time and non-zero GFLOP/s from a
 profiling build run on random inputs.
 

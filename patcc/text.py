@@ -118,3 +118,14 @@ def identifier(text: str, limit: int = 40) -> str:
     ``[A-Za-z0-9_]`` replaced by ``_`` (possibly empty, possibly starting with a
     digit: callers put it after a prefix of their own, such as ``L3_``)."""
     return "".join(ch if ch in _IDENTIFIER_CHARS else "_" for ch in text[:limit])
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... : the first not in ``taken``, which it
+    joins (the frontends name the layers they create after the model's nodes)."""
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name

@@ -41,17 +41,19 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-import patcc
+from patcc.backends.llvm.artifact import BuildOptions, build
 from patcc.backends.llvm.conv import conv_schedules
 from patcc.backends.llvm.lowering import LoweringContext, Schedule, WeightBlob
 from patcc.backends.target import Target
-from patcc.fileio import atomic_write
+from patcc.errors import PatccError
+from patcc.fileio import atomic_write, cache_dir
 from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import Conv
+from patcc.progress import progress_bar
+from patcc.version import __version__
 
 CACHE_FORMAT = 2
 """Bump when what an entry means changes; older files are then ignored."""
@@ -112,14 +114,6 @@ def choose(candidates: list[Schedule], samples: dict[str, list[float]]
     return first, "model" if fastest == first else "noise"
 
 
-def cache_dir() -> Path:
-    """Where patcc keeps its per-user cache."""
-    if os.environ.get("PATCC_CACHE_DIR"):
-        return Path(os.environ["PATCC_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "patcc"
-
-
 class TuningCache:
     """The measured times of every candidate of layer signatures, in one JSON file:
     signature -> ``str(schedule)`` -> milliseconds of each round."""
@@ -165,7 +159,7 @@ class TuningCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, lambda f: f.write(text.encode()))
-        except (OSError, patcc.PatccError) as e:
+        except (OSError, PatccError) as e:
             warnings.warn(f"{self.path}: tuning cache not written ({e})", stacklevel=2)
             return
         self._dirty.clear()
@@ -200,7 +194,7 @@ def layer_signature(layer: Conv, graph: Graph, target: Target, threads: int) -> 
     shapes = graph.shapes
     h = hashlib.sha256()
     h.update(json.dumps({
-        "patcc": patcc.__version__, "format": CACHE_FORMAT,
+        "patcc": __version__, "format": CACHE_FORMAT,
         "code": code_generator_fingerprint(),
         "target": [target.triple, target.cpu, target.features, target.vector_bits],
         "threads": threads, "inputs": [list(shapes[t]) for t in layer.inputs],
@@ -324,7 +318,7 @@ def _run_workers(root: Path, jobs: int, progress: bool) -> bool:
     procs = [subprocess.Popen([sys.executable, "-m", "patcc.tuning", "compile", str(root)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(workers)]
-    bar = _progress_bar(jobs, progress)
+    bar = progress_bar(jobs, progress, "tuning", "layer")
     done = 0
     while any(p.poll() is None for p in procs):
         time.sleep(0.1)
@@ -344,26 +338,16 @@ def _run_workers(root: Path, jobs: int, progress: bool) -> bool:
     return all((root / f"{i}.so").exists() for i in range(jobs))
 
 
-def _progress_bar(total: int, show: bool) -> Any:
-    if not show or not total:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="tuning", unit="layer", file=sys.stderr, leave=False)
-
-
 def _compile_jobs(root: Path) -> None:
     """A worker of ``_run_workers``: claim jobs one at a time (an exclusively created
     claim file each) and write each one's profiling library."""
-    from patcc.compiler import build
-
     for job in sorted(root.glob("*.job"), key=lambda p: int(p.stem)):
         try:
             os.close(os.open(job.with_suffix(".claim"), os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             continue
         graph, target, schedules = pickle.loads(job.read_bytes())
-        library = build(graph, target, schedules, profile=True).shared_object()
+        library = build(graph, target, BuildOptions(schedules, profile=True)).shared_object()
         partial = job.with_suffix(".part")
         partial.write_bytes(library)
         partial.rename(job.with_suffix(".so"))
@@ -371,7 +355,7 @@ def _compile_jobs(root: Path) -> None:
 
 def _time_manifest(directory: Path) -> dict[str, dict[str, list[float]]]:
     """The timing child of ``time_schedules``: run each layer's module in rounds."""
-    from patcc.runtime.native import load
+    from patcc.runtime import load
 
     manifest = json.loads((directory / "manifest.json").read_text())
     threads, runs = int(manifest["threads"]), int(manifest["runs"])

@@ -1,9 +1,15 @@
-"""Shared fixtures, and the CI rule: a skip for a missing tool fails under CI=true.
+"""The suite's environment, its tiers, the CI rule and the shared fixtures.
+
+Every test has one tier (``MODULE_TIERS``, ``TEST_TIERS``), a marker that selects a
+slice: ``pytest -m nocompile``, ``pytest -m "not cross and not opencl"``.
 
 Tests that need an external tool or optional package skip with a reason starting
-with ``MISSING_TOOL`` (see ``require_tool``) or through ``pytest.importorskip``.
-Locally that is a skip; in CI (``CI=true``) it is a failure, so CI always exercises
-every backend and reference.
+with ``MISSING_TOOL`` (see ``support.tools.require_tool``) or through
+``pytest.importorskip``. Locally that is a skip; in CI (``CI=true``) it is a failure,
+so CI always exercises every backend and reference.
+
+The helpers the tests import live in ``tests/support/``; this file keeps what pytest
+itself must find here (hooks and fixtures).
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ import tempfile
 
 import pytest
 
-MISSING_TOOL = "missing tool:"
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from support.tools import IN_CI, MISSING_TOOL
 
 # Tuning times every candidate schedule of every layer (about 40 s for ResNet-18), and
 # the suite compiles hundreds of models: it runs untuned (the cost model's choices),
 # and tests/test_tuning.py turns tuning on where it is the subject; every schedule is
 # checked for correctness there. The cache never lands in the user's home.
 os.environ.setdefault("PATCC_TUNE", "0")
+# Every pass pipeline verifies the graph after each pass (``run_pipeline``): a pass that
+# breaks an IR invariant fails where it does, not in a backend three passes later.
+os.environ.setdefault("PATCC_VERIFY", "1")
 # Under pytest-xdist there is a worker per core already: torch's (and OpenMP's) own
 # thread teams on top oversubscribe the cores, and their spinning threads then slow
 # small-tensor loops (ADMM, input matching) by two orders of magnitude. One each; the
@@ -37,32 +45,6 @@ os.environ["PATCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="patcc-test-cache-")
 atexit.register(shutil.rmtree, os.environ["PATCC_CACHE_DIR"], ignore_errors=True)
 
 
-def fuzz_examples(default: int) -> int:
-    """Hypothesis examples per randomised test: ``PATCC_FUZZ_EXAMPLES`` when set, else
-    the test's own default (sized to the cost of one example)."""
-    return int(os.environ.get("PATCC_FUZZ_EXAMPLES", default))
-
-
-def require_tool(name: str, hint: str) -> str:
-    """Path of executable ``name``, or skip (fail in CI) saying how to install it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{MISSING_TOOL} {name} ({hint})")
-    return path
-
-
-def require_lld() -> None:
-    """Skip (fail in CI) unless a linker for foreign objects is there: Debian's
-    ``ld.lld`` or the ``ziglang`` wheel's."""
-    from patcc.backends.llvm.toolchain import find_lld
-    from patcc.errors import PatccError
-
-    try:
-        find_lld()
-    except PatccError:
-        pytest.skip(f"{MISSING_TOOL} ld.lld (apt-get install lld, or pip install ziglang)")
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     outcome = yield
@@ -75,45 +57,96 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
         report.longrepr = f"CI=true: a required tool is missing, so this cannot skip: {reason}"
 
 
-PRUNED_VARIANT = {
-    "resnet18": "6x",
-    "resnet50": "6x",
-    "vgg16": "8x",
-    "mobilenet_v2": "dw-patterns+pw50",
-    "lraspp_mobilenet_v3": "dw-patterns+pw50",
+MODULE_TIERS = {
+    "test_dense_prediction_models": "nocompile",
+    "test_differential_onnx": "nocompile",
+    "test_dynamo_export": "nocompile",
+    "test_imports": "nocompile",
+    "test_inspect": "nocompile",
+    "test_interpreter": "nocompile",
+    "test_ir": "nocompile",
+    "test_memory": "nocompile",
+    "test_models": "nocompile",
+    "test_old_opsets": "nocompile",
+    "test_onnx_node": "nocompile",
+    "test_passes": "nocompile",
+    "test_pattern_passes": "nocompile",
+    "test_progress": "nocompile",
+    "test_reference_models": "nocompile",
+    "test_validation": "nocompile",
+    "test_benchmarks": "compiled",
+    "test_cli_errors": "compiled",
+    "test_compile_models": "compiled",
+    "test_conv_transpose": "compiled",
+    "test_differential_compiled": "compiled",
+    "test_elf": "compiled",
+    "test_fused_blocks": "compiled",
+    "test_fuzz": "compiled",
+    "test_gemm": "compiled",
+    "test_hostile_names": "compiled",
+    "test_native_runtime": "compiled",
+    "test_peers": "compiled",
+    "test_pointwise": "compiled",
+    "test_registers": "compiled",
+    "test_report": "compiled",
+    "test_resize": "compiled",
+    "test_shape_ops": "compiled",
+    "test_sparse_pointwise": "compiled",
+    "test_torch_frontend": "compiled",
+    "test_tuning": "compiled",
+    "test_cross": "cross",
+    "test_loops": "cross",
+    "test_opencl": "opencl",
+    "test_admm": "pruning",
+    "test_filters": "pruning",
+    "test_lfpc": "pruning",
+    "test_masks": "pruning",
+    "test_prune_cli": "pruning",
+    "test_pruning_helper": "pruning",
+    "test_removal": "pruning",
+    "test_reparam": "pruning",
 }
-"""The pruned variant tested for each architecture (the others use "6x"): patterns on
-the depthwise convolutions and half of each 1x1 for the MobileNets."""
+"""Each test module's tier (the markers in pyproject.toml): ``nocompile`` generates no
+native code (IR, passes, interpreter, frontends, models; onnxruntime and torch are the
+references), ``compiled`` builds x86 code and runs it here (llvmlite and ``cc``),
+``cross`` builds for aarch64 (``ld.lld``, ``qemu-aarch64``, ``llvm-mca``), ``opencl``
+builds OpenCL packages and runs them on PoCL, ``pruning`` runs the pruning algorithms
+(torch training; some build their result for the host). A new module must be added:
+collection stops until it is."""
 
-SLOW_ARCHITECTURES = ("resnet50", "vgg16")
+TEST_TIERS = {
+    "test_dense_prediction_models::test_readme_detection_example_decodes_and_suppresses":
+        "compiled",
+    "test_memory::test_concat_in_place_computes_the_same": "compiled",
+    "test_old_opsets::test_compiled_matches_onnxruntime": "compiled",
+    "test_onnx_node::test_native_build_passes_the_node_tests": "compiled",
+    "test_validation::test_compiled_nan_semantics_match_the_interpreter": "compiled",
+    "test_validation::test_deep_graphs_keep_one_function_per_phase": "compiled",
+    "test_validation::test_large_strides_run_correctly": "compiled",
+    "test_benchmarks::test_opencl_benchmark_script_runs": "opencl",
+    "test_benchmarks::test_pruning_evidence_script_runs": "pruning",
+    "test_cli_errors::test_corrupt_package_manifest": "opencl",
+    "test_cli_errors::test_package_whose_weights_are_a_pipe": "opencl",
+    "test_hostile_names::test_opencl_package_keeps_names_out_of_code": "opencl",
+    "test_hostile_names::test_a_package_is_replaced_only_when_it_holds_nothing_else": "opencl",
+    "test_resize::test_opencl_matches_the_interpreter": "opencl",
+}
+"""The tests whose tier is not their module's: a compiled test among tests that
+generate no native code, an OpenCL one among x86 ones (so that ``-m nocompile`` needs
+no toolchain and ``-m "not opencl"`` no PoCL), the pruning benchmark among the others."""
 
-FULL_MATRIX = os.environ.get("PATCC_FULL_MATRIX") == "1"
-"""``make test-full``: every architecture in every variant on every backend and target.
-``make test`` keeps to 15 minutes on 2 cores with the subsets each test file states
-(each kernel family and each new operator still runs on every backend)."""
 
-
-def reference_params(*more: tuple[str, ...], packed: bool = False) -> list[object]:
-    """pytest params ``(name, variant, *one of each of more)`` over every reference
-    architecture, dense and its pruned variant; resnet50 and vgg16 are marked slow and,
-    unless ``FULL_MATRIX``, run pruned only (their dense layers are ResNet-18's; each
-    costs 10-25 s a build).
-    ``packed``: each param is one tuple (for a parametrized fixture)."""
-    import itertools
-
-    from patcc.models import REFERENCE_ARCHITECTURES
-
-    params = []
-    for name in REFERENCE_ARCHITECTURES:
-        marks = [pytest.mark.slow] if name in SLOW_ARCHITECTURES else []
-        variants = ("dense",) * (FULL_MATRIX or name not in SLOW_ARCHITECTURES) + (
-            PRUNED_VARIANT.get(name, "6x"),)
-        for variant in variants:
-            for extra in itertools.product(*more):
-                values = (name, variant, *extra)
-                params.append(pytest.param(*((values,) if packed else values), marks=marks,
-                                           id="-".join(values)))
-    return params
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier."""
+    for item in items:
+        module = item.path.stem
+        name = getattr(item, "originalname", item.name)
+        tier = TEST_TIERS.get(f"{module}::{name}", MODULE_TIERS.get(module))
+        if tier is None:
+            raise pytest.UsageError(f"{item.path.name} has no tier: add it to MODULE_TIERS "
+                                    "in tests/conftest.py")
+        item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -139,32 +172,3 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
         return cache[name, variant]
 
     return get
-
-
-X86_TAGS = ("x86_64-avx2", "x86_64-avx512")
-"""The portable x86 targets whose code the compiled tests run where this CPU can: an
-AVX-512 machine runs both, an AVX2 one only the first (``PATCC_HOST_TARGET`` makes
-an AVX-512 machine pass for an AVX2 one)."""
-
-CPU_TAGS = ("x86_64-avx512", "x86_64-avx2", "aarch64-android")
-"""One target per register file patcc generates code for: 32 x 16 lanes, 16 x 8 lanes,
-32 x 4 lanes (compile-only tests cover all three on any host)."""
-
-
-def runnable_target(tag: str):  # type: ignore[no-untyped-def]
-    """The ``Target`` for ``tag``; skips (also in CI: no tool is missing, the CPU is
-    what it is) when this machine cannot run its code."""
-    from patcc.backends.target import get_target
-
-    target = get_target(tag)
-    if not target.runs_here:
-        pytest.skip(f"this CPU cannot run {tag} code (it lacks "
-                    f"{', '.join(target.missing_features()) or 'the architecture'})")
-    return target
-
-
-def runnable_x86_tags() -> list[str]:
-    """The tags of ``X86_TAGS`` this machine can run (for hypothesis to draw from)."""
-    from patcc.backends.target import get_target
-
-    return [tag for tag in X86_TAGS if get_target(tag).runs_here]

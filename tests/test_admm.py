@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import (
     AdmmConfig,
     admm_prune,
@@ -151,14 +152,14 @@ def test_synthetic_pixels_are_normalised_integers() -> None:
     ({"pool_batches": 0}, "pool_batches must be at least 1"),
 ])
 def test_bad_config_names_the_knob(bad: dict[str, float], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(PruningError, match=match):
         AdmmConfig(**bad)  # type: ignore[arg-type]
 
 
 def test_bad_models_and_rates() -> None:
-    with pytest.raises(ValueError, match="no 3x3 nn.Conv2d"):
+    with pytest.raises(PruningError, match="no 3x3 nn.Conv2d"):
         admm_prune(nn.Sequential(nn.Conv2d(3, 4, 1)), SHAPE)
-    with pytest.raises(ValueError, match="positive number"):
+    with pytest.raises(PruningError, match="positive number"):
         admm_prune(make_model(), SHAPE, rate=-2)
 
     class Branchy(nn.Module):
@@ -169,7 +170,7 @@ def test_bad_models_and_rates() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) if x.sum() > 0 else x  # data-dependent: not traceable
 
-    with pytest.raises(ValueError, match="cannot be traced by torch.fx"):
+    with pytest.raises(PruningError, match="cannot be traced by torch.fx"):
         admm_prune(Branchy(), SHAPE, config=AdmmConfig(epochs=1, iterations=1))
 
 

@@ -7,25 +7,25 @@ output_shape), bad input, and the pruning bridge."""
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from compiled_helpers import assert_close, run_onnxruntime, run_with_threads
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
-from conftest import X86_TAGS, runnable_target, runnable_x86_tags
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.frontends.torch import import_module
 from patcc.ir import Col2Im, Conv, IRError, Slice, Sparsity, Unary
 from patcc.runtime import run
+from support.compare import assert_close, run_onnxruntime, run_with_threads
+from support.fuzz import fuzz_examples
+from support.targets import X86_TAGS, runnable_target, runnable_x86_tags
 
 OPSET = 18  # Col2Im arrived in opset 18
 IR_VERSION = 8
@@ -182,7 +182,7 @@ def single_conv_transposes(draw: st.DrawFn) -> tuple[onnx.ModelProto, tuple[int,
     return conv_transpose_model([layer], x_shape, seed=draw(st.integers(0, 99))), x_shape
 
 
-@settings(max_examples=int(os.environ.get("PATCC_FUZZ_EXAMPLES", 25)), deadline=None,
+@settings(max_examples=fuzz_examples(25), deadline=None,
           derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(single_conv_transposes())
 def test_random_single_layers(case: tuple[onnx.ModelProto, tuple[int, ...]]) -> None:

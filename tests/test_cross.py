@@ -14,13 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from compiled_helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx_gen import OnnxCase, pattern_conv_models, small_graph_models
 
 import patcc
-from conftest import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params, require_lld, require_tool
 from patcc.backends.elf import EM_AARCH64, read_load_segments, read_symbols
 from patcc.backends.llvm import toolchain
 from patcc.backends.llvm.toolchain import LIBM_FUNCTIONS
@@ -32,6 +29,11 @@ from patcc.ir import verify
 from patcc.models import INPUT_SHAPES
 from patcc.runtime import run
 from patcc.runtime.emulated import EmulatedModel
+from support.compare import assert_close
+from support.fuzz import fuzz_examples
+from support.onnx_gen import OnnxCase, pattern_conv_models, small_graph_models
+from support.reference_models import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params
+from support.tools import require_lld, require_tool
 
 ABI = {"patcc_run", "patcc_workspace_size", "patcc_model_info", "patcc_set_num_threads",
        "patcc_get_num_threads", "patcc_abi_version"}
@@ -242,7 +244,7 @@ def test_missing_emulator_names_the_packages(tmp_path: Path,
         EmulatedModel(fake, "aarch64")
 
 
-ARM_EXAMPLES = max(2, int(os.environ.get("PATCC_FUZZ_EXAMPLES", "25")) // 2)
+ARM_EXAMPLES = max(2, fuzz_examples(25) // 2)
 """Random graphs per run: each costs a cross compile and a start of qemu (~0.5 s)."""
 
 

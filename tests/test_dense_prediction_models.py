@@ -32,6 +32,7 @@ from patcc.models import (
     pruned_model,
 )
 from patcc.models.yolo import ANCHORS, STRIDES
+from support.compare import assert_close
 
 
 @functools.cache
@@ -102,8 +103,7 @@ def test_export_matches_torch_and_names_the_outputs(name: str, exports: dict[str
     x = _input(name)
     for got, want in zip(session.run(None, {"input": x.numpy()}),
                          _outputs(_shared(name), x), strict=True):
-        np.testing.assert_allclose(got, want.numpy(), rtol=0,
-                                   atol=1e-4 * float(want.abs().max()))
+        assert_close(got, want.numpy(), name, floor=0.0)
 
 
 def test_unet_up_samples_three_ways(exports: dict[str, Path]) -> None:
@@ -216,6 +216,7 @@ def test_readme_detection_example_decodes_and_suppresses(
     assert isinstance(boxes, np.ndarray) and boxes.shape == (3 * (400 + 100 + 25), 6)
     reference = decode([m.numpy() for m in torch_maps])  # type: ignore[operator]
     for column in range(5):  # boxes in pixels (up to ~1500 for the big anchors), scores
+        # assert_close's rule per column, written out: decoded boxes are float64
         scale = float(np.abs(reference[:, column]).max())
         np.testing.assert_allclose(boxes[:, column], reference[:, column], rtol=0,
                                    atol=1e-4 * scale)

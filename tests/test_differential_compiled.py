@@ -1,6 +1,6 @@
 """Differential tests: random ONNX models compiled to native code vs the references.
 
-Each example builds a small model (``tests/onnx_gen.py``), compiles it with
+Each example builds a small model (``tests/support/onnx_gen.py``), compiles it with
 ``patcc.compile`` for ``x86_64-avx2`` and for ``x86_64-avx512`` (where this CPU runs
 them: an AVX2 machine skips the second), runs the shared object with one thread and
 then two (the outputs must be bitwise identical: how the work is split must not
@@ -18,15 +18,23 @@ is derandomized, so CI runs the same examples every time.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
-from compiled_helpers import assert_close, run_onnxruntime, run_with_threads
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from onnx_gen import (
+
+import patcc
+from patcc.backends.llvm.conv import conv_options, conv_schedules
+from patcc.backends.llvm.lowering import LoweringContext, WeightBlob
+from patcc.compiler import CompiledModel, build
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Conv, Sparsity, verify
+from patcc.runtime import run
+from support.compare import assert_close, run_onnxruntime, run_with_threads
+from support.fuzz import fuzz_examples, requested_fuzz_examples
+from support.onnx_gen import (
     SINGLE_OPS,
     ModelBuilder,
     OnnxCase,
@@ -37,18 +45,11 @@ from onnx_gen import (
     single_layer_models,
     small_graph_models,
 )
-
-import patcc
-from conftest import IN_CI, X86_TAGS, runnable_target, runnable_x86_tags
-from patcc.backends.llvm.conv import conv_options, conv_schedules
-from patcc.backends.llvm.lowering import LoweringContext, WeightBlob
-from patcc.compiler import CompiledModel, build
-from patcc.frontends.onnx import import_onnx
-from patcc.ir import Conv, Sparsity, verify
-from patcc.runtime import run
+from support.targets import X86_TAGS, runnable_target, runnable_x86_tags
+from support.tools import IN_CI
 
 DEFAULT_EXAMPLES = 25
-EXAMPLES = int(os.environ.get("PATCC_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
+EXAMPLES = fuzz_examples(DEFAULT_EXAMPLES)
 PER_TARGET = max(1, EXAMPLES * 3 // 5)
 """Every test runs for each x86 target this CPU can run (AVX2 and AVX-512 builds),
 each with three fifths of the examples: more in all than one target had alone."""
@@ -173,7 +174,7 @@ def test_conv_stack_compiled(case: OnnxCase, tag: str) -> None:
 def test_fuzz_budget() -> None:
     """This file runs at least 200 examples (in CI always; locally unless
     PATCC_FUZZ_EXAMPLES asks for fewer)."""
-    if "PATCC_FUZZ_EXAMPLES" in os.environ and not IN_CI:
+    if requested_fuzz_examples() is not None and not IN_CI:
         pytest.skip("PATCC_FUZZ_EXAMPLES set: a local run may be smaller")
     total = (len(set(SINGLE_OPS)) + 4 + 2) * PER_TARGET * len(runnable_x86_tags())
     assert total >= 200, f"only {total} examples; raise PATCC_FUZZ_EXAMPLES"

@@ -1,6 +1,6 @@
 """Differential tests: random ONNX models imported by patcc vs onnxruntime.
 
-Each example builds a small model (``tests/onnx_gen.py``), runs it in onnxruntime
+Each example builds a small model (``tests/support/onnx_gen.py``), runs it in onnxruntime
 with graph optimizations disabled (so onnxruntime is a reference, not an optimizer),
 imports it with ``import_onnx``, verifies the IR, runs the reference interpreter and
 compares: every output within 1e-4 of onnxruntime, relative to the output's largest
@@ -11,8 +11,6 @@ derandomized so CI runs the same examples every time.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -21,7 +19,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from onnx import TensorProto, helper, numpy_helper
-from onnx_gen import (
+
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import REMOVED, Conv, Graph, Sparsity, verify
+from patcc.runtime import run
+from support.compare import assert_close
+from support.fuzz import fuzz_examples
+from support.onnx_gen import (
     CENTRE_PLUS_3_MASKS,
     SINGLE_OPS,
     OnnxCase,
@@ -30,11 +34,7 @@ from onnx_gen import (
     small_graph_models,
 )
 
-from patcc.frontends.onnx import import_onnx
-from patcc.ir import REMOVED, Conv, Graph, Sparsity, verify
-from patcc.runtime import run
-
-EXAMPLES = int(os.environ.get("PATCC_FUZZ_EXAMPLES", 100))
+EXAMPLES = fuzz_examples(100)
 
 fuzz = settings(
     max_examples=EXAMPLES,
@@ -71,11 +71,7 @@ def assert_matches_onnxruntime(case: OnnxCase) -> Graph:
     graph, ours = import_and_run(case)
     assert tuple(graph.outputs) == case.output_names
     for name, ref in zip(case.output_names, expected, strict=True):
-        got = ours[name]
-        assert got.dtype == np.float32, f"{name}: {got.dtype}"
-        assert got.shape == ref.shape, f"{name}: shape {got.shape}, onnxruntime {ref.shape}"
-        atol = 1e-4 * max(1.0, float(np.abs(ref).max(initial=0.0)))
-        np.testing.assert_allclose(got, ref, rtol=0, atol=atol, err_msg=name)
+        assert_close(ours[name], ref, name)
     return graph
 
 

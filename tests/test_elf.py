@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_tool
 from patcc.backends import elf
 from patcc.backends.elf import ELF_ARCHES, ElfArch, blob_object
+from support.tools import require_tool
 
 SYMBOL = "patcc_weights"
 

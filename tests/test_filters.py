@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import (
     SoftFilterPruning,
     asfp_schedule,
@@ -69,18 +70,18 @@ def test_norm_and_batchnorm_criteria() -> None:
         model[1].weight.copy_(torch.tensor([5, -0.1, 3, 0.2, -4, 1, 2, 0.3, 6, 7.0]))
     selection = select_filters(model, 0.3, "bn", layers=["0"])
     assert list(selection.pruned["0"]) == [1, 3, 7]  # the three smallest |gamma|
-    with pytest.raises(ValueError, match="no BatchNorm2d directly after '5'"):
+    with pytest.raises(PruningError, match="no BatchNorm2d directly after '5'"):
         select_filters(model, 0.3, "bn", layers=["5"])
 
 
 def test_select_filters_skips_grouped_convs_and_checks_its_input() -> None:
     model = net()
     assert set(select_filters(model, 0.5).pruned) == {"0", "5"}
-    with pytest.raises(ValueError, match="groups == 1"):
+    with pytest.raises(PruningError, match="groups == 1"):
         select_filters(model, 0.5, layers=["3"])
-    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+    with pytest.raises(PruningError, match=r"ratio must be in \[0, 1\)"):
         select_filters(model, 1.0)
-    with pytest.raises(ValueError, match="unknown filter criterion 'l3'"):
+    with pytest.raises(PruningError, match="unknown filter criterion 'l3'"):
         select_filters(model, 0.5, "l3")
 
 
@@ -98,9 +99,9 @@ def test_asfp_schedule_passes_through_its_three_points(ratio: float, epochs: int
 
 
 def test_asfp_schedule_without_a_curve() -> None:
-    with pytest.raises(ValueError, match="try a smaller d"):
+    with pytest.raises(PruningError, match="try a smaller d"):
         asfp_schedule(0.4, 100, d=0.8)  # 3/4 of the way at 80% of training: k would be 0
-    with pytest.raises(ValueError, match="below the target"):
+    with pytest.raises(PruningError, match="below the target"):
         asfp_schedule(0.4, 100, start=0.5)
 
 
@@ -140,7 +141,7 @@ def test_gradual_magnitude_schedule_and_masks() -> None:
     assert schedule(10) == pytest.approx(0.8 * (1 - 0.5**3))
     values = [schedule(t) for t in range(5, 16)]
     assert all(b >= a for a, b in itertools.pairwise(values))
-    with pytest.raises(ValueError, match="initial <= final"):
+    with pytest.raises(PruningError, match="initial <= final"):
         gradual_magnitude_schedule(0.2, 10, initial=0.5)
     model = net()
     masks = magnitude_masks(model, 0.5)

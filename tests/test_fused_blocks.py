@@ -13,17 +13,18 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, run_with_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
-from conftest import fuzz_examples, runnable_target, runnable_x86_tags
 from patcc.backends.llvm import fused
 from patcc.frontends.onnx import import_onnx
 from patcc.passes import BACKEND_PIPELINE, run_pipeline
 from patcc.runtime import run
+from support.compare import assert_close, run_with_threads
+from support.fuzz import fuzz_examples
+from support.targets import runnable_target, runnable_x86_tags
 
 # Centre plus three neighbours: the pattern library the pruned blocks draw from.
 PATTERNS = np.array([[[0, 1, 0], [1, 1, 0], [0, 0, 1]], [[0, 0, 0], [1, 1, 1], [0, 1, 0]],

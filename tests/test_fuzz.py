@@ -1,10 +1,10 @@
 """The CLI against hostile models: succeed and match the reference, or fail cleanly.
 
-``tests/fuzzing.py`` generates the cases and runs them in a worker process. The
+``tests/support/cli_fuzzer.py`` generates the cases and runs them in a worker process. The
 default budget is small (``DEFAULT_CASES``); ``PATCC_FUZZ_CASES=N`` raises it,
 ``PATCC_FUZZ_SEED`` picks the first case's number and ``PATCC_FUZZ_JOBS`` the number
-of worker processes. For a large run outside pytest: ``python -m tests.fuzzing run
---cases 5000 --jobs 2``.
+of worker processes. For a large run outside pytest: ``python -m
+tests.support.cli_fuzzer run --cases 5000 --jobs 2``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fuzzing import (
+
+from support.cli_fuzzer import (
     BAD_OUTCOMES,
     SEEDS,
     TARGET,

@@ -17,14 +17,11 @@ from unittest import mock
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, run_with_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from onnx_gen import window_out
 
 import patcc
-from conftest import X86_TAGS, runnable_target, runnable_x86_tags
 from patcc.backends.llvm import gemm
 from patcc.backends.llvm.conv import _Planes, _planes
 from patcc.backends.llvm.gemv import GEMV_MAX_ROWS
@@ -34,6 +31,9 @@ from patcc.compiler import CompiledModel
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Conv, verify
 from patcc.runtime import run
+from support.compare import assert_close, run_with_threads
+from support.onnx_gen import window_out
+from support.targets import X86_TAGS, runnable_target, runnable_x86_tags
 
 examples = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

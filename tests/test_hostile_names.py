@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
-from conftest import MISSING_TOOL, require_tool, runnable_target
 from patcc.backends.llvm.codegen import emit_module
 from patcc.cli import main
 from patcc.errors import PatccError
@@ -34,6 +33,8 @@ from patcc.fileio import npz_key, save_npz
 from patcc.frontends.onnx import import_onnx
 from patcc.runtime import run
 from patcc.text import COMMENT_LIMIT, c_comment, c_string, identifier, module_id
+from support.targets import runnable_target
+from support.tools import MISSING_TOOL, require_tool
 
 INJECTED = "injected"
 """A word every hostile name holds; it must never be a token of generated code."""

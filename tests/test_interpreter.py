@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import numpy as np
 import pytest
@@ -35,8 +34,9 @@ from patcc.ir import (
     Unary,
 )
 from patcc.runtime import evaluate, run
+from support.fuzz import fuzz_examples
 
-EXAMPLES = int(os.environ.get("PATCC_FUZZ_EXAMPLES", 100))
+EXAMPLES = fuzz_examples(100)
 
 fuzz = settings(
     max_examples=EXAMPLES,

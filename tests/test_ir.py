@@ -150,3 +150,26 @@ def test_pool_window_of_padding_alone_is_rejected() -> None:
     with pytest.raises(IRError, match="output 0 on axis 2 reads only padding"):
         p.infer_shapes([(1, 1, 2, 2)])
     assert p.infer_shapes([(1, 1, 3, 3)]) == ((1, 1, 2, 2),)
+
+
+def test_ir_arrays_are_read_only_and_the_callers_stay_writable() -> None:
+    """A node's arrays are read-only views from construction on (a pass cannot write
+    into a weight another graph shares), the caller's own arrays stay writable, and
+    a graph's constants refuse changes yet pickle (the tuner ships graphs to workers)."""
+    import pickle
+
+    weight = np.ones((2, 1, 3, 3), np.float32)
+    conv = Conv(name="c", inputs=("x",), outputs=("y",), weight=weight,
+                bias=np.zeros(2, np.float32), groups=1)
+    with pytest.raises(ValueError, match="read-only"):
+        conv.weight[0, 0, 0, 0] = 5.0
+    weight[0, 0, 0, 0] = 5.0  # the caller's array is not frozen ...
+    assert conv.weight[0, 0, 0, 0] == 5.0  # ... and the node sees it (a view, no copy)
+    graph = Graph(inputs={"x": TensorType((1, 1, 4, 4))}, layers=(conv,), outputs=("y",),
+                  constants={"k": np.ones(3, np.float32)})
+    with pytest.raises(ValueError, match="read-only"):
+        graph.constants["k"][0] = 2.0
+    with pytest.raises(TypeError, match="read-only"):
+        graph.constants["j"] = np.zeros(1, np.float32)  # type: ignore[index]
+    again = pickle.loads(pickle.dumps(graph))
+    assert again == graph and not again.constants["k"].flags.writeable

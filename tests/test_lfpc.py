@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import FilterSelection, lfpc_search, select_filters
 
 
@@ -64,9 +65,9 @@ def test_flops_penalty_pushes_towards_the_highest_ratio() -> None:
 
 def test_lfpc_input_errors() -> None:
     model, data = model_and_data()
-    with pytest.raises(ValueError, match="needs input_shape"):
+    with pytest.raises(PruningError, match="needs input_shape"):
         lfpc_search(model, data, 0.5, flops_weight=1.0)
-    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+    with pytest.raises(PruningError, match=r"ratio must be in \[0, 1\)"):
         lfpc_search(model, data, 1.2)
-    with pytest.raises(ValueError, match="no prunable convolution"):
+    with pytest.raises(PruningError, match="no prunable convolution"):
         lfpc_search(nn.Sequential(nn.Linear(3, 2)), data, 0.5)

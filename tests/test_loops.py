@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 import patcc
-from conftest import MISSING_TOOL, require_lld
 from patcc.backends.llvm import mca
 from patcc.backends.target import get_target
 from patcc.cli import main
 from patcc.compiler import CompiledModel
 from patcc.errors import PatccError
 from patcc.report import add_loop_figures, layer_rows
+from support.tools import MISSING_TOOL, require_lld
 
 X86_ASM = """\
 f:

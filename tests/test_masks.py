@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import PruningMasks, masked_retrain, pattern_prune
 
 
@@ -75,9 +76,9 @@ def test_attach_masks_gradients_and_detaches() -> None:
 
 def test_masks_that_do_not_fit_the_model() -> None:
     model = small_net()
-    with pytest.raises(ValueError, match="does not have: nope.weight"):
+    with pytest.raises(PruningError, match="does not have: nope.weight"):
         PruningMasks({"nope.weight": torch.ones(1, dtype=torch.bool)}).apply(model)
-    with pytest.raises(ValueError, match=r"mask for 0.weight is \(2,\)"):
+    with pytest.raises(PruningError, match=r"mask for 0.weight is \(2,\)"):
         PruningMasks({"0.weight": torch.ones(2, dtype=torch.bool)}).apply(model)
-    with pytest.raises(ValueError, match="epochs must be at least 1"):
+    with pytest.raises(PruningError, match="epochs must be at least 1"):
         masked_retrain(model, PruningMasks({}), toy_data(), epochs=0)

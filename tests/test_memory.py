@@ -170,11 +170,10 @@ def test_concat_inputs_are_placed_where_it_is_safe() -> None:
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_concat_in_place_computes_the_same(batch: int) -> None:
-    from compiled_helpers import assert_close
-
     import patcc
-    from conftest import runnable_x86_tags
     from patcc.runtime import run
+    from support.compare import assert_close
+    from support.targets import runnable_x86_tags
 
     model = _concat_model(batch)
     x = np.random.default_rng(1).standard_normal((batch, 3, 6, 5)).astype(np.float32)

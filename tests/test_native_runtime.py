@@ -20,18 +20,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, assert_user_error, run_with_threads
 from onnx import TensorProto, helper, numpy_helper
-from onnx_gen import CENTRE_PLUS_3_MASKS
 
 import patcc
-from conftest import require_tool
 from patcc.backends.target import X86_AVX512_ISA
 from patcc.cli import main
 from patcc.compiler import CompiledModel
 from patcc.frontends.onnx import import_onnx
 from patcc.runtime import run
 from patcc.runtime.native import NativeModel
+from support.cli import assert_user_error
+from support.compare import assert_close, run_with_threads
+from support.onnx_gen import CENTRE_PLUS_3_MASKS
+from support.tools import require_tool
 
 ABI_FUNCTIONS = {
     "patcc_run", "patcc_workspace_size", "patcc_model_info", "patcc_set_num_threads",

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, run_onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
-from conftest import X86_TAGS, runnable_target
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.runtime import run
+from support.compare import assert_close, run_onnxruntime
+from support.targets import X86_TAGS, runnable_target
 
 SHAPE = (1, 3, 6, 8)
 

@@ -1,4 +1,4 @@
-"""ONNX's own node tests (``tests/onnx_node.py``) as a conformance suite: every
+"""ONNX's own node tests (``tests/support/onnx_node.py``) as a conformance suite: every
 in-scope test that is not excluded runs on the interpreter and on the native build
 against the expected outputs, or is listed in ``onnx_node_not_yet.txt`` with the
 error it gives today; listed tests must still fail that way, so the list shrinks
@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close
-from onnx_node import NodeCase, node_cases
 
-from conftest import X86_TAGS, runnable_target
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.frontends.onnx.loader import MAX_OPSET
 from patcc.runtime import run
+from support.compare import assert_close
+from support.onnx_node import NodeCase, node_cases
+from support.targets import X86_TAGS, runnable_target
 
 NOT_YET_FILE = Path(__file__).with_name("onnx_node_not_yet.txt")
 BATCH = 40

@@ -16,10 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from compiled_helpers import assert_close, run_onnxruntime
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from onnx_gen import (
+
+import patcc
+from patcc.cli import main
+from patcc.errors import PatccError
+from patcc.frontends.onnx import import_onnx
+from patcc.ir import Sparsity
+from patcc.models import INPUT_SHAPES
+from patcc.runtime import run
+from support.compare import assert_close, run_onnxruntime
+from support.fuzz import fuzz_examples
+from support.onnx_gen import (
     ModelBuilder,
     OnnxCase,
     _nchw,
@@ -30,15 +39,8 @@ from onnx_gen import (
     single_layer_models,
     small_graph_models,
 )
-
-import patcc
-from conftest import FULL_MATRIX, MISSING_TOOL, SLOW_ARCHITECTURES, reference_params, require_tool
-from patcc.cli import main
-from patcc.errors import PatccError
-from patcc.frontends.onnx import import_onnx
-from patcc.ir import Sparsity
-from patcc.models import INPUT_SHAPES
-from patcc.runtime import run
+from support.reference_models import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params
+from support.tools import MISSING_TOOL, require_tool
 
 pytestmark = pytest.mark.needs_tool
 
@@ -84,7 +86,7 @@ def test_reference_architectures_match_onnxruntime(case: tuple[str, str], export
     compiled = patcc.compile(path, target="opencl-adreno")  # every staged kernel too
     kernels = {layer["layer"]: layer["kernel"] for layer in compiled.program.layers}
     patterned = [c.name for c in compiled.graph.convs() if c.sparsity is Sparsity.PATTERN]
-    assert all(kernels[name] == "pattern-conv" for name in patterned)  # the sparse kernel
+    assert all(kernels[name] == "pattern" for name in patterned)  # the sparse kernel
     assert bool(patterned) == (variant != "dense")
     compiled.save(tmp_path / "model.ocl")
     from patcc.runtime.opencl import load
@@ -201,7 +203,9 @@ def test_fp16_needs_the_extension(exported_model, tmp_path: Path) -> None:
         return
     want = run(compiled.graph, [x])
     got = load(tmp_path / "half.ocl").run([x])
-    for name in want:  # half storage: about three significant digits
+    # Half storage keeps about three significant digits: 2e-2 of the largest magnitude,
+    # where assert_close (float32 results) holds to 1e-4.
+    for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=0,
                                    atol=2e-2 * np.abs(want[name]).max())
 
@@ -256,7 +260,7 @@ def test_bad_device_and_options_are_clear(exported_model, tmp_path: Path,
 
 # -- randomised: single layers and small graphs against the interpreter -----------------
 
-EXAMPLES = int(os.environ.get("PATCC_FUZZ_EXAMPLES", 25))
+EXAMPLES = fuzz_examples(25)
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])

@@ -1,4 +1,4 @@
-"""``patcc prune``: ONNX in, pruned ONNX out (``patcc/frontends/pruning/command.py``)."""
+"""``patcc prune``: ONNX in, pruned ONNX out (``patcc/prune_command.py``)."""
 
 from __future__ import annotations
 

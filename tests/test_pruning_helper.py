@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import (
     PruneReport,
     build_pattern_library,
@@ -90,11 +91,11 @@ def test_library_breaks_magnitude_ties_by_position() -> None:
 
 
 def test_library_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="num_patterns"):
+    with pytest.raises(PruningError, match="num_patterns"):
         build_pattern_library([np.ones((3, 3))], num_patterns=0)
-    with pytest.raises(ValueError, match=r"\(\.\.\., 3, 3\)"):
+    with pytest.raises(PruningError, match=r"\(\.\.\., 3, 3\)"):
         build_pattern_library([np.ones((4, 5, 5))])
-    with pytest.raises(ValueError, match="no 3x3 kernels"):
+    with pytest.raises(PruningError, match="no 3x3 kernels"):
         build_pattern_library([])
 
 
@@ -152,9 +153,9 @@ def test_projection_matches_a_per_kernel_loop(
 
 
 def test_projection_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError, match=r"\(O, I, 3, 3\)"):
+    with pytest.raises(PruningError, match=r"\(O, I, 3, 3\)"):
         project_to_patterns(torch.zeros(2, 2, 5, 5), candidate_patterns()[:2])
-    with pytest.raises(ValueError, match="bool array"):
+    with pytest.raises(PruningError, match="bool array"):
         project_to_patterns(torch.zeros(2, 2, 3, 3), np.ones((2, 3, 3)))
 
 
@@ -167,7 +168,7 @@ def test_keep_fraction() -> None:
     assert keep_fraction(2.25) == 1.0
     assert keep_fraction(1.0) == 1.0
     for bad in (0.0, -3.0, math.inf, math.nan):
-        with pytest.raises(ValueError, match="rate"):
+        with pytest.raises(PruningError, match="rate"):
             keep_fraction(bad)
 
 
@@ -254,9 +255,9 @@ def test_flags_select_layers() -> None:
     assert torch.equal(model.features[0].weight, first)
     report = pattern_prune(grouped_dilated_tiny(), only_depthwise=True)
     assert list(report.kept_kernels) == ["features.8"]
-    with pytest.raises(ValueError, match="only_depthwise"):
+    with pytest.raises(PruningError, match="only_depthwise"):
         pattern_prune(grouped_dilated_tiny(), only_depthwise=True, include_depthwise=False)
-    with pytest.raises(ValueError, match="no 3x3"):
+    with pytest.raises(PruningError, match="no 3x3"):
         pattern_prune(nn.Sequential(nn.Conv2d(3, 4, 1)))
 
 
@@ -309,5 +310,5 @@ def test_magnitude_prune_counts_per_layer() -> None:
         name for name, m in model.named_modules()
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
     }
-    with pytest.raises(ValueError, match="ratio"):
+    with pytest.raises(PruningError, match="ratio"):
         magnitude_prune(model, 1.5)

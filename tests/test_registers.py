@@ -13,9 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_gen import CENTRE_PLUS_3_MASKS
 
-from conftest import CPU_TAGS
 from patcc.backends.llvm import codegen, mca, toolchain
 from patcc.backends.llvm.conv import conv_schedules
 from patcc.backends.llvm.lowering import LoweringContext, WeightBlob
@@ -24,6 +22,8 @@ from patcc.frontends.onnx import import_onnx
 from patcc.ir import Graph
 from patcc.passes import BACKEND_PIPELINE, run_pipeline
 from patcc.tuning import candidate_graph
+from support.onnx_gen import CENTRE_PLUS_3_MASKS
+from support.targets import CPU_TAGS
 
 LAYERS = {
     # name: (in channels, out channels, image, kernel, stride, groups, style)

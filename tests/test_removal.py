@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import plan_filter_removal, prune_filters
 from patcc.models import INPUT_SHAPES, REFERENCE_ARCHITECTURES, export_onnx
 
@@ -98,7 +99,7 @@ def test_compact_model_exports_to_onnx_and_runs(tmp_path: Path) -> None:
 
 def test_bad_ratio_and_untraceable_models() -> None:
     model = REFERENCE_ARCHITECTURES["senet_tiny"]()
-    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
+    with pytest.raises(PruningError, match=r"ratio must be in \[0, 1\)"):
         plan_filter_removal(model, INPUT_SHAPES["senet_tiny"], 1.5)
 
     class Branchy(nn.Module):
@@ -109,5 +110,5 @@ def test_bad_ratio_and_untraceable_models() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x) if x.sum() > 0 else x
 
-    with pytest.raises(ValueError, match="cannot be traced by torch.fx"):
+    with pytest.raises(PruningError, match="cannot be traced by torch.fx"):
         plan_filter_removal(Branchy(), (3, 8, 8), 0.3)

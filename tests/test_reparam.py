@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning import (
     AdmmConfig,
     PruningMasks,
@@ -92,7 +93,7 @@ def test_baking_keeps_the_function_and_returns_the_masks() -> None:
 
 def test_masks_refuse_a_computed_weight_with_the_way_out() -> None:
     model = _torch_pruned()
-    with pytest.raises(ValueError, match="bake_reparametrisations"):
+    with pytest.raises(PruningError, match="bake_reparametrisations"):
         PruningMasks.from_model(model).apply(model)
 
 

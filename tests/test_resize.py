@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, run_onnxruntime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -18,12 +17,14 @@ from onnx.reference import ReferenceEvaluator
 from test_opencl import opencl_device  # noqa: F401 (a fixture)
 
 import patcc
-from conftest import X86_TAGS, fuzz_examples, runnable_target
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Resize
 from patcc.ir.resample import COORDINATE_MODES, NEAREST_MODES, axis_taps
 from patcc.runtime import run
+from support.compare import assert_close, run_onnxruntime
+from support.fuzz import fuzz_examples
+from support.targets import X86_TAGS, runnable_target
 
 OPSET = 19  # half_pixel_symmetric, antialias, axes, keep_aspect_ratio_policy
 

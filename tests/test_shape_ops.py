@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import assert_close, compiled_outputs, run_onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 import patcc
-from conftest import X86_TAGS, runnable_target
 from patcc.backends.target import get_target
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Dense, Gather, Reshape, Transpose
 from patcc.runtime import run
+from support.compare import assert_close, run_onnxruntime
+from support.targets import X86_TAGS, compiled_outputs, runnable_target
 
 SHAPE = (2, 6, 5, 7)
 

@@ -21,13 +21,14 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize, prune
 
 import patcc
-from conftest import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.frontends.torch import import_module
 from patcc.ir import Sparsity
 from patcc.models import DENSE_PREDICTION_ARCHITECTURES, INPUT_SHAPES, OUTPUT_NAMES, pruned_model
 from patcc.runtime import run
+from support.compare import assert_close
+from support.reference_models import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params
 
 
 def _with_torch_masks(module: nn.Module) -> nn.Module:
@@ -46,9 +47,9 @@ def _input(name: str, seed: int = 0) -> torch.Tensor:
 
 
 def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    scale = float(np.abs(want).max())
-    assert scale > 0
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale, err_msg=what)
+    """``assert_close``, purely relative, against a reference that is not all zeros."""
+    assert np.abs(want).max() > 0, what
+    assert_close(got, want, what, floor=0.0)
 
 
 INTERPRETED = DENSE_PREDICTION_ARCHITECTURES

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from compiled_helpers import assert_close, run_with_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx_gen import ModelBuilder, activation, conv
 
 import patcc
-from conftest import CPU_TAGS, X86_TAGS, runnable_target
 from patcc import tuning
 from patcc.backends.llvm.conv import VARIETY_MARGIN, conv_options, conv_schedules
 from patcc.backends.llvm.direct import block_fits, direct_blocks
@@ -33,6 +30,9 @@ from patcc.frontends.onnx import import_onnx
 from patcc.ir import Graph
 from patcc.passes import BACKEND_PIPELINE, run_pipeline
 from patcc.runtime import run
+from support.compare import assert_close, run_with_threads
+from support.onnx_gen import ModelBuilder, activation, conv
+from support.targets import CPU_TAGS, X86_TAGS, runnable_target
 
 
 def _graph(case: object) -> Graph:

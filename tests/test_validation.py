@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from compiled_helpers import run_onnxruntime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import X86_TAGS, runnable_target
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.ir.layers import MAX_TENSOR_ELEMENTS, _padding_only_window
+from support.compare import run_onnxruntime
+from support.targets import X86_TAGS, runnable_target
 
 OPSET = 17
 

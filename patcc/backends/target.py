@@ -21,10 +21,15 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from patcc.errors import PatccError
+import llvmlite.binding as llvm
+
+from patcc.backends.opencl import OPENCL_TARGETS, OpenCLTarget
+from patcc.errors import BackendError
 
 X86_AVX2_ISA = ("avx", "avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe", "popcnt")
 """What code for Haswell (the ``x86_64-avx2`` CPU) may use; every AVX2 CPU has it."""
@@ -144,8 +149,6 @@ def _x86_target(tag: str, cpu: str, features: str, shape: str, **more: object) -
 
 @lru_cache(maxsize=1)
 def _real_host_features() -> frozenset[str]:
-    import llvmlite.binding as llvm
-
     return frozenset(name for name, on in llvm.get_host_cpu_features().items() if on)
 
 
@@ -161,15 +164,13 @@ def _forced_host() -> Target | None:
     if not tag:
         return None
     if tag not in _PORTABLE:
-        raise PatccError(f"PATCC_HOST_TARGET={tag!r} is not a portable x86 tag; expected "
+        raise BackendError(f"PATCC_HOST_TARGET={tag!r} is not a portable x86 tag; expected "
                          f"one of {', '.join(_PORTABLE)}")
     return _PORTABLE[tag]
 
 
 @lru_cache(maxsize=1)
 def _real_host_target() -> Target:
-    import llvmlite.binding as llvm
-
     cpu = llvm.get_host_cpu_name()
     features = llvm.get_host_cpu_features().flatten()
     return _x86_target("x86_64", cpu, features, features,
@@ -227,18 +228,30 @@ def scheduling_model_cpu(cpu: str) -> str:
 
 
 def target_tags() -> list[str]:
-    """Every tag ``get_target`` accepts (and ``aarch64-androidNN`` for API level NN)."""
-    return ["x86_64", *_PORTABLE, *_ARM, "opencl", "opencl-adreno"]
+    """Every tag ``find_target`` accepts (and ``aarch64-androidNN`` for API level NN)."""
+    return ["x86_64", *_PORTABLE, *_ARM, *OPENCL_TARGETS]
+
+
+def find_target(tag: str | Target | OpenCLTarget) -> Target | OpenCLTarget:
+    """The target a tag names, CPU or GPU alike: a ``Target`` (the LLVM backend's) or an
+    ``OpenCLTarget``; which backend builds for it follows from its type. Raises
+    ``BackendError`` quoting an unknown tag."""
+    if isinstance(tag, (Target, OpenCLTarget)):
+        return tag
+    return OPENCL_TARGETS[tag] if tag in OPENCL_TARGETS else get_target(tag)
 
 
 def get_target(tag: str | Target) -> Target:
-    """The ``Target`` for a tag; raises ``PatccError`` quoting an unknown tag."""
+    """The CPU ``Target`` for a tag; raises ``BackendError`` quoting an unknown tag
+    (``find_target`` also takes the OpenCL tags)."""
     if isinstance(tag, Target):
         return tag
+    if tag in OPENCL_TARGETS:
+        raise BackendError(f"target {tag!r} is an OpenCL device, not a CPU")
     if tag in ("x86_64", "host", "native"):
         host = host_target()
         if not host.is_host:
-            raise PatccError(f"target {tag!r} means this machine, which is not x86-64")
+            raise BackendError(f"target {tag!r} means this machine, which is not x86-64")
         return host if tag == "x86_64" else replace(host, tag=tag)
     if tag in _PORTABLE:
         return _PORTABLE[tag]
@@ -248,15 +261,62 @@ def get_target(tag: str | Target) -> Target:
     if api:
         level = int(api.group(1))
         if level < MIN_ANDROID_API:
-            raise PatccError(f"target {tag!r}: Android API level {level} has no 64-bit ARM; "
+            raise BackendError(f"target {tag!r}: Android API level {level} has no 64-bit ARM; "
                              f"use {MIN_ANDROID_API} or later (e.g. --target aarch64-android29)")
         return replace(_ARM["aarch64-android"], tag=tag,
                        triple=f"aarch64-unknown-linux-android{level}")
-    raise PatccError(f"unknown target {tag!r}; expected one of {', '.join(target_tags())} "
+    raise BackendError(f"unknown target {tag!r}; expected one of {', '.join(target_tags())} "
                      "(e.g. --target x86_64, or aarch64-android29 for an API level)")
 
 
 _FEATURE = re.compile(r"[+-][A-Za-z0-9][A-Za-z0-9.\-_]*")
+
+
+@lru_cache(maxsize=1)
+def init_llvm() -> None:
+    """Register LLVM's targets and assembly printers (once)."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+
+
+def target_machine(target: Target) -> llvm.TargetMachine:
+    """An LLVM target machine for ``target`` (O3, PIC)."""
+    init_llvm()
+    try:
+        llvm_target = llvm.Target.from_triple(target.triple)
+    except RuntimeError as e:
+        raise BackendError(f"LLVM cannot generate code for {target.triple!r}: {e}") from e
+    return llvm_target.create_target_machine(
+        cpu=target.cpu, features=target.features, opt=3, reloc="pic", codemodel="default")
+
+
+_UNKNOWN = re.compile(r"'([^']*)' is not a recognized (processor|feature) for this target")
+
+
+def unknown_cpu_or_features(target: Target) -> tuple[str, str] | None:
+    """("CPU" or "feature", name) of the first part of ``target.cpu`` /
+    ``target.features`` LLVM does not know, or None.
+
+    LLVM only warns on stderr and carries on; the warning is caught by pointing file
+    descriptor 2 at a temporary file while a target machine emits an empty module.
+    """
+    init_llvm()
+    module = llvm.parse_assembly("")
+    module.triple = target.triple
+    with tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(caught.fileno(), 2)
+            target_machine(target).emit_object(module)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        found = _UNKNOWN.search(caught.read().decode(errors="replace"))
+    if found is None:
+        return None
+    return ("CPU" if found.group(2) == "processor" else "feature", found.group(1))
 
 
 def with_overrides(target: Target, cpu: str | None = None, features: str | None = None
@@ -271,11 +331,11 @@ def with_overrides(target: Target, cpu: str | None = None, features: str | None 
         return target
     example = "cortex-a76" if target.elf_arch == "aarch64" else "znver4"
     if cpu is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-_]*", cpu):
-        raise PatccError(f"--cpu {cpu!r} is not a CPU name (e.g. --cpu {example})")
+        raise BackendError(f"--cpu {cpu!r} is not a CPU name (e.g. --cpu {example})")
     if features is not None:
         bad = [f for f in features.split(",") if not _FEATURE.fullmatch(f)]
         if bad:
-            raise PatccError(f"--features {features!r}: {bad[0]!r} is not +name or -name "
+            raise BackendError(f"--features {features!r}: {bad[0]!r} is not +name or -name "
                              "(e.g. --features +neon,+dotprod)")
     if features is None and cpu is not None and "host" in target.tags:
         features = ""  # the named CPU's own features, not this machine's
@@ -285,13 +345,11 @@ def with_overrides(target: Target, cpu: str | None = None, features: str | None 
     if new.elf_arch == "x86_64" and new.features:  # LLVM splits wider vectors if need be
         new = _x86(replace(new, isa=tuple(sorted(f[1:] for f in new.features.split(",")
                                                  if f.startswith("+")))), new.features)
-    from patcc.backends.llvm.toolchain import unknown_cpu_or_features
-
     unknown = unknown_cpu_or_features(new)
     if unknown:
         kind, name = unknown
         hint = f"--cpu {example}" if kind == "CPU" else "--features +neon,+dotprod" \
             if target.elf_arch == "aarch64" else "--features +avx2,+fma"
-        raise PatccError(f"{kind} {name!r} is not known to LLVM for {target.triple} "
+        raise BackendError(f"{kind} {name!r} is not known to LLVM for {target.triple} "
                          f"(e.g. {hint})")
     return new

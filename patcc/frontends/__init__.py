@@ -1,1 +1,1 @@
-"""Frontends: ONNX models (and, later, torch modules) into the patcc IR."""
+"""Frontends: ONNX models and torch modules into the patcc IR (the raw graph)."""

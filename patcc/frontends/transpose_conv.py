@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patcc.errors import PatccError
+from patcc.errors import FrontendError
 from patcc.ir.layers import MAX_TENSOR_ELEMENTS, Col2Im, Conv, Layer, Shape, Slice
 
 
@@ -76,48 +76,48 @@ def check(spec: TransposedConv, x_shape: Shape, where: str) -> None:
     rule; ONNX's, below the stride, is the ONNX frontend's to check), a bias of C_out,
     and an output that is not empty."""
     if len(x_shape) != 4:
-        raise PatccError(f"only 2-D ConvTranspose on NCHW tensors is supported (input "
+        raise FrontendError(f"only 2-D ConvTranspose on NCHW tensors is supported (input "
                          f"has rank {len(x_shape)})", where)
     w = spec.weight
     if w.ndim != 4:
-        raise PatccError(f"only 2-D ConvTranspose is supported (weight rank {w.ndim}); "
+        raise FrontendError(f"only 2-D ConvTranspose is supported (weight rank {w.ndim}); "
                          "the weight is (C_in, C_out / groups, kh, kw)", where)
     g = spec.groups
     if not isinstance(g, int) or g < 1 or w.shape[0] % g:
-        raise PatccError(f"group {g!r} must be a positive integer dividing the weight's "
+        raise FrontendError(f"group {g!r} must be a positive integer dividing the weight's "
                          f"{w.shape[0]} input channels", where)
     if x_shape[1] != w.shape[0]:
-        raise PatccError(f"the input has {x_shape[1]} channels but the weight "
+        raise FrontendError(f"the input has {x_shape[1]} channels but the weight "
                          f"{list(w.shape)} expects {w.shape[0]} (its first axis)", where)
     if min(w.shape) < 1:
-        raise PatccError(f"the weight {list(w.shape)} is empty", where)
+        raise FrontendError(f"the weight {list(w.shape)} is empty", where)
     if (len(spec.strides) != 2 or len(spec.dilations) != 2 or len(spec.pads) != 4
             or len(spec.output_padding) != 2 or min(spec.strides) < 1
             or min(spec.dilations) < 1 or min(spec.pads) < 0 or min(spec.output_padding) < 0):
-        raise PatccError(f"strides {list(spec.strides)}, dilations {list(spec.dilations)} "
+        raise FrontendError(f"strides {list(spec.strides)}, dilations {list(spec.dilations)} "
                          f"(two integers >= 1), pads {list(spec.pads)} (four integers >= 0) "
                          f"or output_padding {list(spec.output_padding)} (two integers >= 0)"
                          " out of range", where)
     for axis, (e, s, d) in enumerate(zip(spec.output_padding, spec.strides, spec.dilations,
                                          strict=True)):
         if e >= max(s, d):
-            raise PatccError(f"output_padding {e} on axis {axis + 2} must be below "
+            raise FrontendError(f"output_padding {e} on axis {axis + 2} must be below "
                              f"max(stride, dilation) = {max(s, d)}", where)
     if spec.bias is not None and spec.bias.shape != (spec.out_channels,):
-        raise PatccError(f"the bias has shape {list(spec.bias.shape)}; "
+        raise FrontendError(f"the bias has shape {list(spec.bias.shape)}; "
                          f"{spec.out_channels} output channels need [{spec.out_channels}]",
                          where)
     full = spec.full_size((x_shape[2], x_shape[3]))
     pt, pl, pb, pr = spec.pads
     for axis, (size, crop) in enumerate(zip(full, (pt + pb, pl + pr), strict=True)):
         if size - crop < 1:
-            raise PatccError(f"pads {list(spec.pads)} crop all {size} rows of the output "
+            raise FrontendError(f"pads {list(spec.pads)} crop all {size} rows of the output "
                              f"on axis {axis + 2}; they must leave at least one", where)
     out = (x_shape[0], spec.out_channels, *spec.output_size((x_shape[2], x_shape[3])))
     columns = (x_shape[0], spec.out_channels * math.prod(spec.kernel), *x_shape[2:])
     for what, shape in (("output", out), ("tap columns", columns)):
         if math.prod(shape) > MAX_TENSOR_ELEMENTS:
-            raise PatccError(f"the {what} {list(shape)} would have more than "
+            raise FrontendError(f"the {what} {list(shape)} would have more than "
                              f"{MAX_TENSOR_ELEMENTS} elements, patcc's limit", where)
 
 

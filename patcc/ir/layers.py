@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from patcc.errors import PatccError
 from patcc.ir.node import IRNode
 from patcc.ir.patterns import PatternStyle, Sparsity
 from patcc.ir.resample import COORDINATE_MODES, NEAREST_MODES, RESIZE_MODES, AxisTaps, axis_taps
@@ -26,7 +27,7 @@ from patcc.ir.storage import CompressedWeights
 Shape = tuple[int, ...]
 
 
-class IRError(Exception):
+class IRError(PatccError):
     """An IR invariant does not hold (a bug in a frontend or pass, or a bad model)."""
 
 

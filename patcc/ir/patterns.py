@@ -85,7 +85,7 @@ class PatternStyle(IRNode):
 
     @property
     def nonzero_weights(self) -> int:
-        """Weights inside the masks of kept kernels (what the sparse kernel multiplies)."""
+        """Weights inside the masks of kept kernels (what the pattern kernel multiplies)."""
         ids = self.kernel_pattern[self.kept].astype(np.int64)
         return int(self.library.sizes[ids].sum())
 

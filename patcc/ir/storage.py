@@ -1,4 +1,4 @@
-"""Pattern-aware compressed weight storage, read front to back by the sparse kernel.
+"""Pattern-aware compressed weight storage, read front to back by the pattern kernel.
 
 Filters appear in ``filter_order`` (storage position -> output channel). For each
 filter: ``counts[f, p]`` kernels of tap set p, in tap-set order; for each kept kernel

@@ -7,6 +7,7 @@ import re
 from torch import nn
 
 from patcc.frontends.pruning import magnitude_prune, pattern_prune
+from patcc.models.registry import REFERENCE_ARCHITECTURES
 
 # The variants the benchmarks and the demo use; others of the same forms also work.
 BENCHMARK_VARIANTS: tuple[tuple[str, str], ...] = (
@@ -42,11 +43,9 @@ def pruned_model(name: str, variant: str) -> nn.Module:
 
     Raises:
         KeyError: if ``name`` is not a registered architecture.
-        ValueError: if ``variant`` has none of the forms above, or the pruning
-            arguments are out of range for this model.
+        ValueError: if ``variant`` has none of the forms above.
+        PruningError: if the pruning arguments are out of range for this model.
     """
-    from patcc.models import REFERENCE_ARCHITECTURES  # the registry imports this module
-
     if name not in REFERENCE_ARCHITECTURES:
         raise KeyError(
             f"pruned_model: unknown architecture {name!r}; "

@@ -37,12 +37,15 @@ BACKEND_PIPELINE: tuple[tuple[str, Pass], ...] = (
     ("compress_weights", compress_graph),
 )
 """Rewrites for generated code: residual adds into conv epilogues, then the pattern
-passes (filter-kernel reorder, compressed weight storage) for the sparse kernel."""
+passes (filter-kernel reorder, compressed weight storage) for the pattern kernel, and
+the filter order of the sparse pointwise kernel."""
 
 
 def run_pipeline(graph: Graph, pipeline: Sequence[tuple[str, Pass]],
                  check: bool = False) -> Graph:
-    """Apply each pass in order; with ``check``, ``verify`` the graph after each one."""
+    """Apply each pass in order; with ``check`` (or ``PATCC_VERIFY=1`` in the
+    environment, as in the test suite), ``verify`` the graph after each one."""
+    check = check or os.environ.get("PATCC_VERIFY") == "1"
     print_after = {p for p in os.environ.get("PATCC_PRINT_AFTER", "").split(",") if p}
     for name, fn in pipeline:
         graph = fn(graph)

@@ -2,7 +2,7 @@
 
 Filters are ordered by how many kernels they keep (most first), then by their
 pattern mix and first input channel, so a group of neighbouring filters -- one task
-of the sparse kernel -- has nearly the same amount of work and the same loop trip
+of the pattern kernel -- has nearly the same amount of work and the same loop trip
 counts; inside a filter, kernels are visited pattern by pattern (the compressed
 layout does that). Outputs still go to each filter's original channel: the order is
 a permutation recorded on the layer, not a change of the layer's meaning.
@@ -36,9 +36,20 @@ def filter_order(conv: Conv) -> np.ndarray:
     return np.lexsort(keys).astype(np.int32)
 
 
+def sparse_pointwise(conv: Conv) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped conv with at least one zero weight (what
+    the frontends detect as ``Sparsity.UNSTRUCTURED``; dilation is irrelevant for a
+    1x1 kernel), which a backend may run as a sparse x dense product. The weights are
+    checked themselves, so a graph built without sparsity detection is judged alike."""
+    return (conv.kernel_shape == (1, 1) and conv.strides == (1, 1)
+            and not any(conv.pads) and conv.groups == 1 and bool((conv.weight == 0).any()))
+
+
 def reorder_filters(layer: Layer) -> Layer:
-    """Set ``filter_order`` on a pattern-style or depthwise conv; others unchanged."""
-    if not isinstance(layer, Conv) or not (layer.pattern is not None or layer.is_depthwise):
+    """Set ``filter_order`` on a pattern-style, depthwise or sparse pointwise conv;
+    others unchanged."""
+    if not isinstance(layer, Conv) or not (layer.pattern is not None or layer.is_depthwise
+                                           or sparse_pointwise(layer)):
         return layer
     return dataclasses.replace(layer, filter_order=filter_order(layer))
 

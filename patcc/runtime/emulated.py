@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from patcc.backends.abi import ABI_VERSION
-from patcc.errors import PatccError
+from patcc.errors import ExecutionError
 from patcc.runtime.interpreter import bind_inputs
 from patcc.runtime.native import CompiledModelRunner, parse_model_info
 
@@ -45,7 +45,7 @@ class Emulator:
         if not (Path(self.sysroot) / "lib").is_dir():
             missing.append(f"the {self.arch} C library ({self.sysroot})")
         if missing:
-            raise PatccError(f"running {self.arch} code here needs {', '.join(missing)}: "
+            raise ExecutionError(f"running {self.arch} code here needs {', '.join(missing)}: "
                              f"apt-get install {self.packages}")
 
 
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
 
 def harness(emulator: Emulator) -> Path:
     """The harness executable for ``emulator``'s architecture, built on first use."""
-    from patcc.tuning import cache_dir
+    from patcc.fileio import cache_dir
 
     source = HARNESS_C.replace("PATCC_ABI", str(ABI_VERSION))
     digest = hashlib.sha256((source + emulator.cc).encode()).hexdigest()[:12]
@@ -144,7 +144,7 @@ def harness(emulator: Emulator) -> Path:
         proc = subprocess.run([emulator.cc, "-O2", "-o", str(built), str(c_file), "-ldl"],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise PatccError(f"building the {emulator.arch} harness failed: "
+            raise ExecutionError(f"building the {emulator.arch} harness failed: "
                              f"{(proc.stderr or proc.stdout).strip()[:300]}")
         os.replace(built, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)  # whole or absent, for other processes
@@ -158,7 +158,7 @@ class EmulatedModel(CompiledModelRunner):
     def __init__(self, path: str | os.PathLike[str], arch: str,
                  num_threads: int | None = None) -> None:
         if arch not in EMULATORS:
-            raise PatccError(f"built for {arch}, which this machine cannot emulate; run it "
+            raise ExecutionError(f"built for {arch}, which this machine cannot emulate; run it "
                              "on the target device", where=str(path))
         self.path = str(Path(path).resolve())
         self.emulator = EMULATORS[arch]
@@ -184,7 +184,7 @@ class EmulatedModel(CompiledModelRunner):
                               env=env)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-            raise PatccError(f"running under {self.emulator.qemu} failed: {last}",
+            raise ExecutionError(f"running under {self.emulator.qemu} failed: {last}",
                              where=self.path)
         return proc.stdout
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from patcc.errors import PatccError
+from patcc.errors import ExecutionError
 from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import (
     Activation,
@@ -53,28 +53,28 @@ def bind_inputs(signature: Mapping[str, TensorType], inputs: Inputs) -> dict[str
     if isinstance(inputs, Mapping):
         unknown = [k for k in inputs if k not in signature]
         if unknown:
-            raise PatccError(f"unknown input {unknown[0]!r}; the model's inputs are {names}")
+            raise ExecutionError(f"unknown input {unknown[0]!r}; the model's inputs are {names}")
         missing = [n for n in names if n not in inputs]
         if missing:
-            raise PatccError(f"missing input {missing[0]!r}; the model's inputs are {names}")
+            raise ExecutionError(f"missing input {missing[0]!r}; the model's inputs are {names}")
         given = dict(inputs)
     else:
         if len(inputs) != len(names):
-            raise PatccError(f"expected {len(names)} input(s) {names}, got {len(inputs)}")
+            raise ExecutionError(f"expected {len(names)} input(s) {names}, got {len(inputs)}")
         given = dict(zip(names, inputs, strict=True))
     bound = {}
     for name, value in given.items():
         arr = np.asarray(value)
         want = signature[name]
         if arr.dtype != np.dtype(want.dtype):
-            raise PatccError(
+            raise ExecutionError(
                 f"input {name!r} has dtype {arr.dtype}, expected {want.dtype} "
                 f"(convert with .astype(np.{want.dtype}))"
             )
         if tuple(arr.shape) != tuple(want.shape):
             got = "x".join(map(str, arr.shape)) or "scalar"
             exp = "x".join(map(str, want.shape))
-            raise PatccError(f"input {name!r} has shape {got}, expected {exp}")
+            raise ExecutionError(f"input {name!r} has shape {got}, expected {exp}")
         bound[name] = arr
     return bound
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from patcc.backends.abi import ABI_VERSION, ERROR_CODES
 from patcc.backends.target import host_features
-from patcc.errors import PatccError
+from patcc.errors import ExecutionError
 from patcc.ir.graph import TensorType
 from patcc.runtime.interpreter import bind_inputs
 
@@ -46,7 +46,7 @@ def parse_model_info(raw: str | bytes | None, where: str) -> dict[str, Any]:
     (a model whose bytes were damaged after it was compiled)."""
 
     def fail(what: str) -> NoReturn:
-        raise PatccError(f"corrupt model info: {what}; recompile the model", where=where)
+        raise ExecutionError(f"corrupt model info: {what}; recompile the model", where=where)
 
     def field(document: dict[str, Any], key: str, kind: type, at: str = "") -> Any:
         if key not in document:
@@ -119,12 +119,12 @@ def elf_machine(path: str | os.PathLike[str]) -> str:
     """
     p = Path(path)
     if not p.is_file():
-        raise PatccError("no such file", where=str(p))
+        raise ExecutionError("no such file", where=str(p))
     size = p.stat().st_size
     with p.open("rb") as f:
         head = f.read(64)
         if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
-            raise PatccError("not a compiled patcc model (not an ELF shared object)",
+            raise ExecutionError("not a compiled patcc model (not an ELF shared object)",
                              where=str(p))
         is64, endian = head[4] == 2, "<" if head[5] == 1 else ">"
         if is64:
@@ -150,7 +150,7 @@ def elf_machine(path: str | os.PathLike[str]) -> str:
                     ends.append((f"segment {i}", offset + filesz))
     for what, end in ends:
         if end > size:
-            raise PatccError(f"truncated or corrupt shared object ({what} end at byte {end}, "
+            raise ExecutionError(f"truncated or corrupt shared object ({what} end at byte {end}, "
                              f"the file has {size}); recompile it", where=str(p))
     return _ELF_MACHINES.get(machine, f"machine {machine}")
 
@@ -177,7 +177,7 @@ def _dlopen_fresh(path: str) -> ctypes.CDLL:
         try:
             return ctypes.CDLL(str(alias))
         except OSError as e:
-            raise PatccError(f"cannot load: {e}", where=path) from e
+            raise ExecutionError(f"cannot load: {e}", where=path) from e
 
 
 class CompiledModelRunner:
@@ -203,7 +203,7 @@ class CompiledModelRunner:
 
     def __call__(self, *args: np.ndarray, **kwargs: np.ndarray) -> Any:
         if args and kwargs:
-            raise PatccError("give the inputs either by position or by name, not both")
+            raise ExecutionError("give the inputs either by position or by name, not both")
         outs = self.run(kwargs if kwargs else list(args))
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
@@ -223,7 +223,7 @@ class NativeModel(CompiledModelRunner):
         self.path = str(Path(path).resolve())
         arch = elf_machine(self.path)
         if arch != host_machine():
-            raise PatccError(f"built for {arch}, this machine is {host_machine()}; run it "
+            raise ExecutionError(f"built for {arch}, this machine is {host_machine()}; run it "
                              "on the target device", where=str(path))
         lib = _dlopen_fresh(self.path)
         try:
@@ -232,16 +232,17 @@ class NativeModel(CompiledModelRunner):
             set_threads = lib.patcc_set_num_threads
             abi = lib.patcc_abi_version
         except AttributeError as e:
-            raise PatccError("not a patcc model (no patcc_* entry points)", where=str(path)) from e
+            raise ExecutionError("not a patcc model (no patcc_* entry points)",
+                                 where=str(path)) from e
         abi.restype = ctypes.c_int32
         if abi() != ABI_VERSION:
-            raise PatccError(f"ABI version {abi()} is not this runtime's {ABI_VERSION}; "
+            raise ExecutionError(f"ABI version {abi()} is not this runtime's {ABI_VERSION}; "
                              "recompile the model", where=str(path))
         info_fn.restype = ctypes.c_char_p
         self.info: dict[str, Any] = parse_model_info(info_fn(), str(path))
         needs = set(self.info["target"].get("isa", []))
         if needs - host_features():
-            raise PatccError(
+            raise ExecutionError(
                 f"compiled for {self.info['target']['tag']}, whose code needs CPU features "
                 f"this CPU lacks: {', '.join(sorted(needs - host_features()))}; recompile "
                 "for this CPU (--target x86_64) or a narrower tag (e.g. x86_64-avx2)",
@@ -280,7 +281,7 @@ class NativeModel(CompiledModelRunner):
         rc = self._set_threads(n)
         if rc:
             reason = ERROR_CODES.get(rc, (f"error {rc}", "unknown error"))[1]
-            raise PatccError(f"cannot use {n} threads: {reason}", where=self.path)
+            raise ExecutionError(f"cannot use {n} threads: {reason}", where=self.path)
         self._num_threads = self._shared.num_threads = int(self._get_threads())
 
     def _workspace(self) -> tuple[int, np.ndarray]:
@@ -313,19 +314,19 @@ class NativeModel(CompiledModelRunner):
             rc = self._run(in_ptrs, out_ptrs, ws_ptr, self.workspace_size)
         if rc:
             name, text = ERROR_CODES.get(rc, (f"error {rc}", "unknown error"))
-            raise PatccError(f"patcc_run failed with {name}: {text}", where=self.path)
+            raise ExecutionError(f"patcc_run failed with {name}: {text}", where=self.path)
         return outs
 
     def _check_out(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if set(out) != set(self.outputs):
-            raise PatccError(f"out= names {sorted(out)}; the model's outputs are "
+            raise ExecutionError(f"out= names {sorted(out)}; the model's outputs are "
                              f"{sorted(self.outputs)}", where=self.path)
         for name, t in self.outputs.items():
             a = out[name]
             if not (isinstance(a, np.ndarray) and a.dtype == np.float32
                     and a.shape == tuple(t.shape) and a.flags.c_contiguous
                     and a.flags.writeable):
-                raise PatccError(f"out[{name!r}] must be a writable C-contiguous float32 "
+                raise ExecutionError(f"out[{name!r}] must be a writable C-contiguous float32 "
                                  f"array of shape {tuple(t.shape)}", where=self.path)
         return {name: out[name] for name in self.outputs}
 
@@ -334,25 +335,8 @@ class NativeModel(CompiledModelRunner):
         try:
             fn = self._lib.patcc_profile_ns
         except AttributeError as e:
-            raise PatccError("not a profiling build; compile with profile=True") from e
+            raise ExecutionError("not a profiling build; compile with profile=True") from e
         out = np.zeros(int(self.info["layers"]), np.int64)
         fn.restype = ctypes.c_int32
         fn(out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int32(len(out)))
         return out / 1e9
-
-
-def load(path: str | os.PathLike[str], num_threads: int | None = None) -> Any:
-    """Load a compiled model; ``num_threads`` defaults to one per CPU the process may
-    run on.
-
-    A model built for another architecture that this machine can emulate (aarch64,
-    under qemu) is returned as a ``patcc.runtime.emulated.EmulatedModel``, called the
-    same way. Raises ``PatccError`` for a missing file, a file that is not a patcc
-    model, or a foreign model that cannot run here (naming what to install).
-    """
-    arch = elf_machine(path)
-    if arch != host_machine():
-        from patcc.runtime.emulated import EmulatedModel
-
-        return EmulatedModel(path, arch, num_threads)
-    return NativeModel(path, num_threads)

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from patcc.errors import PatccError
+from patcc.errors import ExecutionError
 from patcc.ir.graph import TensorType
 from patcc.runtime.interpreter import Inputs, bind_inputs
 
@@ -33,7 +33,7 @@ def _pyopencl() -> Any:
     try:
         import pyopencl
     except ImportError as e:
-        raise PatccError("running an OpenCL package needs pyopencl (pip install "
+        raise ExecutionError("running an OpenCL package needs pyopencl (pip install "
                          "'patcc[opencl]') and an OpenCL driver (e.g. Debian's "
                          "pocl-opencl-icd)") from e
     return pyopencl
@@ -45,7 +45,7 @@ def devices() -> list[Any]:
     try:
         platforms = cl.get_platforms()
     except cl.Error as e:  # no ICD installed: pyopencl raises PLATFORM_NOT_FOUND_KHR
-        raise PatccError(f"no OpenCL platform found ({e}); install a driver, e.g. "
+        raise ExecutionError(f"no OpenCL platform found ({e}); install a driver, e.g. "
                          "Debian's pocl-opencl-icd") from e
     return [d for p in platforms for d in p.get_devices()]
 
@@ -59,18 +59,18 @@ def select_device(spec: str | None = None) -> Any:
     spec = spec if spec is not None else os.environ.get("PATCC_OPENCL_DEVICE")
     found = devices()
     if not found:
-        raise PatccError("no OpenCL device found; install a driver, e.g. Debian's "
+        raise ExecutionError("no OpenCL device found; install a driver, e.g. Debian's "
                          "pocl-opencl-icd")
     if not spec:
         return found[0]
     if spec.isdigit():
         if int(spec) >= len(found):
-            raise PatccError(f"PATCC_OPENCL_DEVICE={spec}: there are {len(found)} device(s): "
+            raise ExecutionError(f"PATCC_OPENCL_DEVICE={spec}: there are {len(found)} device(s): "
                              + "; ".join(f"{i}: {_describe(d)}" for i, d in enumerate(found)))
         return found[int(spec)]
     matches = [d for d in found if spec.lower() in _describe(d).lower()]
     if not matches:
-        raise PatccError(f"PATCC_OPENCL_DEVICE={spec!r} matches no device; there are: "
+        raise ExecutionError(f"PATCC_OPENCL_DEVICE={spec!r} matches no device; there are: "
                          + "; ".join(f"{i}: {_describe(d)}" for i, d in enumerate(found)))
     return matches[0]
 
@@ -85,22 +85,22 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``PatccError`` naming the file and the field otherwise."""
     file = Path(path) / MANIFEST
     if not file.is_file():  # missing, or a pipe that would block the read
-        raise PatccError("no such file (an OpenCL package holds one)", where=str(file))
+        raise ExecutionError("no such file (an OpenCL package holds one)", where=str(file))
     try:
         manifest = json.loads(file.read_bytes())
     except OSError as e:
-        raise PatccError(f"cannot read the OpenCL package manifest: {e.strerror}",
+        raise ExecutionError(f"cannot read the OpenCL package manifest: {e.strerror}",
                          where=str(file)) from e
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise PatccError(f"not valid JSON ({e}); recompile the package", where=str(file)) \
+        raise ExecutionError(f"not valid JSON ({e}); recompile the package", where=str(file)) \
             from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PatccError(f"not a patcc OpenCL package (format {FORMAT!r} expected)",
+        raise ExecutionError(f"not a patcc OpenCL package (format {FORMAT!r} expected)",
                          where=str(file))
     _check_manifest(manifest, str(file))
     for key in ("source", "weights"):  # read whole later: a pipe would block, a device never end
         if not (Path(path) / manifest[key]).is_file():
-            raise PatccError(f"the package's {key} file is missing or not a regular file; "
+            raise ExecutionError(f"the package's {key} file is missing or not a regular file; "
                              "recompile the package", where=str(Path(path) / manifest[key]))
     return manifest
 
@@ -125,7 +125,7 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
     and the inputs and outputs lie inside the workspace."""
 
     def fail(what: str) -> NoReturn:
-        raise PatccError(f"corrupt manifest: {what}; recompile the package", where=where)
+        raise ExecutionError(f"corrupt manifest: {what}; recompile the package", where=where)
 
     def field(document: Any, key: str, kind: str, at: str = "") -> Any:
         if key not in document:
@@ -176,7 +176,7 @@ class OpenCLModel:
         self.dtype = np.float16 if self.precision == "fp16" else np.float32
         self.device = device if device is not None else select_device()
         if self.precision == "fp16" and not has_fp16(self.device):
-            raise PatccError(f"the package is fp16 and {_describe(self.device)} lacks "
+            raise ExecutionError(f"the package is fp16 and {_describe(self.device)} lacks "
                              "cl_khr_fp16; compile with --precision fp32")
         self.context = cl.Context([self.device])
         props = cl.command_queue_properties.PROFILING_ENABLE if profile else 0
@@ -187,12 +187,12 @@ class OpenCLModel:
             self.program = cl.Program(self.context, source).build(
                 options=m.get("build_options", ""))
         except cl.RuntimeError as e:
-            raise PatccError(f"the OpenCL compiler of {_describe(self.device)} rejected "
+            raise ExecutionError(f"the OpenCL compiler of {_describe(self.device)} rejected "
                              f"the package's kernels: {str(e).strip()[:2000]}",
                              where=str(self.path / m["source"])) from e
         weights = np.fromfile(self.path / m["weights"], dtype=np.uint8)
         if weights.size != m["weights_bytes"]:
-            raise PatccError(f"weights file has {weights.size} bytes, the manifest says "
+            raise ExecutionError(f"weights file has {weights.size} bytes, the manifest says "
                              f"{m['weights_bytes']}", where=str(self.path / m["weights"]))
         mf = cl.mem_flags
         self.wb = cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR,
@@ -240,7 +240,7 @@ class OpenCLModel:
     def layer_times(self) -> dict[str, float]:
         """Milliseconds each layer's kernels took in the last run (``profile=True``)."""
         if not self.profile:
-            raise PatccError("layer times need the model loaded with profile=True")
+            raise ExecutionError("layer times need the model loaded with profile=True")
         times: dict[str, float] = {}
         for layer, event in self._events:
             times[layer] = times.get(layer, 0.0) + (event.profile.end - event.profile.start) / 1e6
@@ -250,7 +250,7 @@ class OpenCLModel:
         """``model(x)`` or ``model(input=x)``: one array for a single-output model,
         else a dict name -> array (as a native model's)."""
         if args and kwargs:
-            raise PatccError("give the inputs either by position or by name, not both")
+            raise ExecutionError("give the inputs either by position or by name, not both")
         outs = self.run(kwargs if kwargs else list(args))
         return next(iter(outs.values())) if len(outs) == 1 else outs
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-import patcc
 from patcc.backends.abi import ABI_VERSION, ERR_NULL, ERR_WORKSPACE, OK
 from patcc.backends.llvm.col2im import lower_col2im
 from patcc.backends.llvm.conv import lower_conv, lower_dense
@@ -79,6 +78,7 @@ from patcc.ir import (
     Unary,
 )
 from patcc.text import identifier, module_id
+from patcc.version import __version__
 
 WORKSPACE_ALIGN = 64
 
@@ -208,7 +208,7 @@ def model_info(plan: ModulePlan) -> dict[str, object]:
     """The JSON document ``patcc_model_info`` returns."""
     g = plan.graph
     return {
-        "patcc_version": patcc.__version__,
+        "patcc_version": __version__,
         "abi_version": ABI_VERSION,
         "model": g.name,
         "target": {"tag": plan.target.tag, "triple": plan.target.triple,

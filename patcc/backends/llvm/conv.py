@@ -1,6 +1,6 @@
 """Convolution and dense layers: kernel choice and lowering.
 
-- ``pattern``: a pattern-style conv runs the direct sparse kernel over compressed
+- ``pattern``: a pattern-style conv runs the pattern kernel (a direct conv) over compressed
   weights (``direct.py``): only kept kernels and kept taps, one loop body per pattern.
 - ``depthwise``: a dense depthwise conv runs the same direct kernel with one tap set
   (the full kernel window).
@@ -55,7 +55,7 @@ from patcc.backends.llvm.sparse import (
     sparse_pointwise_options,
     supports_sparse_pointwise,
 )
-from patcc.errors import PatccError
+from patcc.errors import BackendError
 from patcc.ir.layers import Conv, Dense
 
 TUNE_CANDIDATES = 4
@@ -89,7 +89,7 @@ def conv_schedules(layer: Conv, ctx: LoweringContext, every: bool = False) -> li
     the cheapest estimated and those within ``TUNE_MARGIN`` of it, at most
     ``TUNE_CANDIDATES``; with ``every``, every schedule the conv can run with.
 
-    Pattern-style convs run the direct sparse kernel with one of its register blocks,
+    Pattern-style convs run the pattern kernel with one of its register blocks,
     or the dense GEMM where sparsity does not pay (few kernels removed, small
     images); depthwise convs the direct kernel; 1x1 convs with unstructured zeros the
     sparse pointwise kernel (SpMM) or the GEMM; other convs the GEMM with one of its
@@ -160,7 +160,7 @@ def lower_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
         shown = ", ".join(map(str, options[:LISTED_SCHEDULES]))
         more = f" and {len(options) - LISTED_SCHEDULES} more" \
             if len(options) > LISTED_SCHEDULES else ""
-        raise PatccError(f"Conv {layer.name!r}: schedule {str(chosen)!r} does not apply; "
+        raise BackendError(f"Conv {layer.name!r}: schedule {str(chosen)!r} does not apply; "
                          f"this layer can use {shown}{more}")
     if chosen.kernel in ("pattern", "depthwise"):
         code = lower_direct_conv(layer, ctx, chosen.kernel, chosen.block)

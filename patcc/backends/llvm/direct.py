@@ -31,13 +31,12 @@ import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
-from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
+from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase, required
 from patcc.backends.llvm.planes import fill_plane
 from patcc.backends.target import Target
-from patcc.errors import PatccError
+from patcc.errors import BackendError
 from patcc.ir.layers import Conv
 from patcc.ir.storage import CompressedWeights
-from patcc.passes.compress import compress_conv
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ def _kernel_stream(cw: CompressedWeights, chan: int) -> tuple[np.ndarray, np.nda
     """
     kernels, m = len(cw.channels), len(cw.patterns)
     if kernels and (int(cw.channels.max()) + 1) * chan >= 2**31:
-        raise PatccError(f"a padded input of {(int(cw.channels.max()) + 1) * chan} elements "
+        raise BackendError(f"a padded input of {(int(cw.channels.max()) + 1) * chan} elements "
                          "is too large for the direct convolution kernel")
     pattern_of = np.repeat(np.tile(np.arange(m), len(cw.counts)), cw.counts.reshape(-1))
     taps = np.array([len(p) for p in cw.patterns], np.int64)[pattern_of]
@@ -240,7 +239,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
     sh, sw = layer.strides
     pt, pl = layer.pads[0], layer.pads[1]
     width = ctx.target.vector_width
-    cw = layer.compressed if layer.compressed is not None else compress_conv(layer)
+    cw = required(layer.compressed, layer, "compressed weights", "compress_weights")
     taps, phases = _layer_taps(layer, cw)
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
     max_row, max_col = max(t.row for t in all_taps), max(t.col for t in all_taps)

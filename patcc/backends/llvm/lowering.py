@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import PTR, KernelBuilder, i64
 from patcc.backends.target import Target
+from patcc.errors import BackendError
 from patcc.ir.layers import Layer, Shape
 
 BLOB_SYMBOL = "patcc_weights"
@@ -138,3 +140,17 @@ def load_operands(kb: KernelBuilder, table: ir.Value, n_in: int, n_out: int,
     """Read the operand table ``[inputs..., outputs..., scratch]`` in a phase function."""
     ptrs = [kb.b.load(kb.at(table, i, PTR), typ=PTR) for i in range(n_in + n_out + 1)]
     return Operands(ptrs[:n_in], ptrs[n_in:n_in + n_out], ptrs[-1], blob)
+
+
+T = TypeVar("T")
+
+
+def required(value: T | None, layer: Layer, what: str, pass_name: str) -> T:
+    """An IR fact a kernel needs, which ``BACKEND_PIPELINE`` establishes (pass
+    ``pass_name``): kernels read it, they never recompute it. A graph built without the
+    pipeline is a ``BackendError`` naming the pass."""
+    if value is None:
+        raise BackendError(f"has no {what}; run patcc.passes.BACKEND_PIPELINE (its "
+                           f"{pass_name} pass) before a backend builds the graph",
+                           f"layer {layer.name!r}")
+    return value

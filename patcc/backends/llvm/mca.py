@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from patcc.backends.target import Target, scheduling_model_cpu
-from patcc.errors import PatccError
+from patcc.errors import BackendError
 
 MCA_ITERATIONS = 200
 PEAK_ACCUMULATORS = 24  # independent FMA chains: more than latency x pipes anywhere
@@ -239,11 +239,11 @@ class Mca:
             cmd.append(f"-mattr={target.features}")
         proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
         if f"'{cpu}' is not a recognized processor" in proc.stderr:
-            raise PatccError(f"{self} has no scheduling model for CPU {cpu!r}; "
+            raise BackendError(f"{self} has no scheduling model for CPU {cpu!r}; "
                              "a newer LLVM (apt-get install llvm-19) may have one")
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise PatccError(f"{self} failed on the loops of {target.tag}: {last}")
+            raise BackendError(f"{self} failed on the loops of {target.tag}: {last}")
         found: dict[int, float] = {}
         for region in re.split(r"\n(?=\[\d+\] Code Region - )", proc.stdout):
             name = re.match(r"\[\d+\] Code Region - r(\d+)", region)
@@ -252,7 +252,7 @@ class Mca:
             if name and iters and total:
                 found[int(name.group(1))] = int(total.group(1)) / int(iters.group(1))
         if len(found) != len(bodies):
-            raise PatccError(f"{self} reported {len(found)} of {len(bodies)} loops")
+            raise BackendError(f"{self} reported {len(found)} of {len(bodies)} loops")
         return [found[i] for i in range(len(bodies))]
 
     def fma_peak(self, target: Target) -> float:
@@ -286,7 +286,7 @@ def find_llvm_mca() -> Mca | None:
     if named:
         version = _version(named)
         if version is None:
-            raise PatccError(f"PATCC_LLVM_MCA={named!r} is not a working llvm-mca")
+            raise BackendError(f"PATCC_LLVM_MCA={named!r} is not a working llvm-mca")
         return Mca(named, version)
     candidates = set()
     for directory in os.environ.get("PATH", "").split(os.pathsep):

@@ -20,6 +20,7 @@ from typing import Any
 from llvmlite import ir
 
 from patcc.backends.llvm import toolchain
+from patcc.backends.target import target_machine
 
 CHAINS = 12
 """Independent accumulators: more than 4 cycles latency x 2 pipes, and with the
@@ -66,7 +67,7 @@ def _kernel(target: Any) -> tuple[Any, Any]:
         total = b.fadd(total, chain)
     b.ret(b.extract_element(total, ir.Constant(ir.IntType(32), 0)))
     engine = llvm.create_mcjit_compiler(toolchain.optimize(module, target),
-                                        toolchain.target_machine(target))
+                                        target_machine(target))
     engine.finalize_object()
     function = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64)(
         engine.get_function_address("peak"))

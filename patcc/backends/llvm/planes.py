@@ -4,7 +4,7 @@ A convolution reads its input through planes so that every kernel tap of every
 output vector is one contiguous load at a constant offset: plane (ph, pw) of a
 channel holds the input pixels at rows ``u*sh + ph - pt`` and columns
 ``v*sw + pw - pl``, zero where that falls in the padding. The dense (GEMM) and the
-direct sparse kernels both build them.
+pattern kernels both build them.
 """
 
 from __future__ import annotations

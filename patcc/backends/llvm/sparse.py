@@ -47,10 +47,10 @@ import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import F32, I32, I64, KernelBuilder, i64
-from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
-from patcc.errors import PatccError
+from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase, required
+from patcc.errors import BackendError
 from patcc.ir.layers import Conv
-from patcc.passes.reorder import filter_order
+from patcc.passes.reorder import sparse_pointwise
 
 Block = tuple[int, int, int, int]
 """(nvec, block_filters, task_filters, k_chunk): vectors of pixels per tile, filters
@@ -66,13 +66,9 @@ MAX_BLOCK_FILTERS = 4
 
 
 def supports_sparse_pointwise(layer: Conv) -> bool:
-    """True for a 1x1, stride-1, unpadded, ungrouped conv with at least one zero weight
-    (what the frontends detect as ``Sparsity.UNSTRUCTURED``); dilation is irrelevant
-    for a 1x1 kernel. The weights are checked themselves, so a graph built without
-    sparsity detection is judged the same way."""
-    return (layer.kernel_shape == (1, 1) and layer.strides == (1, 1)
-            and not any(layer.pads) and layer.groups == 1
-            and bool((layer.weight == 0).any()))
+    """Whether this kernel can run ``layer`` (``patcc.passes.reorder.sparse_pointwise``:
+    the reorder pass gave it its filter order)."""
+    return sparse_pointwise(layer)
 
 
 def _widest(block_filters: int, registers: int) -> int:
@@ -203,13 +199,12 @@ def _sparse_weights(layer: Conv, g: _Geometry) -> _SparseWeights:
     """
     o, c = layer.weight.shape[:2]
     if g.k_chunk * g.pitch >= 2**31:
-        raise PatccError(f"conv {layer.name!r}: a chunk of {g.k_chunk} channels of "
+        raise BackendError(f"conv {layer.name!r}: a chunk of {g.k_chunk} channels of "
                          f"{g.pitch} pixels is too large for the sparse pointwise kernel; "
                          "use a smaller block")
     f = g.block_filters
     order = np.zeros(g.blocks * f, np.int32)
-    order[:o] = (layer.filter_order if layer.filter_order is not None
-                 else filter_order(layer))
+    order[:o] = required(layer.filter_order, layer, "filter order", "reorder_filters")
     # positions past the last filter read the block's first filter (never stored)
     order[o:] = order[(g.blocks - 1) * f]
     w = np.zeros((g.blocks * f, c), np.float32)

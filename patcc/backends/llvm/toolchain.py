@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import llvmlite.binding as llvm
@@ -32,60 +30,14 @@ from llvmlite import ir
 
 from patcc.backends.elf import ELF_ARCHES, blob_object, read_symbols
 from patcc.backends.llvm.lowering import BLOB_ALIGN, BLOB_SYMBOL
-from patcc.backends.target import Target
-from patcc.errors import PatccError
+from patcc.backends.target import Target, target_machine
+from patcc.errors import BackendError
 from patcc.text import module_id
 
 EXPORTS = (
     "patcc_run", "patcc_workspace_size", "patcc_model_info", "patcc_set_num_threads",
     "patcc_get_num_threads", "patcc_abi_version",
 )
-
-
-@lru_cache(maxsize=1)
-def _init_llvm() -> None:
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-
-
-def target_machine(target: Target) -> llvm.TargetMachine:
-    """An LLVM target machine for ``target`` (O3, PIC)."""
-    _init_llvm()
-    try:
-        llvm_target = llvm.Target.from_triple(target.triple)
-    except RuntimeError as e:
-        raise PatccError(f"LLVM cannot generate code for {target.triple!r}: {e}") from e
-    return llvm_target.create_target_machine(
-        cpu=target.cpu, features=target.features, opt=3, reloc="pic", codemodel="default")
-
-
-_UNKNOWN = re.compile(r"'([^']*)' is not a recognized (processor|feature) for this target")
-
-
-def unknown_cpu_or_features(target: Target) -> tuple[str, str] | None:
-    """("CPU" or "feature", name) of the first part of ``target.cpu`` /
-    ``target.features`` LLVM does not know, or None.
-
-    LLVM only warns on stderr and carries on; the warning is caught by pointing file
-    descriptor 2 at a temporary file while a target machine emits an empty module.
-    """
-    _init_llvm()
-    module = llvm.parse_assembly("")
-    module.triple = target.triple
-    with tempfile.TemporaryFile() as caught:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            os.dup2(caught.fileno(), 2)
-            target_machine(target).emit_object(module)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        caught.seek(0)
-        found = _UNKNOWN.search(caught.read().decode(errors="replace"))
-    if found is None:
-        return None
-    return ("CPU" if found.group(2) == "processor" else "feature", found.group(1))
 
 
 def optimize(module: ir.Module, target: Target) -> llvm.ModuleRef:
@@ -139,7 +91,7 @@ def weights_object(blob: bytes, target: Target) -> bytes:
 def _host_cc() -> str:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise PatccError("no C compiler to link with; install one (apt-get install "
+        raise BackendError("no C compiler to link with; install one (apt-get install "
                          "build-essential) or set CC")
     return cc
 
@@ -165,7 +117,7 @@ def find_lld() -> list[str]:
             return [found]
     if importlib.util.find_spec("ziglang") is not None:
         return [sys.executable, "-m", "ziglang", "ld.lld"]
-    raise PatccError("cross-linking needs ld.lld, which is not installed: apt-get install "
+    raise BackendError("cross-linking needs ld.lld, which is not installed: apt-get install "
                      "lld (Debian/Ubuntu), or pip install ziglang")
 
 
@@ -173,7 +125,7 @@ def _run_linker(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise PatccError(f"linking failed: {detail[0] if detail else proc.returncode}")
+        raise BackendError(f"linking failed: {detail[0] if detail else proc.returncode}")
 
 
 def _stub_library(target: Target, soname: str, symbols: list[str], path: Path) -> None:

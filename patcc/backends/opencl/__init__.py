@@ -11,13 +11,12 @@ ResNet-18's convs 1222 ms against 834 ms), so only the Adreno target stages.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patcc.errors import PatccError
+from patcc.errors import BackendError
 from patcc.ir.graph import Graph
 
 
@@ -31,10 +30,6 @@ class OpenCLTarget:
     local_memory: bool = False
     cpu: str = "opencl"  # what `patcc compile` prints beside the tag
 
-    @property
-    def is_host(self) -> bool:
-        return False
-
 
 OPENCL_TARGETS = {
     "opencl": OpenCLTarget("opencl", 64, "any OpenCL 1.2 device"),
@@ -46,15 +41,14 @@ EMIT_KINDS = ("opencl",)
 
 @dataclass
 class OpenCLPackage:
-    """A model compiled for an OpenCL target: ``save`` writes the package directory;
-    calling it runs the package through pyopencl (``patcc.runtime.opencl``)."""
+    """A model compiled for an OpenCL target: ``save`` writes the package directory.
+    (``patcc.compile`` returns it as a ``patcc.compiler.CompiledPackage``, which also
+    runs it through pyopencl.)"""
 
     graph: Graph
     target: OpenCLTarget
     program: Any  # codegen.Program
     timings: dict[str, float] = field(default_factory=dict)
-    _loaded: Any = None
-    _tmpdir: Any = None
 
     def files(self) -> dict[str, bytes]:
         from patcc.backends.opencl.package import files
@@ -77,26 +71,9 @@ class OpenCLPackage:
         from patcc.backends.opencl.package import write_package
 
         if kind not in EMIT_KINDS:
-            raise PatccError(f"--emit {kind} is not an OpenCL output; an OpenCL target "
+            raise BackendError(f"--emit {kind} is not an OpenCL output; an OpenCL target "
                              "writes a package directory (--emit opencl)")
         write_package(path, self.files())
-
-    def load(self, profile: bool = False) -> Any:
-        """The package loaded on the selected OpenCL device (a private copy)."""
-        from patcc.runtime.opencl import load
-
-        if self._loaded is None or self._loaded.profile != profile:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="patcc-ocl-")
-            path = Path(self._tmpdir.name) / "model.ocl"
-            self.save(path)
-            self._loaded = load(path, profile=profile)
-        return self._loaded
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run on numpy arrays or torch tensors; returns the same kind."""
-        from patcc.compiler import call_with_torch_io
-
-        return call_with_torch_io(self.load(), args, kwargs)
 
 
 def build(graph: Graph, target: OpenCLTarget, precision: str = "fp32",

@@ -30,7 +30,7 @@ from typing import Any
 
 from patcc.backends.opencl.codegen import Program
 from patcc.backends.opencl.host import render_host
-from patcc.errors import PatccError
+from patcc.errors import BackendError
 
 FORMAT = "patcc-opencl"
 VERSION = 1
@@ -102,27 +102,27 @@ def write_package(path: str | os.PathLike[str], contents: dict[str, bytes]) -> N
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
-        raise PatccError("the directory does not exist", where=str(target))
+        raise BackendError("the directory does not exist", where=str(target))
     if target.exists() or target.is_symlink():
         if not (target.is_dir() and _is_package(target)):
-            raise PatccError("exists and is not an OpenCL package; an OpenCL target writes "
+            raise BackendError("exists and is not an OpenCL package; an OpenCL target writes "
                              "a package directory (e.g. -o model.ocl)", where=str(target))
         try:
             extra = _foreign_entries(target, contents)
         except OSError as e:
-            raise PatccError(f"cannot read the existing package: {e.strerror}",
+            raise BackendError(f"cannot read the existing package: {e.strerror}",
                              where=str(target)) from e
         if extra:
             shown = ", ".join(repr(name) for name in extra[:5])
             more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
-            raise PatccError(f"holds files that are not part of the OpenCL package ({shown}"
+            raise BackendError(f"holds files that are not part of the OpenCL package ({shown}"
                              f"{more}); a package is replaced whole and they would be lost: "
                              f"move them out, or write the package elsewhere "
                              f"(e.g. -o other.ocl)", where=str(target))
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     except OSError as e:
-        raise PatccError(f"cannot write: {e.strerror}", where=str(target)) from e
+        raise BackendError(f"cannot write: {e.strerror}", where=str(target)) from e
     old = None
     try:
         for name, data in contents.items():

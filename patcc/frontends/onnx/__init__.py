@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import onnx
 
-from patcc.errors import PatccError
+from patcc.errors import FrontendError
 from patcc.frontends.onnx.importer import Importer
 from patcc.frontends.onnx.loader import (
     MAX_OPSET,
@@ -25,27 +25,40 @@ from patcc.passes import FRONTEND_PIPELINE, run_pipeline
 SUPPORTED_OPERATORS = tuple(sorted({*CONVERTERS, "Constant"}))
 
 
+def read_onnx(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Graph:
+    """Read an ONNX model (path or ModelProto) into the raw patcc graph: one layer or
+    more per node, constants folded, no pass run yet (``import_onnx`` runs them).
+
+    ``input_shapes`` fixes dimensions the model leaves symbolic (a symbolic batch
+    dimension defaults to 1). Raises ``PatccError`` for anything patcc cannot import,
+    naming the node.
+    """
+    proto = load_model(model)
+    shapes = resolve_input_shapes(proto, input_shapes)
+    return Importer(proto=proto, opset=default_opset(proto), input_shapes=shapes,
+                    converters=CONVERTERS).run()
+
+
 def import_onnx(
     model: str | os.PathLike[str] | onnx.ModelProto,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Graph:
-    """Import an ONNX model (path or ModelProto) into a verified patcc graph.
-
-    ``input_shapes`` fixes dimensions the model leaves symbolic (a symbolic batch
-    dimension defaults to 1). Constants are folded, BatchNorm is folded into convs,
-    activations are fused, and each conv's sparsity style is detected from its
-    weights. Raises ``PatccError`` for anything patcc cannot import, naming the node.
+    """Import an ONNX model (path or ModelProto) into a verified patcc graph:
+    ``read_onnx``, then ``FRONTEND_PIPELINE`` (BatchNorm folded into convs,
+    activations fused, each conv's sparsity style detected from its weights).
+    Raises ``PatccError`` for anything patcc cannot import, naming the node.
     """
-    proto = load_model(model)
-    shapes = resolve_input_shapes(proto, input_shapes)
-    graph = Importer(proto=proto, opset=default_opset(proto), input_shapes=shapes).run()
+    graph = read_onnx(model, input_shapes)
     try:
         return run_pipeline(graph, FRONTEND_PIPELINE, check=True)
     except IRError as e:
-        raise PatccError(f"import produced an inconsistent graph: {e}", "model") from e
+        raise FrontendError(f"import produced an inconsistent graph: {e}", "model") from e
 
 
 __all__ = [
     "MAX_OPSET", "MIN_OPSET", "SUPPORTED_OPERATORS", "import_onnx", "load_model",
-    "parse_shape_spec",
+    "parse_shape_spec", "read_onnx",
 ]

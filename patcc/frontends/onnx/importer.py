@@ -9,19 +9,20 @@ are translated by the converters in ``ops``. Identity and Dropout become aliases
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from patcc.errors import PatccError
+from patcc.errors import FrontendError
 from patcc.ir.graph import Graph, TensorType
 from patcc.ir.layers import IRError, Layer, Reshape, Shape, check_size
 from patcc.ir.verify import verify
+from patcc.text import unique_name
 
 MAX_FOLDED_ELEMENTS = 2**26
 """The most elements a constant computed at import may have (256 MiB of float32). The
@@ -104,6 +105,17 @@ class Node:
         return self.attrs.get(key, default)
 
 
+def unsupported(node: Node, detail: str = "") -> NoReturn:
+    """Raise the one-line error for an operator (or form of one) patcc cannot compile."""
+    what = detail or f"unsupported operator {node.op_type!r}"
+    raise FrontendError(f"{what}; the supported operators are listed in README.md (Operators)",
+                     node.where)
+
+
+Converter = Callable[["Importer", Node], None]
+"""Appends the layers of one ONNX node through the ``Importer`` (``ops.CONVERTERS``)."""
+
+
 def _decode(attr: onnx.AttributeProto) -> Any:
     value = onnx.helper.get_attribute_value(attr)
     if isinstance(value, bytes):
@@ -122,6 +134,7 @@ class Importer:
     proto: onnx.ModelProto
     opset: int
     input_shapes: Mapping[str, Shape]
+    converters: Mapping[str, Converter]
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     shapes: dict[str, Shape] = field(default_factory=dict)
     layers: list[Layer] = field(default_factory=list)
@@ -130,14 +143,12 @@ class Importer:
     _names: set[str] = field(default_factory=set)
 
     def run(self) -> Graph:
-        from patcc.frontends.onnx.ops import CONVERTERS, unsupported
-
         g = self.proto.graph
         for init in g.initializer:
             try:
                 self.consts[init.name] = numpy_helper.to_array(init)
             except (ValueError, TypeError, KeyError, OSError) as e:
-                raise PatccError(f"cannot read its data ({type(e).__name__}: "
+                raise FrontendError(f"cannot read its data ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else ''})"[:300],
                                  f"initializer {init.name!r}") from e
         self.shapes.update(self.input_shapes)
@@ -151,16 +162,16 @@ class Importer:
             ):
                 self._fold(node)
                 continue
-            converter = CONVERTERS.get(node.op_type)
+            converter = self.converters.get(node.op_type)
             if converter is None:
                 unsupported(node)
             for i in node.inputs:
                 if i and i not in self.consts and i not in self.shapes:
-                    raise PatccError(f"reads {i!r}, which no earlier node produces", node.where)
+                    raise FrontendError(f"reads {i!r}, which no earlier node produces", node.where)
             try:
                 converter(self, node)
             except IRError as e:
-                raise PatccError(str(e), node.where) from e
+                raise FrontendError(str(e), node.where) from e
         return self._finish()
 
     # -- services for converters ----------------------------------------------------
@@ -175,9 +186,9 @@ class Importer:
         """The value of input ``index``, which must be constant."""
         name = node.inputs[index] if index < len(node.inputs) else ""
         if not name:
-            raise PatccError(f"{what} (input {index}) is missing", node.where)
+            raise FrontendError(f"{what} (input {index}) is missing", node.where)
         if name not in self.consts:
-            raise PatccError(
+            raise FrontendError(
                 f"{what} {name!r} must be a constant (an initializer or foldable); "
                 "patcc compiles static graphs", node.where)
         return self.consts[name]
@@ -192,11 +203,12 @@ class Importer:
         """A constant float input as float32, rejected if it holds NaN or infinity."""
         value = self.const(node, index, what)
         if not np.issubdtype(value.dtype, np.floating):
-            raise PatccError(f"{what} {node.inputs[index]!r} has dtype {value.dtype}", node.where)
+            raise FrontendError(f"{what} {node.inputs[index]!r} has dtype {value.dtype}",
+                                node.where)
         value = value.astype(np.float32)
         if not np.isfinite(value).all():
             bad = "NaN" if np.isnan(value).any() else "infinity"
-            raise PatccError(
+            raise FrontendError(
                 f"{what} {node.inputs[index]!r} contains {bad}; fix or re-export the model",
                 node.where)
         return value
@@ -215,12 +227,7 @@ class Importer:
         return self._unique(node.name + suffix)
 
     def _unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._names:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
+        return unique_name(base, self._names)
 
     def temp(self, node: Node, suffix: str) -> str:
         """A fresh tensor name for a value internal to one node's translation."""
@@ -247,7 +254,7 @@ class Importer:
             try:
                 attrs[a.name] = _decode(a)
             except (UnicodeDecodeError, ValueError, TypeError) as e:
-                raise PatccError(f"attribute {a.name!r} cannot be read ({type(e).__name__})",
+                raise FrontendError(f"attribute {a.name!r} cannot be read ({type(e).__name__})",
                                  f"node {name!r} ({proto_node.op_type})") from e
         return Node(
             name=name,
@@ -268,7 +275,7 @@ class Importer:
         count = _generated_elements(node, [self.consts[i] if i else None
                                            for i in node.inputs])
         if count is not None and count > MAX_FOLDED_ELEMENTS:
-            raise PatccError(f"would compute a constant of {count} elements at import, more "
+            raise FrontendError(f"would compute a constant of {count} elements at import, more "
                              f"than patcc's limit of {MAX_FOLDED_ELEMENTS} (2^26)", node.where)
         # A one-node model pins the operator set: given a bare node, the evaluator
         # would use the newest version of the operator (Unsqueeze-13 for an opset-11
@@ -283,12 +290,13 @@ class Importer:
         model = onnx.helper.make_model(graph, opset_imports=list(self.proto.opset_import))
         count = _inferred_elements(model, feeds)
         if count > MAX_FOLDED_ELEMENTS:
-            raise PatccError(f"would compute a constant of {count} elements at import, more "
+            raise FrontendError(f"would compute a constant of {count} elements at import, more "
                              f"than patcc's limit of {MAX_FOLDED_ELEMENTS} (2^26)", node.where)
         try:
             results = ReferenceEvaluator(model).run(None, feeds)
         except Exception as e:  # the reference evaluator raises many exception types
-            raise PatccError(f"cannot fold constant node: {e}".splitlines()[0], node.where) from e
+            raise FrontendError(f"cannot fold constant node: {e}".splitlines()[0],
+                                node.where) from e
         for out, value in zip(node.outputs, results, strict=False):
             if out:
                 self.consts[out] = np.asarray(value)
@@ -301,7 +309,7 @@ class Importer:
             for i in g.input if i.name not in initializers
         }
         if not g.output:
-            raise PatccError("the graph has no outputs", "model")
+            raise FrontendError("the graph has no outputs", "model")
         outputs = []
         output_names = {out.name for out in g.output}
         produced = {t for layer in self.layers for t in layer.outputs}
@@ -310,20 +318,20 @@ class Importer:
         seen: set[str] = set()
         for out in g.output:
             if out.name in seen:
-                raise PatccError("is listed twice among the graph outputs (outputs are "
+                raise FrontendError("is listed twice among the graph outputs (outputs are "
                                  "returned by name)", f"output {out.name!r}")
             seen.add(out.name)
             source = self.alias.get(out.name, out.name)
             if source in self.consts:
-                raise PatccError("is a constant: the model computes nothing from its inputs",
+                raise FrontendError("is a constant: the model computes nothing from its inputs",
                                  f"output {out.name!r}")
             if source not in self.shapes:
-                raise PatccError("is never produced", f"output {out.name!r}")
+                raise FrontendError("is never produced", f"output {out.name!r}")
             if out.name in inputs:
                 # A graph output that is a graph input by name: the IR names tensors,
                 # not slots, so the two cannot be told apart. (Through an Identity to
                 # another name, the output is a copy, below.)
-                raise PatccError("is also a graph input: the model passes it through "
+                raise FrontendError("is also a graph input: the model passes it through "
                                  "unchanged; compute outputs from the inputs, or name the "
                                  "output differently (an Identity node)",
                                  f"output {out.name!r}")
@@ -349,7 +357,7 @@ class Importer:
         try:
             return verify(graph)
         except IRError as e:
-            raise PatccError(f"imported graph is inconsistent: {e}", "model") from e
+            raise FrontendError(f"imported graph is inconsistent: {e}", "model") from e
 
 
 def _rename(layer: Layer, renames: Mapping[str, str]) -> Layer:

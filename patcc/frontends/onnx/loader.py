@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from patcc.errors import PatccError
+from patcc.errors import FrontendError
 from patcc.ir.layers import IRError, check_size
 
 MIN_OPSET = 7
@@ -34,27 +34,27 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
         external = [t.name for t in proto.graph.initializer
                     if t.data_location == onnx.TensorProto.EXTERNAL]
         if external:
-            raise PatccError(f"initializer {external[0]!r} keeps its data in an external file; "
+            raise FrontendError(f"initializer {external[0]!r} keeps its data in an external file; "
                              "pass the model's path (or load it with onnx.load) so that "
                              "the data is read", where=where)
     else:
         where = str(model)
         path = Path(model)
         if not path.is_file():
-            raise PatccError("not a regular file (a pipe, device or directory)"
+            raise FrontendError("not a regular file (a pipe, device or directory)"
                              if path.exists() else "no such file", where=where)
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise PatccError(f"cannot read: {e.strerror}", where=where) from e
+            raise FrontendError(f"cannot read: {e.strerror}", where=where) from e
         proto = onnx.ModelProto()
         try:
             proto.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as e:
-            raise PatccError("not an ONNX model (the protobuf does not parse; truncated?)",
+            raise FrontendError("not an ONNX model (the protobuf does not parse; truncated?)",
                              where=where) from e
         if not proto.graph.node and not proto.graph.output:
-            raise PatccError("not an ONNX model (no graph in the file)", where=where)
+            raise FrontendError("not an ONNX model (no graph in the file)", where=where)
         _check_names(proto, where)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
             _check_external_data(proto, path.parent, where)
@@ -62,15 +62,15 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
                 onnx.load_external_data_for_model(proto, str(path.parent))
             except (OSError, ValueError, onnx.checker.ValidationError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise PatccError(f"cannot load external weights: {first}", where=where) from e
+                raise FrontendError(f"cannot load external weights: {first}", where=where) from e
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise PatccError(f"invalid ONNX model: {first}", where=where) from e
+        raise FrontendError(f"invalid ONNX model: {first}", where=where) from e
     opset = default_opset(proto)
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise PatccError(
+        raise FrontendError(
             f"opset {opset} is not supported (patcc reads opsets {MIN_OPSET}-{MAX_OPSET}); "
             f"convert it with onnx.version_converter.convert_version(model, 17)",
             where=where,
@@ -90,7 +90,7 @@ def _check_names(proto: onnx.ModelProto, where: str) -> None:
         fields.append(value.name)
     fields += [imp.domain for imp in proto.opset_import]
     if not all(isinstance(f, str) for f in fields):
-        raise PatccError("not an ONNX model (a name in the graph is not valid UTF-8 text; "
+        raise FrontendError("not an ONNX model (a name in the graph is not valid UTF-8 text; "
                          "corrupted?)", where=where)
 
 
@@ -106,26 +106,26 @@ def _check_external_data(proto: onnx.ModelProto, directory: Path, where: str) ->
         what = f"initializer {tensor.name!r}: external data"
         location = info.get("location", "")
         if not location or Path(location).is_absolute() or ".." in Path(location).parts:
-            raise PatccError(f"{what} location {location[:100]!r} must be a relative path inside "
-                             "the model's directory", where=where)
+            raise FrontendError(f"{what} location {location[:100]!r} must be a relative path "
+                                "inside the model's directory", where=where)
         try:
             file = (root / location).resolve()
             regular = file.is_file()
             size = file.stat().st_size if regular else 0
         except (OSError, ValueError) as e:  # a NUL, a name too long, a link loop
-            raise PatccError(f"{what} location {location[:100]!r} cannot be used: {e}",
+            raise FrontendError(f"{what} location {location[:100]!r} cannot be used: {e}",
                              where=where) from e
         if not file.is_relative_to(root):
-            raise PatccError(f"{what} location {location[:100]!r} leads outside the model's "
+            raise FrontendError(f"{what} location {location[:100]!r} leads outside the model's "
                              "directory", where=where)
         if not regular:
-            raise PatccError(f"{what} {location[:100]!r} is not a regular file", where=where)
+            raise FrontendError(f"{what} {location[:100]!r} is not a regular file", where=where)
         try:
             offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
         except ValueError:
-            raise PatccError(f"{what} offset or length is not an integer", where=where) from None
+            raise FrontendError(f"{what} offset or length is not an integer", where=where) from None
         if offset < 0 or offset > size or length < -1 or (length >= 0 and offset + length > size):
-            raise PatccError(f"{what} offset {offset} and length {length} do not lie inside "
+            raise FrontendError(f"{what} offset {offset} and length {length} do not lie inside "
                              f"{location[:100]!r} ({size} bytes)", where=where)
 
 
@@ -134,7 +134,7 @@ def default_opset(proto: onnx.ModelProto) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
-    raise PatccError("the model imports no ai.onnx operator set", where="model")
+    raise FrontendError("the model imports no ai.onnx operator set", where="model")
 
 
 def parse_shape_spec(spec: str) -> tuple[str, tuple[int, ...]]:
@@ -148,7 +148,7 @@ def parse_shape_spec(spec: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         shape = ()
     if not sep or not name or not shape or any(d <= 0 for d in shape):
-        raise PatccError(f"bad input shape {spec!r}; expected NAME=DIMS, e.g. input=1x3x224x224")
+        raise FrontendError(f"bad input shape {spec!r}; expected NAME=DIMS, e.g. input=1x3x224x224")
     return name, shape
 
 
@@ -167,18 +167,18 @@ def resolve_input_shapes(
     names = [i.name for i in inputs]
     for name in overrides:
         if name not in names:
-            raise PatccError(f"--input-shape names {name!r}, but the model's inputs are {names}")
+            raise FrontendError(f"--input-shape names {name!r}, but the model's inputs are {names}")
     shapes = {}
     for value in inputs:
         where = f"input {value.name!r}"
         tt = value.type.tensor_type
         if not value.type.HasField("tensor_type"):
-            raise PatccError("only tensor inputs are supported", where=where)
+            raise FrontendError("only tensor inputs are supported", where=where)
         if tt.elem_type != onnx.TensorProto.FLOAT:
             dtype = (onnx.TensorProto.DataType.Name(tt.elem_type).lower()
                      if tt.elem_type in onnx.TensorProto.DataType.values() else
                      f"code {tt.elem_type}")
-            raise PatccError(f"has dtype {dtype}; patcc compiles float32 models", where=where)
+            raise FrontendError(f"has dtype {dtype}; patcc compiles float32 models", where=where)
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if not tt.HasField("shape"):
             dims = []
@@ -189,7 +189,7 @@ def resolve_input_shapes(
                 or any(d is not None and d != g for d, g in zip(dims, given, strict=True))
             ):
                 declared = "x".join("?" if d is None else str(d) for d in dims)
-                raise PatccError(
+                raise FrontendError(
                     f"--input-shape {'x'.join(map(str, given))} contradicts the declared "
                     f"shape {declared}",
                     where=where,
@@ -197,7 +197,7 @@ def resolve_input_shapes(
             shapes[value.name] = _checked(tuple(given), where)
             continue
         if not tt.HasField("shape"):
-            raise PatccError(
+            raise FrontendError(
                 f"has no declared shape; give one with --input-shape {value.name}=1x3x224x224",
                 where=where,
             )
@@ -207,7 +207,7 @@ def resolve_input_shapes(
         if unknown:
             dim = tt.shape.dim[unknown[0]]
             label = dim.dim_param or "?"
-            raise PatccError(
+            raise FrontendError(
                 f"dimension {unknown[0]} ({label!r}) is unknown; give the shape with "
                 f"--input-shape {value.name}=" + "x".join(str(d or "N") for d in dims),
                 where=where,
@@ -220,5 +220,5 @@ def _checked(shape: tuple[int, ...], where: str) -> tuple[int, ...]:
     try:
         check_size("the input", shape)
     except IRError as e:
-        raise PatccError(str(e), where=where) from e
+        raise FrontendError(str(e), where=where) from e
     return shape

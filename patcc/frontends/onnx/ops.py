@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NoReturn
 
 import numpy as np
 import onnx
 
-from patcc.errors import PatccError
-from patcc.frontends.onnx.importer import Importer, Node
+from patcc.errors import FrontendError
+from patcc.frontends.onnx.importer import Converter, Importer, Node, unsupported
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
     Activation,
@@ -44,13 +43,6 @@ from patcc.ir.layers import (
 )
 
 
-def unsupported(node: Node, detail: str = "") -> NoReturn:
-    """Raise the one-line error for an operator (or form of one) patcc cannot compile."""
-    what = detail or f"unsupported operator {node.op_type!r}"
-    raise PatccError(f"{what}; the supported operators are listed in README.md (Operators)",
-                     node.where)
-
-
 def _ints(values: object, default: tuple[int, ...]) -> tuple[int, ...]:
     if values is None:
         return default
@@ -64,9 +56,9 @@ def _int_list(node: Node, key: str, default: tuple[int, ...], length: int,
     if value is None:
         return default
     if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
-        raise PatccError(f"{key} must be a list of integers, got {value!r}"[:200], node.where)
+        raise FrontendError(f"{key} must be a list of integers, got {value!r}"[:200], node.where)
     if len(value) != length or min(value) < minimum:
-        raise PatccError(f"{key} {value} must be {length} integers >= {minimum}"[:200],
+        raise FrontendError(f"{key} {value} must be {length} integers >= {minimum}"[:200],
                          node.where)
     return tuple(value)
 
@@ -80,7 +72,7 @@ def _window_attrs(node: Node) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def _axis(node: Node, axis: int, rank: int) -> int:
     if not -rank <= axis < rank:
-        raise PatccError(f"axis {axis} out of range for a rank-{rank} tensor", node.where)
+        raise FrontendError(f"axis {axis} out of range for a rank-{rank} tensor", node.where)
     return axis % rank
 
 
@@ -101,7 +93,7 @@ def _window_pads(node: Node, hw: tuple[int, int], kernel: tuple[int, int],
     if auto == "VALID":
         return (0, 0, 0, 0)
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
-        raise PatccError(f"unknown auto_pad {auto!r}", node.where)
+        raise FrontendError(f"unknown auto_pad {auto!r}", node.where)
     begin, end = [], []
     for size, k, s, d in zip(hw, kernel, strides, dilations, strict=True):
         out = -(-size // s)
@@ -127,7 +119,7 @@ def _conv_operands(ctx: Importer, node: Node, what: str
     bias = ctx.weight(node, 2, "bias") if len(node.inputs) > 2 and node.inputs[2] else None
     kernel = (int(weight.shape[2]), int(weight.shape[3]))
     if _int_list(node, "kernel_shape", kernel, 2, 1) != kernel:
-        raise PatccError(f"kernel_shape {node.attr('kernel_shape')} does not match the "
+        raise FrontendError(f"kernel_shape {node.attr('kernel_shape')} does not match the "
                          f"weight {list(weight.shape)}", node.where)
     strides, dilations = _window_attrs(node)
     return weight, bias, kernel, strides, dilations
@@ -138,7 +130,7 @@ def conv(ctx: Importer, node: Node) -> None:
     weight, bias, kernel, strides, dilations = _conv_operands(ctx, node, "convolution")
     groups = node.attr("group", 1)
     if not isinstance(groups, int) or groups < 1:
-        raise PatccError(f"group {groups!r} must be a positive integer", node.where)
+        raise FrontendError(f"group {groups!r} must be a positive integer", node.where)
     ctx.add(Conv(
         name=ctx.layer_name(node), inputs=(node.inputs[0],), outputs=(node.outputs[0],),
         weight=weight,
@@ -161,7 +153,7 @@ def _transpose_pads(node: Node, hw: tuple[int, int], full: tuple[int, int],
     padding. ONNX (and onnxruntime) allow at most stride - 1 of that."""
     auto = node.attr("auto_pad", "NOTSET")
     if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        raise PatccError(f"unknown auto_pad {auto!r}", node.where)
+        raise FrontendError(f"unknown auto_pad {auto!r}", node.where)
     wanted = node.attr("output_shape")
     if wanted is not None:
         wanted = _int_list(node, "output_shape", (), 2, 1)
@@ -177,7 +169,7 @@ def _transpose_pads(node: Node, hw: tuple[int, int], full: tuple[int, int],
         if total < 0 and (auto == "SAME_UPPER" or node.attr("output_shape") is None):
             # the reference evaluator pads by -1 at the start, onnxruntime sizes the
             # output without the padding: no answer is the ONNX one
-            raise PatccError(
+            raise FrontendError(
                 f"auto_pad {auto} asks for {-total} row(s) of negative padding on axis "
                 f"{axis + 2} (the kernel spans less than the stride), which onnxruntime "
                 "and the ONNX reference evaluator size differently; give pads and "
@@ -202,7 +194,7 @@ def conv_transpose(ctx: Importer, node: Node) -> None:
                                   output_padding)  # type: ignore[arg-type]
     for axis, (e, s) in enumerate(zip(extra, strides, strict=True)):
         if e >= s:
-            raise PatccError(f"output_padding or output_shape adds {e} row(s) on axis "
+            raise FrontendError(f"output_padding or output_shape adds {e} row(s) on axis "
                              f"{axis + 2} past the full output; ONNX allows at most stride "
                              f"- 1 = {s - 1}", node.where)
     spec = TransposedConv(weight=weight, bias=bias, strides=strides,
@@ -225,10 +217,10 @@ def col2im(ctx: Importer, node: Node) -> None:
         unsupported(node, f"only 2-D Col2Im is supported (image_shape {list(image)}, "
                           f"block_shape {list(block)})")
     if len(x_shape) != 3:
-        raise PatccError(f"the input has shape {list(x_shape)}; Col2Im reads (N, C x "
+        raise FrontendError(f"the input has shape {list(x_shape)}; Col2Im reads (N, C x "
                          "block size, blocks)", node.where)
     if min(image) < 1 or min(block) < 1 or x_shape[1] % (block[0] * block[1]):
-        raise PatccError(f"image_shape {list(image)} and block_shape {list(block)} must be "
+        raise FrontendError(f"image_shape {list(image)} and block_shape {list(block)} must be "
                          f">= 1, and the block size must divide the input's {x_shape[1]} "
                          "channels", node.where)
     strides, dilations = _window_attrs(node)
@@ -238,12 +230,12 @@ def col2im(ctx: Importer, node: Node) -> None:
         span = (block[axis] - 1) * dilations[axis] + 1
         room = image[axis] + pads[axis] + pads[axis + 2] - span
         if room < 0:
-            raise PatccError(f"a block spanning {span} does not fit the padded image "
+            raise FrontendError(f"a block spanning {span} does not fit the padded image "
                              f"{image[axis] + pads[axis] + pads[axis + 2]} on axis "
                              f"{axis + 2}", node.where)
         grid.append(room // strides[axis] + 1)
     if grid[0] * grid[1] != x_shape[2]:
-        raise PatccError(f"the input has {x_shape[2]} blocks, but image_shape {list(image)} "
+        raise FrontendError(f"the input has {x_shape[2]} blocks, but image_shape {list(image)} "
                          f"with these blocks, pads and strides has {grid[0]} x {grid[1]}",
                          node.where)
     n, ck = x_shape[0], x_shape[1]
@@ -259,10 +251,10 @@ def col2im(ctx: Importer, node: Node) -> None:
 def gemm(ctx: Importer, node: Node) -> None:
     a = node.inputs[0]
     if len(ctx.shape(a)) != 2:
-        raise PatccError(f"Gemm input A must be 2-D, got shape {ctx.shape(a)}", node.where)
+        raise FrontendError(f"Gemm input A must be 2-D, got shape {ctx.shape(a)}", node.where)
     b = ctx.weight(node, 1, "B")
     if b.ndim != 2:
-        raise PatccError(f"Gemm B must be 2-D, got shape {b.shape}", node.where)
+        raise FrontendError(f"Gemm B must be 2-D, got shape {b.shape}", node.where)
     weight = (b if node.attr("transB", 0) else b.T) * np.float32(node.attr("alpha", 1.0))
     if node.attr("transA", 0):
         t = ctx.temp(node, "a_t")
@@ -278,7 +270,7 @@ def gemm(ctx: Importer, node: Node) -> None:
         try:
             np.broadcast_shapes(c.shape, (m, n))
         except ValueError:
-            raise PatccError(f"C of shape {c.shape} does not broadcast to the output "
+            raise FrontendError(f"C of shape {c.shape} does not broadcast to the output "
                              f"{m}x{n}", node.where) from None
         if c.size in (1, n) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1):
             bias = np.broadcast_to(c.reshape(-1), (n,)).astype(np.float32)
@@ -310,11 +302,11 @@ def matmul(ctx: Importer, node: Node) -> None:
     a = node.inputs[0]
     a_shape = ctx.shape(a)
     if not a_shape or b.ndim == 0:
-        raise PatccError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: both "
+        raise FrontendError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: both "
                          "operands need rank >= 1", node.where)
     depth = b.shape[-2] if b.ndim >= 2 else b.shape[0]
     if a_shape[-1] != depth:
-        raise PatccError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: A's last "
+        raise FrontendError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: A's last "
                          f"axis {a_shape[-1]} must equal B's rows {depth}", node.where)
     if b.ndim <= 2:
         weight = np.ascontiguousarray(b.reshape(depth, -1).T)
@@ -334,7 +326,7 @@ def matmul(ctx: Importer, node: Node) -> None:
     for axis in range(rank - 2):
         da, db = a_full[axis], int(b_full.shape[axis])
         if da != db and 1 not in (da, db):
-            raise PatccError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: batch "
+            raise FrontendError(f"MatMul of shapes {list(a_shape)} and {list(b.shape)}: batch "
                              f"axes {da} and {db} do not broadcast", node.where)
         batch.append(max(da, db))
     out_shape = (*batch, a_full[-2], b.shape[-1])
@@ -403,11 +395,11 @@ def instance_norm(ctx: Importer, node: Node) -> None:
     scale, bias = ctx.weight(node, 1, "scale"), ctx.weight(node, 2, "B")
     for what, value in (("scale", scale), ("B", bias)):
         if value.shape != (channels,):
-            raise PatccError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
+            raise FrontendError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
                              f"({channels},)", node.where)
     eps = float(node.attr("epsilon", 1e-5))
     if not eps >= 0:
-        raise PatccError(f"epsilon {eps} must be >= 0", node.where)
+        raise FrontendError(f"epsilon {eps} must be >= 0", node.where)
     x = node.inputs[0]
     mean, centred, square, var, shifted, std, normed = (
         ctx.temp(node, t) for t in ("mean", "centred", "square", "var", "shifted", "std",
@@ -442,7 +434,7 @@ def lrn(ctx: Importer, node: Node) -> None:
                           "and spatial axes)")
     size = node.attr("size")
     if not isinstance(size, int) or size < 1:
-        raise PatccError(f"size {size!r} must be an integer >= 1", node.where)
+        raise FrontendError(f"size {size!r} must be an integer >= 1", node.where)
     alpha, beta = float(node.attr("alpha", 1e-4)), float(node.attr("beta", 0.75))
     bias = float(node.attr("bias", 1.0))
     n, c = shape[:2]
@@ -481,12 +473,12 @@ def batch_norm(ctx: Importer, node: Node) -> None:
     for what, value in zip(("scale", "B", "mean", "var"), (scale, shift, mean, var),
                            strict=True):
         if value.shape != (channels,):
-            raise PatccError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
+            raise FrontendError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
                              f"({channels},)", node.where)
     eps = np.float64(node.attr("epsilon", 1e-5))
     if not np.isfinite(eps) or not (var.astype(np.float64) + eps > 0).all():
         bad = int(np.argmin(var.astype(np.float64) + eps))
-        raise PatccError(f"var + epsilon must be positive, but channel {bad} has var "
+        raise FrontendError(f"var + epsilon must be positive, but channel {bad} has var "
                          f"{float(var[bad]):g} and epsilon is {float(eps):g}", node.where)
     factor = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     ctx.add(ScaleShift(
@@ -509,7 +501,7 @@ def pool(kind: str) -> Callable[[Importer, Node], None]:
         if node.attr("storage_order", 0):
             unsupported(node, "MaxPool storage_order=1 is not supported")
         if node.attr("kernel_shape") is None:
-            raise PatccError("kernel_shape is missing", node.where)
+            raise FrontendError("kernel_shape is missing", node.where)
         kernel = _int_list(node, "kernel_shape", (), 2, 1)
         strides, dilations = _window_attrs(node)
         ctx.add(Pool(
@@ -639,7 +631,7 @@ def prelu(ctx: Importer, node: Node) -> None:
         if np.broadcast_shapes(slope.shape, shape) != tuple(shape):
             raise ValueError
     except ValueError:
-        raise PatccError(f"slope of shape {slope.shape} does not broadcast to the input "
+        raise FrontendError(f"slope of shape {slope.shape} does not broadcast to the input "
                          f"{list(shape)}", node.where) from None
     if slope.size == 1:
         ctx.add(Unary(name=ctx.layer_name(node), inputs=(x,), outputs=(node.outputs[0],),
@@ -679,7 +671,7 @@ def activation(kind: str) -> Callable[[Importer, Node], None]:
         elif kind == "gelu":
             approximate = node.attr("approximate", "none")
             if approximate not in ("none", "tanh"):
-                raise PatccError(f"unknown approximate {approximate!r}", node.where)
+                raise FrontendError(f"unknown approximate {approximate!r}", node.where)
             chosen = "gelu_tanh" if approximate == "tanh" else kind
         elif kind == "pow":
             exponent = ctx.consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -704,7 +696,7 @@ def _clip_bound(node: Node, value: object, default: float) -> float:
         return default
     array = np.asarray(value)
     if array.size != 1 or not np.issubdtype(array.dtype, np.number):
-        raise PatccError(f"a Clip bound must be one number, got shape {array.shape}",
+        raise FrontendError(f"a Clip bound must be one number, got shape {array.shape}",
                          node.where)
     bound = float(array.reshape(-1)[0])
     return default if math.isnan(bound) else bound
@@ -744,7 +736,7 @@ def flatten(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     axis = int(node.attr("axis", 1))
     if not -len(shape) <= axis <= len(shape):
-        raise PatccError(f"axis {axis} out of range for a rank-{len(shape)} tensor", node.where)
+        raise FrontendError(f"axis {axis} out of range for a rank-{len(shape)} tensor", node.where)
     axis = axis + len(shape) if axis < 0 else axis
     _reshape_to(ctx, node, (math.prod(shape[:axis]), math.prod(shape[axis:])))
 
@@ -753,21 +745,21 @@ def reshape(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     value = ctx.const(node, 1, "shape")
     if not np.issubdtype(value.dtype, np.integer):
-        raise PatccError(f"the shape input has dtype {value.dtype}; ONNX requires int64",
+        raise FrontendError(f"the shape input has dtype {value.dtype}; ONNX requires int64",
                          node.where)
     target = [int(d) for d in value.reshape(-1)]
     if not node.attr("allowzero", 0):
         if any(d == 0 for d in target[len(shape):]):
-            raise PatccError(f"shape {target[:8]}: a 0 (copy the input's dimension) past the "
+            raise FrontendError(f"shape {target[:8]}: a 0 (copy the input's dimension) past the "
                              f"input's rank {len(shape)}", node.where)
         target = [shape[i] if d == 0 else d for i, d in enumerate(target)]
     if target.count(-1) > 1 or min(target, default=0) < -1:
-        raise PatccError(f"shape {target[:8]} has more than one -1 or a dimension below -1",
+        raise FrontendError(f"shape {target[:8]} has more than one -1 or a dimension below -1",
                          node.where)
     if -1 in target:
         known = math.prod(d for d in target if d != -1)
         if not known or math.prod(shape) % known:
-            raise PatccError(f"cannot reshape {list(shape)} to {target[:8]}", node.where)
+            raise FrontendError(f"cannot reshape {list(shape)} to {target[:8]}", node.where)
         target[target.index(-1)] = math.prod(shape) // known
     _reshape_to(ctx, node, tuple(target))
 
@@ -786,7 +778,7 @@ def squeeze(ctx: Importer, node: Node) -> None:
     drop = ({i for i, d in enumerate(shape) if d == 1} if axes is None
             else {_axis(node, a, len(shape)) for a in axes})
     if any(shape[a] != 1 for a in drop):
-        raise PatccError(f"cannot squeeze axes {sorted(drop)} of shape {shape}", node.where)
+        raise FrontendError(f"cannot squeeze axes {sorted(drop)} of shape {shape}", node.where)
     _reshape_to(ctx, node, tuple(d for i, d in enumerate(shape) if i not in drop))
 
 
@@ -822,7 +814,7 @@ def depth_to_space(ctx: Importer, node: Node) -> None:
     n, c, h, w = _spatial_input(ctx, node)
     bs, mode = int(node.attr("blocksize", 0)), node.attr("mode", "DCR")
     if bs < 1 or c % (bs * bs) or mode not in ("DCR", "CRD"):
-        raise PatccError(f"blocksize {bs} and mode {mode!r} for {c} channels: the "
+        raise FrontendError(f"blocksize {bs} and mode {mode!r} for {c} channels: the "
                          "channels must divide by blocksize^2, mode DCR or CRD", node.where)
     depth = c // (bs * bs)
     if mode == "DCR":
@@ -837,7 +829,7 @@ def space_to_depth(ctx: Importer, node: Node) -> None:
     n, c, h, w = _spatial_input(ctx, node)
     bs, mode = int(node.attr("blocksize", 0)), node.attr("mode", "DCR")
     if bs < 1 or h % bs or w % bs or mode not in ("DCR", "CRD"):
-        raise PatccError(f"blocksize {bs} and mode {mode!r} for a {h}x{w} input: height and "
+        raise FrontendError(f"blocksize {bs} and mode {mode!r} for a {h}x{w} input: height and "
                          "width must divide by blocksize, mode DCR or CRD", node.where)
     perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
     _shuffle(ctx, node, (n, c, h // bs, bs, w // bs, bs), perm,
@@ -851,7 +843,7 @@ def expand(ctx: Importer, node: Node) -> None:
     try:
         out = np.broadcast_shapes(shape, target)
     except ValueError:
-        raise PatccError(f"cannot expand {list(shape)} to {list(target)}", node.where) from None
+        raise FrontendError(f"cannot expand {list(shape)} to {list(target)}", node.where) from None
     check_size(f"output {node.outputs[0]!r}", out)  # before a zeros operand of that size
     if out == tuple(shape):
         ctx.alias[node.outputs[0]] = node.inputs[0]
@@ -874,7 +866,7 @@ def tile(ctx: Importer, node: Node) -> None:
     shape = ctx.shape(node.inputs[0])
     repeats = [int(r) for r in ctx.const(node, 1, "repeats").reshape(-1)]
     if len(repeats) != len(shape) or min(repeats, default=1) < 1:
-        raise PatccError(f"repeats {repeats}"[:120] + f" for a rank-{len(shape)} input must "
+        raise FrontendError(f"repeats {repeats}"[:120] + f" for a rank-{len(shape)} input must "
                          "be one integer >= 1 per axis", node.where)
     check_size(f"output {node.outputs[0]!r}",
                tuple(d * r for d, r in zip(shape, repeats, strict=True)))
@@ -915,31 +907,31 @@ def _resize_target(ctx: Importer, node: Node, axes: list[int]
     if given_sizes is not None and given_sizes.size == 0:
         given_sizes = None
     if (given_scales is None) == (given_sizes is None):
-        raise PatccError("Resize needs exactly one of scales and sizes", node.where)
+        raise FrontendError("Resize needs exactly one of scales and sizes", node.where)
     given = given_scales if given_scales is not None else given_sizes
     assert given is not None
     if given.ndim != 1 or len(given) != len(axes):
-        raise PatccError(f"{'scales' if given_scales is not None else 'sizes'} "
+        raise FrontendError(f"{'scales' if given_scales is not None else 'sizes'} "
                          f"{given.tolist()} must hold one value per resized axis "
                          f"({len(axes)})"[:200], node.where)
     size, scales = list(shape), [1.0] * len(shape)
     if given_scales is not None:
         if not np.issubdtype(given_scales.dtype, np.floating):
-            raise PatccError(f"scales have dtype {given_scales.dtype}", node.where)
+            raise FrontendError(f"scales have dtype {given_scales.dtype}", node.where)
         for axis, value in zip(axes, given_scales.tolist(), strict=True):
             if not (math.isfinite(value) and value > 0):
-                raise PatccError(f"scale {value} of axis {axis} must be positive and "
+                raise FrontendError(f"scale {value} of axis {axis} must be positive and "
                                  "finite", node.where)
             scales[axis] = float(value)
             size[axis] = math.floor(value * shape[axis])
         return tuple(size), tuple(scales)
     if not np.issubdtype(given.dtype, np.integer) or given.min() < 1:
-        raise PatccError(f"sizes {given.tolist()} must be positive integers"[:200], node.where)
+        raise FrontendError(f"sizes {given.tolist()} must be positive integers"[:200], node.where)
     for axis, value in zip(axes, given.tolist(), strict=True):
         size[axis], scales[axis] = int(value), value / shape[axis]
     policy = node.attr("keep_aspect_ratio_policy", "stretch")
     if policy not in ("stretch", "not_larger", "not_smaller"):
-        raise PatccError(f"unknown keep_aspect_ratio_policy {policy!r}", node.where)
+        raise FrontendError(f"unknown keep_aspect_ratio_policy {policy!r}", node.where)
     if policy != "stretch":
         common = (min if policy == "not_larger" else max)(scales[a] for a in axes)
         for axis in axes:
@@ -960,11 +952,11 @@ def upsample(ctx: Importer, node: Node) -> None:
     else:
         scales = [float(v) for v in ctx.const(node, 1, "scales").reshape(-1)]
     if len(scales) != len(shape) or not all(math.isfinite(v) and v > 0 for v in scales):
-        raise PatccError(f"scales {scales} must be one positive number per axis of "
+        raise FrontendError(f"scales {scales} must be one positive number per axis of "
                          f"{list(shape)}"[:200], node.where)
     mode = {"bilinear": "linear"}.get(node.attr("mode", "nearest"), node.attr("mode", "nearest"))
     if mode not in ("nearest", "linear"):
-        raise PatccError(f"unknown mode {mode!r} (nearest or linear)", node.where)
+        raise FrontendError(f"unknown mode {mode!r} (nearest or linear)", node.where)
     resized = [v for v in scales if v != 1.0]
     shrinks = bool(resized) and all(v < 1.0 for v in resized)
     ctx.add(Resize(name=ctx.layer_name(node), inputs=(node.inputs[0],),
@@ -984,14 +976,14 @@ def resize(ctx: Importer, node: Node) -> None:
     r = len(shape)
     axes = [_axis(node, a, r) for a in _ints(node.attr("axes"), tuple(range(r)))]
     if len(set(axes)) != len(axes):
-        raise PatccError(f"axes {axes} repeat an axis", node.where)
+        raise FrontendError(f"axes {axes} repeat an axis", node.where)
     size, scales = _resize_target(ctx, node, axes)
     coordinate_mode = node.attr("coordinate_transformation_mode", "half_pixel")
     roi: tuple[float, ...] = ()
     if coordinate_mode == "tf_crop_and_resize":
         given = ctx.optional_const(node, 1, "roi")
         if given is None or given.size != 2 * len(axes):
-            raise PatccError(f"tf_crop_and_resize needs a roi of {2 * len(axes)} values "
+            raise FrontendError(f"tf_crop_and_resize needs a roi of {2 * len(axes)} values "
                              "(starts, then ends, of the resized axes)", node.where)
         full = [0.0] * r + [1.0] * r
         for i, axis in enumerate(axes):
@@ -1047,7 +1039,7 @@ def slice_(ctx: Importer, node: Node) -> None:
         axes_v = ctx.optional_const(node, 3, "axes")
         steps_v = ctx.optional_const(node, 4, "steps")
     if len(ends) != len(starts):
-        raise PatccError(f"{len(starts)} starts but {len(ends)} ends", node.where)
+        raise FrontendError(f"{len(starts)} starts but {len(ends)} ends", node.where)
     axes = range(len(starts)) if axes_v is None else axes_v.reshape(-1).tolist()
     steps = [1] * len(starts) if steps_v is None else steps_v.reshape(-1).tolist()
     lo, hi, st = [0] * rank, list(shape), [1] * rank
@@ -1055,7 +1047,7 @@ def slice_(ctx: Importer, node: Node) -> None:
         a = _axis(node, int(a), rank)
         d = shape[a]
         if step == 0:
-            raise PatccError("Slice step 0", node.where)
+            raise FrontendError("Slice step 0", node.where)
         s = s + d if s < 0 else s
         e = e + d if e < 0 else e
         if step > 0:
@@ -1074,13 +1066,13 @@ def gather(ctx: Importer, node: Node) -> None:
     axis = _axis(node, int(node.attr("axis", 0)), len(shape))
     indices = ctx.const(node, 1, "indices")
     if not np.issubdtype(indices.dtype, np.integer):
-        raise PatccError(f"indices have dtype {indices.dtype}; ONNX requires int32 or int64",
+        raise FrontendError(f"indices have dtype {indices.dtype}; ONNX requires int32 or int64",
                          node.where)
     size = shape[axis]
     flat = indices.reshape(-1)
     bad = np.flatnonzero((flat < -size) | (flat >= size))
     if bad.size:
-        raise PatccError(f"index {int(flat[bad[0]])} is out of range for axis {axis} of "
+        raise FrontendError(f"index {int(flat[bad[0]])} is out of range for axis {axis} of "
                          f"shape {list(shape)} (valid: {-size}..{size - 1})", node.where)
     normalised = np.where(indices < 0, indices.astype(np.int64) + size, indices)
     ctx.add(Gather(name=ctx.layer_name(node), inputs=(node.inputs[0],),
@@ -1105,7 +1097,7 @@ def pad(ctx: Importer, node: Node) -> None:
     axes = list(range(rank)) if axes_v is None else [
         _axis(node, int(a), rank) for a in axes_v.reshape(-1)]
     if len(given) != 2 * len(axes):
-        raise PatccError(f"pads {given} do not match {len(axes)} axes", node.where)
+        raise FrontendError(f"pads {given} do not match {len(axes)} axes", node.where)
     pads = [0] * (2 * rank)
     for k, a in enumerate(axes):
         pads[a], pads[a + rank] = given[k], given[k + len(axes)]
@@ -1116,7 +1108,7 @@ def pad(ctx: Importer, node: Node) -> None:
         starts = [max(0, -p) for p in pads[:rank]]
         ends = [d - max(0, -p) for d, p in zip(shape, pads[rank:], strict=True)]
         if any(e <= s for s, e in zip(starts, ends, strict=True)):
-            raise PatccError(f"pads {given} crop all of shape {list(shape)}", node.where)
+            raise FrontendError(f"pads {given} crop all of shape {list(shape)}", node.where)
         cropped = node.outputs[0] if max(pads) <= 0 else ctx.temp(node, "cropped")
         ctx.add(Slice(name=ctx.layer_name(node, "_crop"), inputs=(source,), outputs=(cropped,),
                       starts=tuple(starts), ends=tuple(ends), steps=(1,) * rank))
@@ -1152,7 +1144,7 @@ def shape_of(ctx: Importer, node: Node) -> None:
     ctx.consts[node.outputs[0]] = shape[start:end]
 
 
-CONVERTERS: dict[str, Callable[[Importer, Node], None]] = {
+CONVERTERS: dict[str, Converter] = {
     "Conv": conv,
     "ConvTranspose": conv_transpose,
     "Col2Im": col2im,

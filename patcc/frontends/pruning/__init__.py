@@ -1,12 +1,19 @@
-"""Pruning that produces the pattern-sparse models patcc compiles."""
+"""Pruning that produces the pattern-sparse models patcc compiles (``patcc.pruning``).
 
-from patcc.frontends.pruning.admm import (
-    AdmmConfig,
-    admm_prune,
-    reconstruction_errors,
-    synthetic_batch,
-    synthetic_inputs,
-)
+Pattern pruning: ``patterns.py`` (the pattern library, one-shot projection and
+connectivity pruning, the projections ADMM uses), ``admm.py`` (data-free ADMM, knobs in
+``admm_config.py``; its synthetic inputs in ``synthetic.py``, the conv units it prunes
+in ``units.py``) and ``data_admm.py`` (ADMM on the user's data). Keeping pruned weights
+zero while training: ``masks.py``. Filters: ``filters.py`` (criteria and schedules),
+``lfpc.py`` (a learnt criterion per layer), ``removal.py`` (physical removal). Shared:
+``fxgraph.py`` (the ``torch.fx`` graph), ``reparam.py`` (models pruned with torch's
+own tools), ``distributed.py`` (``torchrun``). ``onnx_bridge.py`` turns an ONNX model
+into a torch module and writes pruned weights back (``patcc prune``, in
+``patcc/prune_command.py``). Every rejected model or setting is a ``PruningError``.
+"""
+
+from patcc.frontends.pruning.admm import admm_prune, reconstruction_errors
+from patcc.frontends.pruning.admm_config import AdmmConfig
 from patcc.frontends.pruning.data_admm import admm_prune_on_data
 from patcc.frontends.pruning.filters import (
     CRITERIA,
@@ -48,6 +55,7 @@ from patcc.frontends.pruning.reparam import (
     effective_parameters,
     reparametrised,
 )
+from patcc.frontends.pruning.synthetic import synthetic_batch, synthetic_inputs
 
 __all__ = [
     "admm_prune_on_data",

@@ -23,22 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from patcc.frontends.pruning.admm import (
-    AdmmConfig,
-    _project_both,
-    _project_connectivity,
-    _project_pattern,
-)
-from patcc.frontends.pruning.masks import _progress, _unwrap
+from patcc.errors import PruningError
+from patcc.frontends.pruning.admm_config import AdmmConfig
+from patcc.frontends.pruning.distributed import unwrap
 from patcc.frontends.pruning.patterns import (
     LayerPruning,
     PruneReport,
     build_pattern_library,
     is_depthwise,
     keep_fraction,
+    project_both,
+    project_connectivity,
+    project_pattern,
     select_convs,
 )
 from patcc.frontends.pruning.reparam import bake_before_pruning
+from patcc.progress import progress_iter
 
 
 @dataclass
@@ -55,8 +55,8 @@ class _Constraints:
     @classmethod
     def start(cls, weight: torch.Tensor, library: np.ndarray, keep: float | None
               ) -> _Constraints:
-        return cls(keep, _project_pattern(weight, library), torch.zeros_like(weight),
-                   None if keep is None else _project_connectivity(weight, keep),
+        return cls(keep, project_pattern(weight, library), torch.zeros_like(weight),
+                   None if keep is None else project_connectivity(weight, keep),
                    torch.zeros_like(weight))
 
     def penalty(self, weight: torch.Tensor, rho: float) -> torch.Tensor:
@@ -67,10 +67,10 @@ class _Constraints:
 
     def update(self, weight: torch.Tensor, library: np.ndarray) -> None:
         """``Z = project(W + U)``, ``U += W - Z``, for each constraint."""
-        self.z_pattern = _project_pattern(weight + self.u_pattern, library)
+        self.z_pattern = project_pattern(weight + self.u_pattern, library)
         self.u_pattern += weight - self.z_pattern
         if self.keep is not None:
-            self.z_conn = _project_connectivity(weight + self.u_conn, self.keep)
+            self.z_conn = project_connectivity(weight + self.u_conn, self.keep)
             self.u_conn += weight - self.z_conn
 
 
@@ -110,10 +110,10 @@ def admm_prune_on_data(
     config = AdmmConfig(epochs=epochs, rho=rho, rho_max=rho_max,
                         rho_every=max(1, epochs // 4))  # checks the numbers too
     keep = keep_fraction(rate)
-    inner = _unwrap(model)
+    inner = unwrap(model)
     convs = select_convs(inner, include_depthwise, skip_first, only_depthwise=False)
     if not convs:
-        raise ValueError(f"admm_prune_on_data: no 3x3 nn.Conv2d in {type(inner).__name__}")
+        raise PruningError(f"admm_prune_on_data: no 3x3 nn.Conv2d in {type(inner).__name__}")
     bake_before_pruning(inner, "admm_prune_on_data")
     loss_fn = loss_fn or nn.functional.cross_entropy
     optimiser = optimiser or torch.optim.Adam(model.parameters(), lr=lr)
@@ -123,7 +123,7 @@ def admm_prune_on_data(
                                           None if is_depthwise(conv) else keep)
                        for _, conv in convs]
     model.train()
-    for epoch in _progress(range(config.epochs), progress):
+    for epoch in progress_iter(range(config.epochs), progress, "retrain", "epoch"):
         rho = config.rho_at(epoch)
         for inputs, targets in data:
             loss = loss_fn(model(inputs), targets)
@@ -139,7 +139,7 @@ def admm_prune_on_data(
     total_weights = nonzero_weights = 0
     with torch.no_grad():
         for (name, conv), c in zip(convs, constraints, strict=True):
-            pruned, ids, kept = _project_both(conv.weight.detach(), library, c.keep)
+            pruned, ids, kept = project_both(conv.weight.detach(), library, c.keep)
             conv.weight.copy_(pruned)
             ids.setflags(write=False)
             layers.append(LayerPruning(name, kept, ids.size, is_depthwise(conv), ids))

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning.fxgraph import following_batchnorms
 from patcc.frontends.pruning.masks import PruningMasks, filter_masks
 from patcc.frontends.pruning.reparam import effective_parameters
@@ -54,16 +55,16 @@ def filter_scores(weight: torch.Tensor, criterion: str,
         return torch.cdist(flat[None], flat[None])[0].sum(dim=1).numpy()
     if criterion == "bn":
         if bn_weight is None:
-            raise ValueError("criterion 'bn' needs the BatchNorm after the convolution")
+            raise PruningError("criterion 'bn' needs the BatchNorm after the convolution")
         return bn_weight.detach().abs().to(torch.float64).cpu().numpy()
-    raise ValueError(f"unknown filter criterion {criterion!r}; expected one of "
-                     f"{', '.join(CRITERIA)}")
+    raise PruningError(f"unknown filter criterion {criterion!r}; expected one of "
+                       f"{', '.join(CRITERIA)}")
 
 
 def check_ratio(ratio: float) -> float:
     """``ratio`` if it is a fraction of filters to prune in [0, 1)."""
     if not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
-        raise ValueError(f"filter pruning ratio must be in [0, 1) (e.g. 0.3), got {ratio!r}")
+        raise PruningError(f"filter pruning ratio must be in [0, 1) (e.g. 0.3), got {ratio!r}")
     return float(ratio)
 
 
@@ -115,13 +116,13 @@ def select_filters(model: nn.Module, ratio: float, criterion: str = "l2",
     names = list(layers) if layers is not None else list(convs)
     unknown = [n for n in names if n not in convs]
     if unknown:
-        raise ValueError(f"not a prunable convolution (groups == 1): {unknown[0]!r}")
+        raise PruningError(f"not a prunable convolution (groups == 1): {unknown[0]!r}")
     bns = following_batchnorms(model, "select_filters") if criterion == "bn" else {}
     params = effective_parameters(model)
     pruned = {}
     for name in names:
         if criterion == "bn" and name not in bns:
-            raise ValueError(f"criterion 'bn': no BatchNorm2d directly after {name!r}")
+            raise PruningError(f"criterion 'bn': no BatchNorm2d directly after {name!r}")
         gamma = params[f"{bns[name]}.weight"] if name in bns else None
         scores = filter_scores(params[f"{name}.weight"], criterion, gamma)
         if already is not None and name in already.pruned:
@@ -158,15 +159,15 @@ def asfp_schedule(ratio: float, epochs: int, d: float = 0.125, start: float = 0.
     grows fast early and levels off at the target.
 
     Raises:
-        ValueError: if the points admit no such curve (``d`` out of (0, 1), ``ratio``
+        PruningError: if the points admit no such curve (``d`` out of (0, 1), ``ratio``
             not above ``start``, or three quarters of the way up reached too late).
     """
     check_ratio(ratio)
     if not 0 < d < 1 or epochs < 1:
-        raise ValueError(f"asfp_schedule: need 0 < d < 1 and epochs >= 1, got d={d}, "
-                         f"epochs={epochs}")
+        raise PruningError(f"asfp_schedule: need 0 < d < 1 and epochs >= 1, got d={d}, "
+                           f"epochs={epochs}")
     if not 0 <= start < ratio:
-        raise ValueError(f"asfp_schedule: start ratio {start} must be below the target {ratio}")
+        raise PruningError(f"asfp_schedule: start ratio {start} must be below the target {ratio}")
     # With x = exp(-k d E): a (1 - x) = start - 3/4 ratio and a (1 - x^(1/d)) = start -
     # ratio, so 1 - x = r (1 - x^(1/d)), r = (start - 3/4 ratio) / (start - ratio);
     # x = 1 (k = 0) always solves it, the curve needs the root inside (0, 1).
@@ -176,8 +177,8 @@ def asfp_schedule(ratio: float, epochs: int, d: float = 0.125, start: float = 0.
         return 1 - x - r * (1 - x ** (1 / d))
 
     if r / d <= 1:  # f < 0 just below x = 1 only if r / d > 1
-        raise ValueError(f"asfp_schedule: no curve with k != 0 reaches 3/4 of {ratio} at "
-                         f"epoch {d * epochs:g} (try a smaller d)")
+        raise PruningError(f"asfp_schedule: no curve with k != 0 reaches 3/4 of {ratio} at "
+                           f"epoch {d * epochs:g} (try a smaller d)")
     lo, hi = 0.0, 1.0 - 1e-12  # f(0) = 1 - r > 0, f(hi) < 0
     for _ in range(200):
         mid = (lo + hi) / 2
@@ -237,8 +238,8 @@ def gradual_magnitude_schedule(final: float, steps: int, initial: float = 0.0,
     ``start``, ``final`` from ``start + steps`` on,
     ``final + (initial - final) * (1 - (t - start) / steps) ** 3`` between."""
     if not 0 <= initial <= final < 1 or steps < 1:
-        raise ValueError(f"gradual_magnitude_schedule: need 0 <= initial <= final < 1 and "
-                         f"steps >= 1, got initial={initial}, final={final}, steps={steps}")
+        raise PruningError(f"gradual_magnitude_schedule: need 0 <= initial <= final < 1 and "
+                           f"steps >= 1, got initial={initial}, final={final}, steps={steps}")
 
     def sparsity(t: int) -> float:
         progress = min(max((t - start) / steps, 0.0), 1.0)
@@ -253,7 +254,7 @@ def magnitude_masks(model: nn.Module, sparsity: float,
     """Per layer, masks removing the ``floor(sparsity * n)`` smallest-magnitude weights
     of every module of ``types`` (ties: lower flat index first)."""
     if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        raise PruningError(f"sparsity must be in [0, 1), got {sparsity!r}")
     masks = {}
     params = effective_parameters(model)
     for name, module in model.named_modules():

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from patcc.errors import PruningError
+
 
 def trace(model: nn.Module, who: str) -> fx.GraphModule:
     """``torch.fx.symbolic_trace(model)``; a model it cannot trace (data-dependent
-    control flow, say) is a ``ValueError`` naming ``who`` asked."""
+    control flow, say) is a ``PruningError`` naming ``who`` asked."""
     try:
         return fx.symbolic_trace(model)
     except Exception as e:  # torch.fx raises many kinds for untraceable code
-        raise ValueError(f"{who}: {type(model).__name__} cannot be traced by torch.fx "
-                         f"({type(e).__name__}: {e})") from e
+        raise PruningError(f"{who}: {type(model).__name__} cannot be traced by torch.fx "
+                           f"({type(e).__name__}: {e})") from e
 
 
 def sole_user(node: fx.Node) -> fx.Node | None:

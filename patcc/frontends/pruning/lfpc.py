@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning.filters import (
     FilterSelection,
     check_ratio,
@@ -73,10 +74,10 @@ def lfpc_search(
     ratios = [check_ratio(r) for r in (ratios or [ratio])]
     check_ratio(ratio)
     if flops_weight and input_shape is None:
-        raise ValueError("lfpc_search: flops_weight needs input_shape to count MACs")
+        raise PruningError("lfpc_search: flops_weight needs input_shape to count MACs")
     convs = prunable_convs(model)
     if not convs:
-        raise ValueError(f"lfpc_search: no prunable convolution in {type(model).__name__}")
+        raise PruningError(f"lfpc_search: no prunable convolution in {type(model).__name__}")
     names = [f"{c}@{r:g}" for c in criteria for r in ratios]
     masks: dict[str, torch.Tensor] = {}
     kept_share: dict[str, torch.Tensor] = {}

@@ -17,7 +17,6 @@ both; users with their own loop call ``masks.attach(model, optimiser)`` instead.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from patcc.errors import PruningError
+from patcc.frontends.pruning.distributed import unwrap
 from patcc.frontends.pruning.patterns import PruneReport, kernel_masks
 from patcc.frontends.pruning.reparam import effective_parameters, reparametrised
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
+from patcc.progress import progress_iter
 
 
 @dataclass
@@ -68,7 +64,7 @@ class PruningMasks:
         """Masks of the zeros already in ``model``: the weight of every module of
         ``types`` that has at least one weight exactly zero (the weight the model
         computes with, where ``torch.nn.utils.prune`` or ``parametrize`` made it)."""
-        model = _unwrap(model)
+        model = unwrap(model)
         params = effective_parameters(model)
         masks = {}
         for name, module in model.named_modules():
@@ -83,28 +79,28 @@ class PruningMasks:
         """The exact masks of a pattern pruning (``pattern_prune`` or ``admm_prune``):
         each kept kernel's library pattern, nothing of a removed kernel -- including
         kept positions whose weight happens to be zero."""
-        model = _unwrap(model)
+        model = unwrap(model)
         return cls({f"{layer.name}.weight": kernel_masks(report.library, layer.pattern_ids)
                     .reshape(model.get_parameter(f"{layer.name}.weight").shape)
                     for layer in report.layers})
 
     def _parameters(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        params = dict(_unwrap(model).named_parameters())
-        computed = reparametrised(_unwrap(model))
+        params = dict(unwrap(model).named_parameters())
+        computed = reparametrised(unwrap(model))
         if any(name in computed for name in self.masks):
             name = next(n for n in self.masks if n in computed)
-            raise ValueError(f"{name} is computed by {computed[name]}: masks cannot hold it; "
-                             "make it a plain parameter first with "
-                             "patcc.pruning.bake_reparametrisations(model)")
+            raise PruningError(f"{name} is computed by {computed[name]}: masks cannot hold it; "
+                               "make it a plain parameter first with "
+                               "patcc.pruning.bake_reparametrisations(model)")
         missing = [name for name in self.masks if name not in params]
         if missing:
-            raise ValueError(f"masks name parameters the model does not have: "
-                             f"{', '.join(missing[:3])}")
+            raise PruningError(f"masks name parameters the model does not have: "
+                               f"{', '.join(missing[:3])}")
         pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for name, mask in self.masks.items():
             if params[name].shape != mask.shape:
-                raise ValueError(f"mask for {name} is {tuple(mask.shape)}, the parameter "
-                                 f"is {tuple(params[name].shape)}")
+                raise PruningError(f"mask for {name} is {tuple(mask.shape)}, the parameter "
+                                   f"is {tuple(params[name].shape)}")
             pairs.append((params[name], mask.to(params[name].device)))
         return pairs
 
@@ -175,7 +171,7 @@ def masked_retrain(
         the mean loss of each epoch.
     """
     if epochs < 1:
-        raise ValueError(f"masked_retrain: epochs must be at least 1, got {epochs}")
+        raise PruningError(f"masked_retrain: epochs must be at least 1, got {epochs}")
     loss_fn = loss_fn or nn.functional.cross_entropy
     optimiser = optimiser or torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                              weight_decay=weight_decay)
@@ -183,7 +179,7 @@ def masked_retrain(
     model.train()
     losses = []
     try:
-        for _ in _progress(range(epochs), progress):
+        for _ in progress_iter(range(epochs), progress, "retrain", "epoch"):
             total, count = 0.0, 0
             for inputs, targets in data:
                 optimiser.zero_grad()
@@ -196,11 +192,3 @@ def masked_retrain(
     finally:
         handle.remove()
     return losses
-
-
-def _progress(items: Iterable[int], show: bool) -> Iterable[int]:
-    if not show:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="retrain", unit="epoch", file=sys.stderr, leave=False)

@@ -33,10 +33,9 @@ import torch.nn.functional as F  # noqa: N812
 from onnx import numpy_helper
 from torch import fx, nn
 
-from patcc.errors import PatccError
-from patcc.frontends.onnx.importer import Importer
-from patcc.frontends.onnx.loader import default_opset, load_model, resolve_input_shapes
-from patcc.frontends.pruning.admm import FoldedBatchNorm
+from patcc.errors import PruningError
+from patcc.frontends.onnx import load_model, read_onnx
+from patcc.frontends.pruning.synthetic import FoldedBatchNorm
 from patcc.ir import Graph
 from patcc.ir.layers import (
     Activation,
@@ -71,16 +70,15 @@ class TorchModel:
 
 def import_for_pruning(path: str) -> tuple[onnx.ModelProto, TorchModel]:
     """Load ``path`` and build its torch module; a ``PatccError`` for anything patcc
-    cannot import, or a model with other than one image input."""
+    cannot import, a ``PruningError`` for a model with other than one image input."""
     proto = load_model(path)
-    shapes = resolve_input_shapes(proto, None)
-    graph = Importer(proto=proto, opset=default_opset(proto), input_shapes=shapes).run()
+    graph = read_onnx(proto)
     if len(graph.inputs) != 1:
-        raise PatccError(f"pruning needs a model with one input, this one has "
-                         f"{len(graph.inputs)}", path)
+        raise PruningError(f"pruning needs a model with one input, this one has "
+                           f"{len(graph.inputs)}", path)
     (shape,) = [t.shape for t in graph.inputs.values()]
     if len(shape) != 4:
-        raise PatccError(f"pruning needs an NCHW image input, got shape {shape}", path)
+        raise PruningError(f"pruning needs an NCHW image input, got shape {shape}", path)
     conv_outputs = {node.output[0] for node in proto.graph.node if node.op_type == "Conv"}
     return proto, _build(graph, tuple(shape), _batch_norms(proto), conv_outputs)
 
@@ -294,7 +292,7 @@ def _build(graph: Graph, input_shape: tuple[int, ...],
             resample = _Resample(layer, shapes[layer.inputs[0]])
             out = g.call_module(module(layer.name, resample), (x,))
         else:
-            raise PatccError(f"pruning cannot rebuild {layer.op} layers in torch", layer.name)
+            raise PruningError(f"pruning cannot rebuild {layer.op} layers in torch", layer.name)
         for name, node in zip(layer.outputs, out if isinstance(out, list) else [out],
                               strict=True):
             env[name] = node
@@ -327,8 +325,8 @@ class _Resample(nn.Module):
             if taps is None:
                 continue
             if axis < 2:
-                raise PatccError("pruning cannot rebuild a Resize of the batch or channel "
-                                 "axis", layer.name)
+                raise PruningError("pruning cannot rebuild a Resize of the batch or channel "
+                                   "axis", layer.name)
             self.axes.append(axis)
             self.register_buffer(f"index{axis}", torch.from_numpy(taps.index))
             self.register_buffer(f"weight{axis}", torch.from_numpy(
@@ -390,13 +388,13 @@ def _col2im(g: fx.Graph, layer: Col2Im, x: fx.Node, in_shape: tuple[int, ...],
 def _pool(g: fx.Graph, layer: Pool, x: fx.Node) -> fx.Node:
     pt, pl, pb, pr = layer.pads
     if (pt, pl) != (pb, pr) or 2 * pt > layer.kernel[0] or 2 * pl > layer.kernel[1]:
-        raise PatccError("pruning supports pools with symmetric padding up to half the "
-                         "window only", layer.name)
+        raise PruningError("pruning supports pools with symmetric padding up to half the "
+                           "window only", layer.name)
     if layer.kind == "max":
         return g.call_function(F.max_pool2d, (x, layer.kernel, layer.strides, (pt, pl),
                                               layer.dilations, layer.ceil_mode))
     if layer.dilations != (1, 1):
-        raise PatccError("pruning does not support dilated average pooling", layer.name)
+        raise PruningError("pruning does not support dilated average pooling", layer.name)
     return g.call_function(F.avg_pool2d, (x, layer.kernel, layer.strides, (pt, pl),
                                           layer.ceil_mode, layer.count_include_pad))
 
@@ -429,9 +427,9 @@ def write_back(proto: onnx.ModelProto, model: TorchModel,
         node = producer.get(layer.outputs[0])
         conv = model.module.get_submodule(ident)
         if node is None:  # e.g. a ConvTranspose's rearranged weight: not stored as is
-            raise PatccError("no ONNX Conv node produces this layer's output, so its "
-                             "weights have nowhere to go; pruning writes back Conv "
-                             "nodes only", layer.name)
+            raise PruningError("no ONNX Conv node produces this layer's output, so its "
+                               "weights have nowhere to go; pruning writes back Conv "
+                               "nodes only", layer.name)
         weight = conv.weight.detach().numpy()  # type: ignore[operator]
         _replace_initializer(initializers, node.input[1], weight, used, layer.name)
         bias = conv.bias.detach().numpy()  # type: ignore[operator]
@@ -456,10 +454,10 @@ def _replace_initializer(initializers: dict[str, onnx.TensorProto], name: str,
                          value: np.ndarray, used: dict[str, int], where: str) -> None:
     init = initializers.get(name)
     if init is None:
-        raise PatccError(f"the convolution's weight {name!r} is not an initializer; "
-                         "pruning cannot write it back", where)
+        raise PruningError(f"the convolution's weight {name!r} is not an initializer; "
+                           "pruning cannot write it back", where)
     if used.get(name, 0) > 1:
-        raise PatccError(f"the initializer {name!r} is shared by several nodes; pruning "
-                         "cannot change it for one", where)
+        raise PruningError(f"the initializer {name!r} is shared by several nodes; pruning "
+                           "cannot change it for one", where)
     init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype),
                                           name))

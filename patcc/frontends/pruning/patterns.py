@@ -4,8 +4,9 @@ A *pattern* is a 3x3 boolean mask that keeps the centre and three of the other e
 positions (PatDNN's "4-entry" patterns). Pattern pruning picks a small model-wide
 library of such masks, projects every 3x3 kernel onto its best library mask, then
 *connectivity pruning* removes whole kernels (per layer, the smallest by norm). This is
-the one-shot projection step; ADMM-style training that makes the pruned model accurate
-is a separate concern and would call :func:`project_to_patterns` in its loop.
+the one-shot projection step; ADMM, the training that makes the pruned model accurate
+(``admm.py``, ``data_admm.py``), calls the projections at the end of this module in its
+loop.
 
 Positions are numbered row-major, 0..8; the centre is position 4.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning.reparam import bake_before_pruning
 
 CENTRE = 4
@@ -63,7 +65,7 @@ def _as_kernel_rows(kernel: torch.Tensor | np.ndarray) -> np.ndarray:
     array = kernel.detach().cpu().numpy() if isinstance(kernel, torch.Tensor) else kernel
     array = np.asarray(array)
     if array.ndim < 2 or array.shape[-2:] != (3, 3):
-        raise ValueError(
+        raise PruningError(
             f"build_pattern_library: expected kernels of shape (..., 3, 3), got {array.shape}"
         )
     return array.reshape(-1, 9)
@@ -87,11 +89,11 @@ def build_pattern_library(
         a read-only ``(m, 3, 3)`` bool array, ``1 <= m <= num_patterns``.
 
     Raises:
-        ValueError: if ``num_patterns`` is out of range, a kernel is not ``(..., 3, 3)``,
+        PruningError: if ``num_patterns`` is out of range, a kernel is not ``(..., 3, 3)``,
             or there are no kernels at all.
     """
     if not 1 <= num_patterns <= 56:
-        raise ValueError(
+        raise PruningError(
             f"build_pattern_library: num_patterns must be in 1..56, got {num_patterns}"
         )
     counts = np.zeros(56, dtype=np.int64)
@@ -100,7 +102,7 @@ def build_pattern_library(
         if len(rows):
             counts += np.bincount(_preferred_candidates(rows), minlength=56)
     if counts.sum() == 0:
-        raise ValueError("build_pattern_library: no 3x3 kernels given")
+        raise PruningError("build_pattern_library: no 3x3 kernels given")
     order = np.argsort(-counts, kind="stable")[:num_patterns]
     order = order[counts[order] > 0]
     library = candidate_patterns()[order].copy()
@@ -111,12 +113,12 @@ def build_pattern_library(
 def _check_library(library: np.ndarray) -> np.ndarray:
     library = np.asarray(library)
     if library.dtype != bool or library.ndim != 3 or library.shape[1:] != (3, 3):
-        raise ValueError(
+        raise PruningError(
             "pattern library must be a bool array of shape (m, 3, 3), got "
             f"{library.dtype} {library.shape}"
         )
     if not 1 <= len(library) <= 127:  # pattern ids are stored as int8
-        raise ValueError(f"pattern library must hold 1..127 masks, got {len(library)}")
+        raise PruningError(f"pattern library must hold 1..127 masks, got {len(library)}")
     return library
 
 
@@ -137,11 +139,11 @@ def project_to_patterns(
         so kernels of equal magnitudes really tie).
 
     Raises:
-        ValueError: if ``weight`` is not ``(O, I, 3, 3)`` or ``library`` is malformed.
+        PruningError: if ``weight`` is not ``(O, I, 3, 3)`` or ``library`` is malformed.
     """
     library = _check_library(library)
     if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(
+        raise PruningError(
             f"project_to_patterns: expected weight of shape (O, I, 3, 3), got "
             f"{tuple(weight.shape)}"
         )
@@ -173,10 +175,10 @@ def keep_fraction(rate: float) -> float:
         37.5%, 8 keeps 28.125%.
 
     Raises:
-        ValueError: if ``rate`` is not a positive finite number.
+        PruningError: if ``rate`` is not a positive finite number.
     """
     if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"pruning rate must be a positive number such as 6.0, got {rate!r}")
+        raise PruningError(f"pruning rate must be a positive number such as 6.0, got {rate!r}")
     return min(1.0, max(0.0, PATTERN_ONLY_RATE / rate))
 
 
@@ -305,16 +307,16 @@ def pattern_prune(
         a :class:`PruneReport`.
 
     Raises:
-        ValueError: if ``rate`` or ``num_patterns`` is out of range, the flags
+        PruningError: if ``rate`` or ``num_patterns`` is out of range, the flags
             contradict each other, or no convolution is selected.
     """
     keep = keep_fraction(rate)
     if only_depthwise and not include_depthwise:
-        raise ValueError("pattern_prune: only_depthwise=True needs include_depthwise=True")
+        raise PruningError("pattern_prune: only_depthwise=True needs include_depthwise=True")
     bake_before_pruning(module, "pattern_prune")
     convs = select_convs(module, include_depthwise, skip_first, only_depthwise)
     if not convs:
-        raise ValueError(
+        raise PruningError(
             f"pattern_prune: no 3x3 nn.Conv2d selected in {type(module).__name__} "
             f"(include_depthwise={include_depthwise}, skip_first={skip_first}, "
             f"only_depthwise={only_depthwise})"
@@ -357,10 +359,10 @@ def magnitude_prune(
         layer name -> (weights removed, total weights), in module order.
 
     Raises:
-        ValueError: if ``ratio`` is outside [0, 1].
+        PruningError: if ``ratio`` is outside [0, 1].
     """
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"magnitude_prune: ratio must be in [0, 1] (e.g. 0.5), got {ratio!r}")
+        raise PruningError(f"magnitude_prune: ratio must be in [0, 1] (e.g. 0.5), got {ratio!r}")
     wanted = tuple(kernel_size)
     removed_counts: dict[str, tuple[int, int]] = {}
     bake_before_pruning(module, "magnitude_prune")
@@ -381,3 +383,29 @@ def magnitude_prune(
             )
             removed_counts[name] = (count, total)
     return removed_counts
+
+
+# -- ADMM's projections onto its constraint sets --------------------------------------
+
+
+def project_pattern(weight: torch.Tensor, library: np.ndarray) -> torch.Tensor:
+    """The nearest weight whose every kernel is a ``library`` pattern: the pruned
+    tensor of :func:`project_to_patterns`, without the ids."""
+    return project_to_patterns(weight, library)[0]
+
+
+def project_connectivity(weight: torch.Tensor, keep: float) -> torch.Tensor:
+    """The nearest weight with at most ``ceil(keep * n)`` non-zero kernels: the pruned
+    tensor of :func:`keep_largest_kernels`, without the mask."""
+    return keep_largest_kernels(weight, keep)[0]
+
+
+def project_both(weight: torch.Tensor, library: np.ndarray, keep: float | None
+                 ) -> tuple[torch.Tensor, np.ndarray, int]:
+    """The final hard projection: patterns, then the largest kernels of the result
+    (``keep`` None: patterns only, as for a depthwise layer). Returns
+    ``(pruned, pattern ids, kernels kept)`` as :func:`connectivity_prune` does."""
+    pruned, ids = project_to_patterns(weight, library)
+    if keep is None:
+        return pruned, ids, ids.size
+    return connectivity_prune(pruned, ids, keep)

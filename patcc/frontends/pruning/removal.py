@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from patcc.errors import PruningError
 from patcc.frontends.pruning.filters import check_ratio, filter_scores
 from patcc.frontends.pruning.fxgraph import following_batchnorms, trace
 from patcc.frontends.pruning.masks import PruningMasks, filter_masks
@@ -489,7 +490,7 @@ def plan_filter_removal(model: nn.Module, input_shape: Sequence[int], ratio: flo
         for conv in space.convs:
             gamma = params.get(f"{bns[conv]}.weight") if conv in bns else None
             if criterion == "bn" and gamma is None:
-                raise ValueError(f"criterion 'bn': no BatchNorm2d directly after {conv!r}")
+                raise PruningError(f"criterion 'bn': no BatchNorm2d directly after {conv!r}")
             scores += filter_scores(params[f"{conv}.weight"], criterion, gamma)
         count = min(space.size - 1, math.floor(round(ratio * space.size, 9)))
         removed[space.convs[0]] = np.sort(np.argsort(scores, kind="stable")[:count])

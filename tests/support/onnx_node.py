@@ -12,7 +12,7 @@ in scope, it is *excluded* (with the reason) when patcc deliberately does not
 compile it: tensors other than float32, training mode, empty tensors, 1-D and 3-D
 convolutions and pools, optional and sequence values. Every other in-scope test
 must compile and match, or be listed, with the error it gives today, in
-``onnx_node_not_yet.txt`` (the operators and forms still missing, issue 18); a
+``tests/onnx_node_not_yet.txt`` (the operators and forms still missing, issue 18); a
 listed test that starts to import must leave the list.
 """
 

@@ -19,22 +19,24 @@ deletions, duplicated chunks). Every ``UNMUTATED_EVERY``-th case is a seed as is
 a run always contains cases that must compile and match. Some cases also feed
 non-finite or huge input values.
 
-Worker. ``python tests/fuzzing.py worker`` runs cases without paying Python's
-start-up for each: it reads one JSON request per line on stdin (the case's number,
-its model file, a scratch folder) and, for each, calls ``patcc.cli.main`` in-process
-for ``inspect --json``, ``compile --target x86_64-avx2 --no-tune``, ``run`` of the
-model (the reference interpreter) and ``run`` of the compiled ``.so``, capturing
-stdout and stderr (Python's and the file descriptor's, warnings rendered as a fresh
-process would print them), then runs onnxruntime on one thread and compares. On its
-stdout it writes one JSON line as each step starts and one with the case's outcome.
+Worker. ``python tests/support/cli_fuzzer.py worker`` runs cases without paying
+Python's start-up for each: it reads one JSON request per line on stdin (the case's
+number, its model file, a scratch folder) and, for each, calls ``patcc.cli.main``
+in-process for ``inspect --json``, ``compile --target x86_64-avx2 --no-tune``, ``run``
+of the model (the reference interpreter) and ``run`` of the compiled ``.so``,
+capturing stdout and stderr (Python's and the file descriptor's, warnings rendered as
+a fresh process would print them), then runs onnxruntime on one thread and compares.
+On its stdout it writes one JSON line as each step starts and one with the case's
+outcome.
 
 Parent. ``run_fuzz`` (used by ``tests/test_fuzz.py`` and by ``python -m
-tests.fuzzing run``) writes each case's bytes to a file, sends the request, and waits
-at most ``timeout`` seconds for the outcome: on a timeout or a worker killed by a
-signal it records the case as bad, with the step it was in and the Python stack
+tests.support.cli_fuzzer run``) writes each case's bytes to a file, sends the request,
+and waits at most ``timeout`` seconds for the outcome: on a timeout or a worker killed
+by a signal it records the case as bad, with the step it was in and the Python stack
 faulthandler dumped, kills and restarts the worker and goes on. Bad cases are saved
-(``caseN.onnx`` and ``caseN.txt``) for reproduction: ``python -m tests.fuzzing show
-N --out DIR`` writes a case's model and inputs and prints the commands to rerun.
+(``caseN.onnx`` and ``caseN.txt``) for reproduction: ``python -m
+tests.support.cli_fuzzer show N --out DIR`` writes a case's model and inputs and
+prints the commands to rerun.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ machine (patcc should turn it into a user error)."""
 UNMUTATED_EVERY = 16
 """Every case whose number is a multiple of this is an unmutated seed."""
 RELATIVE_TOLERANCE = 1e-4
-REPO_ROOT = Path(__file__).resolve().parent.parent
+"""``support.compare``'s rule, restated: the worker runs this file as a script, where
+``support`` is not importable."""
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 OUTCOMES = (
     "ok", "user_error", "unchecked", "noisy", "overflow", "reference_failed",
@@ -1444,7 +1448,7 @@ def save_case(case: Case, result: CaseResult, directory: Path) -> Path:
     path.write_bytes(case.data)
     note = [f"case {case.number} from seed {case.seed!r}: {case.description}",
             f"outcome: {result.outcome}", *result.problems(), "",
-            f"rerun: python -m tests.fuzzing show {case.number} --out DIR",
+            f"rerun: python -m tests.support.cli_fuzzer show {case.number} --out DIR",
             "steps:", json.dumps(result.steps, indent=1)]
     (directory / f"case{case.number}.txt").write_text("\n".join(note) + "\n")
     return path
@@ -1611,7 +1615,7 @@ def show_case(number: int, out: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``worker CRASH_LOG``, ``run [--cases N] [--seed S] [--jobs J]``, ``show N``."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzzing",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cli_fuzzer",
                                      description="Fuzz the patcc CLI with hostile models.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("worker", help="serve cases on stdin (started by the parent)")

@@ -1,4 +1,5 @@
-"""``patcc prune``: prune an ONNX model and write a new one.
+"""``patcc prune``: prune an ONNX model and write a new one (the pruning algorithms
+themselves are ``patcc.pruning``, in ``patcc/frontends/pruning/``).
 
 ``--method admm`` (data-free ADMM) and ``--method project`` (projection only) keep
 the model's structure and write the pruned weights into its initializers, pruned
@@ -22,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from patcc.errors import PatccError
+from patcc.errors import PruningError
 
 PATTERN_METHODS = ("admm", "project")
 FILTER_METHODS = ("fpgm", "l1", "l2")
@@ -42,7 +43,7 @@ class PruneOptions:
 
 
 def check_options(options: PruneOptions) -> None:
-    """Raise ``PatccError`` for options no pruning can honour, before any work.
+    """Raise ``PruningError`` for options no pruning can honour, before any work.
 
     A ``--rate`` below 2.25 is impossible (a pattern keeps 4 of a 3x3 kernel's 9
     weights, so patterns alone compress 2.25x) and is refused rather than taken as
@@ -53,31 +54,32 @@ def check_options(options: PruneOptions) -> None:
     from patcc.frontends.pruning import PATTERN_ONLY_RATE, AdmmConfig
 
     if options.method not in PATTERN_METHODS + FILTER_METHODS:
-        raise PatccError(f"unknown --method {options.method!r}; expected one of "
-                         f"{', '.join(PATTERN_METHODS + FILTER_METHODS)}")
+        raise PruningError(f"unknown --method {options.method!r}; expected one of "
+                           f"{', '.join(PATTERN_METHODS + FILTER_METHODS)}")
     if options.method in PATTERN_METHODS:
         if not (math.isfinite(options.rate) and options.rate >= PATTERN_ONLY_RATE):
-            raise PatccError(f"--rate {options.rate:g} is impossible: a pattern keeps 4 of a "
-                             f"3x3 kernel's 9 weights, so the compression is {PATTERN_ONLY_RATE:g}"
-                             f" (patterns alone) or more, e.g. --rate 6")
+            raise PruningError(f"--rate {options.rate:g} is impossible: a pattern keeps 4 of a "
+                               "3x3 kernel's 9 weights, so the compression is "
+                               f"{PATTERN_ONLY_RATE:g} (patterns alone) or more, e.g. --rate 6")
         if not 1 <= options.patterns <= 56:
-            raise PatccError(f"--patterns {options.patterns}: a pattern library holds 1 to 56 "
-                             "patterns (each keeps the centre and 3 of the 8 other weights), "
-                             "e.g. --patterns 8")
+            raise PruningError(f"--patterns {options.patterns}: a pattern library holds 1 to 56 "
+                               "patterns (each keeps the centre and 3 of the 8 other weights), "
+                               "e.g. --patterns 8")
     defaults = AdmmConfig()
     if options.epochs is not None and options.epochs < 1:
-        raise PatccError(f"--epochs {options.epochs}: ADMM runs 1 epoch or more (default "
-                         f"{defaults.epochs}); to prune without ADMM, use --method project")
+        raise PruningError(f"--epochs {options.epochs}: ADMM runs 1 epoch or more (default "
+                           f"{defaults.epochs}); to prune without ADMM, use --method project")
     if options.batch_size is not None and options.batch_size < 1:
-        raise PatccError(f"--batch-size {options.batch_size}: must be 1 or more (default "
-                         f"{defaults.batch_size})")
+        raise PruningError(f"--batch-size {options.batch_size}: must be 1 or more (default "
+                           f"{defaults.batch_size})")
 
 
 def prune_onnx(path: str, options: PruneOptions) -> tuple[onnx.ModelProto, list[dict[str, Any]],
                                                           list[str]]:
     """Prune the model at ``path``: (the new model, one summary row per pruned layer,
-    warnings about layers left alone). Raises ``PatccError`` for bad input (options
-    first, see ``check_options``)."""
+    warnings about layers left alone). Raises ``PatccError`` for a file patcc cannot
+    import, ``PruningError`` for a model or options it cannot prune (options first, see
+    ``check_options``); an error that names no place names the file."""
     from patcc.frontends.pruning.onnx_bridge import import_for_pruning
 
     check_options(options)
@@ -89,8 +91,10 @@ def prune_onnx(path: str, options: PruneOptions) -> tuple[onnx.ModelProto, list[
                 result, rows = _pattern(proto, model, options)
             else:
                 result, rows = _filters(model, options)
-        except ValueError as e:
-            raise PatccError(str(e), path) from e
+        except PruningError as e:
+            if e.where is not None:
+                raise
+            raise PruningError(e.message, path) from e
     return result, rows, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
@@ -108,7 +112,7 @@ def _pattern(proto: onnx.ModelProto, model: Any, options: PruneOptions
     keep_fraction(options.rate)  # a bad rate fails before any work
     if not any(tuple(model.module.get_submodule(ident).kernel_size) == (3, 3)
                for ident in model.convs):
-        raise ValueError("the model has no 3x3 convolution to pattern-prune")
+        raise PruningError("the model has no 3x3 convolution to pattern-prune")
     original = copy.deepcopy(model.module)
     if options.method == "admm":
         recipe = AdmmConfig.published() if options.recipe == "published" else AdmmConfig()
@@ -145,7 +149,7 @@ def _filters(model: Any, options: PruneOptions) -> tuple[onnx.ModelProto, list[d
     from patcc.models.export import export_onnx
 
     if options.ratio is None:
-        raise ValueError(f"--method {options.method} needs --ratio (e.g. --ratio 0.3)")
+        raise PruningError(f"--method {options.method} needs --ratio (e.g. --ratio 0.3)")
     module = model.module
     plan = plan_filter_removal(module, model.input_shape, options.ratio, options.method)
     compact = plan.compact(module).eval()
@@ -177,8 +181,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def run(args: Any) -> int:
     """The ``patcc prune`` subcommand."""
-    from patcc.cli import check_output
-    from patcc.fileio import atomic_write
+    from patcc.fileio import atomic_write, check_output
 
     check_output(args.output, [args.model], "pruned.onnx")
     options = PruneOptions(args.method, args.patterns, args.rate, args.ratio, args.epochs,
