@@ -136,6 +136,7 @@ def _artifact_kind(path: str) -> str:
 def _cmd_compile(args: argparse.Namespace) -> int:
     import time
 
+    from patcc.compiler import CompiledPackage
     from patcc.compiler import compile as compile_model
 
     start = time.perf_counter()
@@ -156,8 +157,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     model.save(args.output, emit)
     elapsed = time.perf_counter() - start
     if not args.quiet:
-        layers = len(model.program.launches) if opencl else len(model.plan.codes)
-        what = "kernels" if opencl else "layers"
+        if isinstance(model, CompiledPackage):
+            layers, what = len(model.program.launches), "kernels"
+        else:
+            layers, what = len(model.plan.codes), "layers"
         print(f"{args.output}: {emit} for {model.target.tag} ({model.target.cpu}), "
               f"{layers} {what}, workspace {model.workspace_size / 2**20:.2f} MiB,"
               f" compiled in {elapsed:.1f} s")

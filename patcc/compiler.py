@@ -107,7 +107,7 @@ def compile(
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
     fuse_blocks: bool = False,
-) -> Any:
+) -> CompiledModel | CompiledPackage:
     """Compile an ONNX model (path or ModelProto), a ``torch.nn.Module`` (with
     ``example_inputs``: a tensor or tuple of tensors of the shapes to compile for;
     imported through ``torch.export``, pruning masks honoured, see

@@ -1,4 +1,5 @@
-"""The workspace planner: lay activation buffers out in one block, reusing dead ones' bytes.
+"""Planning both backends share: the workspace (activation buffers laid out in one
+block, reusing dead ones' bytes) and the weight blob (constants laid end to end).
 
 A buffer is live from the step that first writes it to the last step that reads it.
 Two buffers live at the same step must not overlap; buffers never live together may
@@ -13,6 +14,8 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from patcc.ir import Concat, Graph, Reshape
 
@@ -138,3 +141,39 @@ def concat_placements(graph: Graph) -> dict[str, tuple[str, int]]:
                 placements[t] = (out, offset)
             offset += 4 * math.prod(shapes[t])
     return placements
+
+
+class WeightBlob:
+    """Constant arrays laid end to end, each ``align``-byte aligned; offsets in bytes.
+
+    The LLVM backend links it into the ``.so`` as is (64-byte alignment, arrays in
+    their own dtype); the OpenCL backend writes it as the package's weights file
+    (16-byte alignment; float data in the package's precision, ``real``, unless an
+    array is added with its own ``dtype``).
+    """
+
+    def __init__(self, align: int = 64, real: type | None = None) -> None:
+        self.align = align
+        self.real = real
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, array: np.ndarray, dtype: type | np.dtype | None = None) -> int:
+        """Append ``array`` (its bytes, C order, as ``dtype`` or ``real`` when given);
+        returns its byte offset."""
+        kind = dtype or self.real
+        data = np.ascontiguousarray(array, dtype=kind).tobytes() if kind is not None \
+            else np.ascontiguousarray(array).tobytes()
+        pad = -self.size % self.align
+        if pad:
+            self._parts.append(bytes(pad))
+            self.size += pad
+        offset = self.size
+        self._parts.append(data)
+        self.size += len(data)
+        return offset
+
+    def tobytes(self, whole_blocks: bool = False) -> bytes:
+        """The blob; with ``whole_blocks``, padded to a multiple of ``align``."""
+        tail = bytes(-self.size % self.align) if whole_blocks else b""
+        return b"".join(self._parts) + tail

@@ -32,11 +32,11 @@ from patcc.backends.llvm.elementwise import (
 from patcc.backends.llvm.fused import inverted_residuals, lower_inverted_residual
 from patcc.backends.llvm.irutil import I8, I32, I64, PTR, KernelBuilder, declare, i32, i64
 from patcc.backends.llvm.lowering import (
+    BLOB_ALIGN,
     BLOB_SYMBOL,
     LayerCode,
     LoweringContext,
     Schedule,
-    WeightBlob,
     load_operands,
 )
 from patcc.backends.llvm.movement import (
@@ -54,7 +54,7 @@ from patcc.backends.llvm.pooling import (
 )
 from patcc.backends.llvm.resample import lower_resize
 from patcc.backends.llvm.threads import ThreadPool
-from patcc.backends.memory import Buffer, concat_placements, naive_peak, plan_memory
+from patcc.backends.memory import Buffer, WeightBlob, concat_placements, naive_peak, plan_memory
 from patcc.backends.target import Target
 from patcc.ir import (
     Binary,
@@ -126,7 +126,7 @@ def plan_module(graph: Graph, target: Target,
     out all tensors; nothing is emitted yet. With ``fuse_blocks``, inverted-residual
     blocks whose expanded tensor is large are one step (``patcc.backends.llvm.fused``)."""
     shapes = dict(graph.shapes)
-    blob = WeightBlob()
+    blob = WeightBlob(BLOB_ALIGN)
     placed = concat_placements(graph)
     ctx = LoweringContext(shapes=shapes, target=target, blob=blob, schedules=schedules or {},
                           in_place=frozenset(placed))

@@ -14,39 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import PTR, KernelBuilder, i64
+from patcc.backends.memory import WeightBlob
 from patcc.backends.target import Target
 from patcc.errors import BackendError
 from patcc.ir.layers import Layer, Shape
 
 BLOB_SYMBOL = "patcc_weights"
 BLOB_ALIGN = 64
-
-
-class WeightBlob:
-    """Constant arrays laid end to end, each 64-byte aligned; offsets in bytes."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self.size = 0
-
-    def add(self, array: np.ndarray) -> int:
-        """Append ``array`` (its bytes, C order); returns its byte offset."""
-        data = np.ascontiguousarray(array).tobytes()
-        pad = -self.size % BLOB_ALIGN
-        if pad:
-            self._parts.append(bytes(pad))
-            self.size += pad
-        offset = self.size
-        self._parts.append(data)
-        self.size += len(data)
-        return offset
-
-    def tobytes(self) -> bytes:
-        return b"".join(self._parts)
 
 
 @dataclass

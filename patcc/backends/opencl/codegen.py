@@ -22,7 +22,7 @@ import numpy as np
 # The module itself: ``from patcc.backends.opencl import kernels`` names the package
 # too, whose ``__init__`` imports this module, a cycle to the import-graph test.
 import patcc.backends.opencl.kernels as kernels
-from patcc.backends.memory import Buffer, plan_memory
+from patcc.backends.memory import Buffer, WeightBlob, plan_memory
 from patcc.errors import BackendError
 from patcc.ir.graph import Graph
 from patcc.ir.layers import (
@@ -90,26 +90,6 @@ class Program:
         return 2 if self.precision == "fp16" else 4
 
 
-class _Blob:
-    """The weights blob: arrays appended 16-byte aligned, addressed by byte offset."""
-
-    def __init__(self, precision: str) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.real = np.float16 if precision == "fp16" else np.float32
-
-    def add(self, array: np.ndarray, dtype: type | np.dtype | None = None) -> int:
-        data = np.ascontiguousarray(array, dtype=dtype or self.real).tobytes()
-        offset = self.size
-        pad = -len(data) % ALIGN
-        self.parts.append(data + b"\0" * pad)
-        self.size += len(data) + pad
-        return offset
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
 def _ident(name: str, index: int) -> str:
     """The kernel name of the ``index``-th launch: unique by its prefix, then as much
     of the layer's name as ASCII ``[A-Za-z0-9_]`` shows (names come from the model)."""
@@ -126,7 +106,7 @@ class _Renderer:
         self.precision = precision
         self.local = local_size
         self.local_memory = local_memory
-        self.blob = _Blob(precision)
+        self.blob = WeightBlob(ALIGN, np.float16 if precision == "fp16" else np.float32)
         self.shapes = graph.shapes
         self.kernels: list[str] = []
         self.launches: list[KernelLaunch] = []
@@ -190,7 +170,7 @@ class _Renderer:
         source = kernels.program_source(self.precision, self.kernels)
         g = self.graph
         return Program(
-            source=source, weights=self.blob.bytes(), launches=self.launches,
+            source=source, weights=self.blob.tobytes(whole_blocks=True), launches=self.launches,
             inputs={n: TensorSlot(tuple(t.shape), self.offsets[n]) for n, t in g.inputs.items()},
             outputs={n: TensorSlot(tuple(self.shapes[n]), self.offsets[n]) for n in g.outputs},
             workspace_elements=self.workspace_elements, precision=self.precision,
