@@ -14,8 +14,9 @@ kernel kind, and what each kernel does, is in ``kernels``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -162,11 +163,11 @@ class _Renderer:
 
     def render(self) -> Program:
         for layer in self.graph.layers:
-            method = getattr(self, f"_{type(layer).__name__.lower()}", None)
+            method = KERNELS.get(type(layer))
             if method is None:
                 raise BackendError(f"the OpenCL backend has no kernel for {layer.op} "
                                    f"{layer.name!r}")
-            method(layer)
+            method(self, layer)
         source = kernels.program_source(self.precision, self.kernels)
         g = self.graph
         return Program(
@@ -411,6 +412,18 @@ class _Renderer:
         body = kernels.pad(layer, in_shape, out_shape, self.ws(layer.inputs[0]),
                            self.ws(layer.outputs[0]))
         self.add(layer, kernels.linear(total, body), total)
+
+
+KERNELS: dict[type, Callable[[_Renderer, Any], None]] = {
+    Conv: _Renderer._conv, Dense: _Renderer._dense, Col2Im: _Renderer._col2im,
+    ScaleShift: _Renderer._scaleshift, Unary: _Renderer._unary, Binary: _Renderer._binary,
+    Pool: _Renderer._pool, GlobalPool: _Renderer._globalpool, Reduce: _Renderer._reduce,
+    Softmax: _Renderer._softmax, Reshape: _Renderer._reshape, Transpose: _Renderer._transpose,
+    Slice: _Renderer._slice, Resize: _Renderer._resize, Concat: _Renderer._concat,
+    Split: _Renderer._split, Gather: _Renderer._gather, Pad: _Renderer._pad,
+}
+"""Each layer type's kernel(s), a table keyed by type as the LLVM backend's
+``LOWERINGS`` is."""
 
 
 def render(graph: Graph, precision: str = "fp32", local_size: int = 64,
