@@ -158,10 +158,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     if not args.quiet:
         if isinstance(model, CompiledPackage):
-            layers, what = len(model.program.launches), "kernels"
+            layers, what, device = len(model.program.launches), "kernels", model.target.device
         else:
-            layers, what = len(model.plan.codes), "layers"
-        print(f"{args.output}: {emit} for {model.target.tag} ({model.target.cpu}), "
+            layers, what, device = len(model.plan.codes), "layers", model.target.cpu
+        print(f"{args.output}: {emit} for {model.target.tag} ({device}), "
               f"{layers} {what}, workspace {model.workspace_size / 2**20:.2f} MiB,"
               f" compiled in {elapsed:.1f} s")
     if args.report:

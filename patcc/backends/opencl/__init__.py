@@ -28,13 +28,13 @@ class OpenCLTarget:
     local_size: int
     description: str
     local_memory: bool = False
-    cpu: str = "opencl"  # what `patcc compile` prints beside the tag
+    device: str = "opencl"  # the device family `patcc compile` prints beside the tag
 
 
 OPENCL_TARGETS = {
     "opencl": OpenCLTarget("opencl", 64, "any OpenCL 1.2 device"),
     "opencl-adreno": OpenCLTarget("opencl-adreno", 128, "Qualcomm Adreno GPUs (Snapdragon)",
-                                  local_memory=True, cpu="adreno"),
+                                  local_memory=True, device="adreno"),
 }
 EMIT_KINDS = ("opencl",)
 
