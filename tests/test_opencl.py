@@ -15,11 +15,13 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import patcc
+from patcc.backends.memory import reshape_aliases
 from patcc.cli import main
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
@@ -183,7 +185,11 @@ def test_compiled_model_call_and_profile(exported_model) -> None:
     profiled = compiled.load(profile=True)
     profiled.run([x])
     times = profiled.layer_times()
-    assert set(times) == {layer.name for layer in compiled.graph.layers}
+    views = reshape_aliases(compiled.graph)  # ResNet's Flatten: a view, no kernel
+    assert [layer.op for layer in compiled.graph.layers if layer.outputs[0] in views] \
+        == ["Reshape"]
+    assert set(times) == {layer.name for layer in compiled.graph.layers
+                          if layer.outputs[0] not in views}
     assert all(t > 0 for t in times.values())
 
 
@@ -316,6 +322,42 @@ def test_random_pattern_convs(case: OnnxCase) -> None:
 def test_random_small_graphs(case: OnnxCase) -> None:
     _assert_opencl_matches(case)
 
+
+
+def test_reshapes_are_views_of_their_input() -> None:
+    """A Reshape inside the graph is a view (no kernel, its input's buffer): chained,
+    of a graph input, read by two layers and after its input's other readers; one
+    whose output is a graph output keeps its own buffer and copy kernel."""
+    from onnx import TensorProto, helper
+
+    def shape(name: str, dims: list[int]) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.INT64, [len(dims)], dims)
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "s1"], ["r1"]),   # view of the input
+        helper.make_node("Relu", ["r1"], ["a"]),
+        helper.make_node("Reshape", ["a", "s2"], ["r2"]),   # view ...
+        helper.make_node("Reshape", ["r2", "s3"], ["r3"]),  # ... of a view
+        helper.make_node("Sigmoid", ["r3"], ["b"]),
+        helper.make_node("Neg", ["a"], ["c"]),               # a read after its views
+        helper.make_node("Reshape", ["c", "s2"], ["d"]),    # a graph output: copied
+        helper.make_node("Add", ["r3", "b"], ["e"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, [2, 60]),
+         helper.make_tensor_value_info("e", TensorProto.FLOAT, [120])],
+        [shape("s1", [6, 20]), shape("s2", [2, 60]), shape("s3", [120])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              ir_version=8)
+    compiled = patcc.compile(model, target="opencl")
+    views = reshape_aliases(compiled.graph)
+    assert sorted(views) == ["r1", "r2", "r3"] and views["r3"] == "a"
+    assert len(compiled.program.launches) == len(compiled.graph.layers) - 3
+    x = np.random.default_rng(7).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    got = compiled.load().run({"x": x})
+    for name, value in run(compiled.graph, {"x": x}).items():
+        assert_close(got[name], value, name)
 
 
 def test_nan_goes_through_activations_max_min_and_pooling() -> None:

@@ -143,6 +143,18 @@ def concat_placements(graph: Graph) -> dict[str, tuple[str, int]]:
     return placements
 
 
+def reshape_aliases(graph: Graph) -> dict[str, str]:
+    """Reshape outputs that are views of their input's buffer: tensor -> the tensor
+    that owns the memory. A Reshape moves no data, so neither backend gives it code,
+    except where its output is a graph output, which has a buffer of its own."""
+    alias: dict[str, str] = {}
+    outputs = set(graph.outputs)
+    for layer in graph.layers:
+        if isinstance(layer, Reshape) and layer.outputs[0] not in outputs:
+            alias[layer.outputs[0]] = alias.get(layer.inputs[0], layer.inputs[0])
+    return alias
+
+
 class WeightBlob:
     """Constant arrays laid end to end, each ``align``-byte aligned; offsets in bytes.
 

@@ -54,7 +54,14 @@ from patcc.backends.llvm.pooling import (
 )
 from patcc.backends.llvm.resample import lower_resize
 from patcc.backends.llvm.threads import ThreadPool
-from patcc.backends.memory import Buffer, WeightBlob, concat_placements, naive_peak, plan_memory
+from patcc.backends.memory import (
+    Buffer,
+    WeightBlob,
+    concat_placements,
+    naive_peak,
+    plan_memory,
+    reshape_aliases,
+)
 from patcc.backends.target import Target
 from patcc.ir import (
     Binary,
@@ -130,8 +137,7 @@ def plan_module(graph: Graph, target: Target,
     placed = concat_placements(graph)
     ctx = LoweringContext(shapes=shapes, target=target, blob=blob, schedules=schedules or {},
                           in_place=frozenset(placed))
-    outputs = set(graph.outputs)
-    alias: dict[str, str] = {}
+    alias = reshape_aliases(graph)
     codes: list[LayerCode] = []
     blocks = inverted_residuals(graph, frozenset(placed)) if fuse_blocks else {}
     inner = {conv.name for block in blocks.values() for conv in block.convs[:2]}
@@ -141,9 +147,8 @@ def plan_module(graph: Graph, target: Target,
         if layer.name in blocks:
             codes.append(lower_inverted_residual(blocks[layer.name], ctx))
             continue
-        if isinstance(layer, Reshape) and layer.outputs[0] not in outputs:
-            alias[layer.outputs[0]] = alias.get(layer.inputs[0], layer.inputs[0])
-            continue
+        if layer.outputs[0] in alias:
+            continue  # a view of its input's buffer
         codes.append(LOWERINGS[type(layer)](layer, ctx))
 
     locations: dict[str, Location] = {}

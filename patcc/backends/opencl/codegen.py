@@ -23,7 +23,7 @@ import numpy as np
 # The module itself: ``from patcc.backends.opencl import kernels`` names the package
 # too, whose ``__init__`` imports this module, a cycle to the import-graph test.
 import patcc.backends.opencl.kernels as kernels
-from patcc.backends.memory import Buffer, WeightBlob, plan_memory
+from patcc.backends.memory import Buffer, WeightBlob, plan_memory, reshape_aliases
 from patcc.errors import BackendError
 from patcc.ir.graph import Graph
 from patcc.ir.layers import (
@@ -112,6 +112,7 @@ class _Renderer:
         self.kernels: list[str] = []
         self.launches: list[KernelLaunch] = []
         self.layer_info: list[dict[str, object]] = []
+        self.alias = reshape_aliases(graph)  # views: no kernel, their input's memory
         self.offsets = self._plan_workspace()
         self.constants = {name: self.blob.add(value) for name, value in graph.constants.items()}
 
@@ -124,8 +125,11 @@ class _Renderer:
         final: dict[str, int] = {name: 0 for name in g.inputs}
         for step, layer in enumerate(g.layers):
             for t in layer.inputs:
+                t = self.alias.get(t, t)
                 if t in final:
                     final[t] = step
+            if layer.outputs[0] in self.alias:
+                continue
             for t in layer.outputs:
                 first.setdefault(t, step)
                 final[t] = max(final.get(t, step), step)
@@ -142,6 +146,7 @@ class _Renderer:
 
     def ws(self, tensor: str) -> str:
         """A pointer expression to ``tensor``: in the workspace, or a blob constant."""
+        tensor = self.alias.get(tensor, tensor)
         if tensor in self.constants:
             return f"((__global const real*)(wb + {self.constants[tensor]}))"
         return f"(ws + {self.offsets[tensor]})"
@@ -163,6 +168,8 @@ class _Renderer:
 
     def render(self) -> Program:
         for layer in self.graph.layers:
+            if layer.outputs[0] in self.alias:
+                continue
             method = KERNELS.get(type(layer))
             if method is None:
                 raise BackendError(f"the OpenCL backend has no kernel for {layer.op} "
