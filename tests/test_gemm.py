@@ -92,7 +92,7 @@ def gemm_convs(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]
     groups = draw(st.sampled_from((1, 1, 1, 2, 3)))
     c = groups * draw(st.integers(1, 12))
     o = groups * draw(st.integers(1, 40))
-    if groups > 1 and c == o == groups:  # depthwise: the direct kernel's, not the GEMM's
+    if groups > 1 and c == o == groups:  # depthwise: the pattern kernel's, not the GEMM's
         o = 2 * groups
     n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 20)), draw(st.integers(1, 20))
     kh, kw = draw(st.sampled_from(((1, 1), (1, 1), (3, 3), (3, 3), (2, 3), (5, 5), (7, 7))))

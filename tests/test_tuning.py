@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 import patcc
 from patcc import tuning
 from patcc.backends.llvm.conv import VARIETY_MARGIN, conv_options, conv_schedules
-from patcc.backends.llvm.direct import block_fits, direct_blocks
 from patcc.backends.llvm.lowering import LoweringContext, Schedule, WeightBlob
+from patcc.backends.llvm.pattern import block_fits, pattern_blocks
 from patcc.backends.target import get_target
 from patcc.compiler import build
 from patcc.errors import PatccError
@@ -103,7 +103,7 @@ def _pattern_graph(seed: int = 0, hw: tuple[int, int] = (14, 14), removed: float
 
 
 @pytest.mark.parametrize("tag", CPU_TAGS)
-def test_cost_model_order_of_direct_blocks(tag: str) -> None:
+def test_cost_model_order_of_pattern_blocks(tag: str) -> None:
     # Every block the cost model ranks fits the target's registers; tall blocks share
     # the most loads between rows; where half a vector holds a 7x7 row, the flat tile
     # of the whole image comes first; where a lane shift costs several instructions
@@ -112,7 +112,7 @@ def test_cost_model_order_of_direct_blocks(tag: str) -> None:
     for hw in ((56, 56), (14, 14), (7, 7)):
         graph = _pattern_graph(hw=hw)
         (layer,) = graph.convs()
-        blocks = direct_blocks(layer, _context(graph, tag))
+        blocks = pattern_blocks(layer, _context(graph, tag))
         assert len(set(blocks)) == len(blocks) > 1, (hw, blocks)
         for block in blocks:
             rows, nvec = _block_shape(block, hw, target.vector_width)
@@ -127,7 +127,7 @@ def test_cost_model_order_of_direct_blocks(tag: str) -> None:
 
 
 def _block_shape(block: str, hw: tuple[int, int], width: int) -> tuple[int, int]:
-    """(rows, vectors) of a direct block name; a flat tile is one row of vectors."""
+    """(rows, vectors) of a pattern-kernel block name; a flat tile is one row of vectors."""
     if block.startswith("flat"):
         return 1, -(-hw[0] * (hw[1] + 2) // width)
     rows, _, vectors = block.rstrip("a").rstrip("v").partition("r")
@@ -136,7 +136,7 @@ def _block_shape(block: str, hw: tuple[int, int], width: int) -> tuple[int, int]
 
 @pytest.mark.parametrize("tag", X86_TAGS)
 @pytest.mark.parametrize("hw", [(12, 40), (14, 14), (7, 7), (5, 6)])
-def test_every_direct_block_matches_the_interpreter(hw: tuple[int, int], tag: str) -> None:
+def test_every_pattern_block_matches_the_interpreter(hw: tuple[int, int], tag: str) -> None:
     # The tuner is offered the cost model's first few: here those and a spread of
     # the others (up to 8 rows by 4 vectors, aligned and not), which it never sees.
     target = runnable_target(tag)
@@ -145,7 +145,7 @@ def test_every_direct_block_matches_the_interpreter(hw: tuple[int, int], tag: st
     feeds = {name: np.random.default_rng(1).standard_normal(t.shape).astype(np.float32)
              for name, t in graph.inputs.items()}
     expected = run(graph, feeds)
-    blocks = direct_blocks(layer, _context(graph, tag))
+    blocks = pattern_blocks(layer, _context(graph, tag))
     assert any(b.endswith("a") for b in blocks) and any(not b.endswith("a") for b in blocks)
     for block in blocks[:6] + blocks[6::max(1, len(blocks) // 6)]:
         compiled = build(graph, target, {layer.name: Schedule("pattern", block)})
@@ -156,7 +156,7 @@ def test_every_direct_block_matches_the_interpreter(hw: tuple[int, int], tag: st
 
 def test_pattern_convs_can_run_the_dense_kernel_where_the_model_finds_it_close() -> None:
     # Every GEMM tiling is a schedule of a pattern conv; the tuner times one only
-    # when its estimate is near the direct kernel's, which it is not with 3/4 of the
+    # when its estimate is near the pattern kernel's, which it is not with 3/4 of the
     # kernels removed.
     graph = _pattern_graph(removed=0.75)
     (layer,) = graph.convs()

@@ -255,9 +255,9 @@ def test_huge_pool_windows_check_in_constant_time() -> None:
 
 
 def test_large_strides_compile_to_code_that_grows_with_the_kernel() -> None:
-    """A stride of 1000: the direct kernel's pad phase copies only the stride phases
+    """A stride of 1000: the pattern kernel's pad phase copies only the stride phases
     that taps read (at most one per tap), not 10^6 of them."""
-    from patcc.backends.llvm.direct import _layer_taps
+    from patcc.backends.llvm.pattern import _layer_taps
     from patcc.passes.compress import compress_conv
 
     weight = np.zeros((8, 1, 3, 3), np.float32)

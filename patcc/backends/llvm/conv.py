@@ -1,8 +1,8 @@
 """Convolution and dense layers: kernel choice and lowering.
 
 - ``pattern``: a pattern-style conv runs the pattern kernel (a direct conv) over compressed
-  weights (``direct.py``): only kept kernels and kept taps, one loop body per pattern.
-- ``depthwise``: a dense depthwise conv runs the same direct kernel with one tap set
+  weights (``pattern.py``): only kept kernels and kept taps, one loop body per pattern.
+- ``depthwise``: a dense depthwise conv runs the same pattern kernel with one tap set
   (the full kernel window).
 - ``sparse``: a 1x1 conv with unstructured zeros may run the sparse pointwise kernel
   (``sparse.py``), a sparse x dense matrix product that skips the zeros.
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from patcc.backends.llvm.direct import direct_options, lower_direct_conv
 from patcc.backends.llvm.gemm import (
     Columns,
     GemmSpec,
@@ -47,6 +46,7 @@ from patcc.backends.llvm.lowering import (
     PhaseBody,
     Schedule,
 )
+from patcc.backends.llvm.pattern import lower_pattern_conv, pattern_options
 from patcc.backends.llvm.planes import fill_plane
 from patcc.backends.llvm.sparse import (
     block_name,
@@ -64,7 +64,7 @@ the tuner."""
 
 TUNE_MARGIN = 0.25
 """...and only those estimated within this fraction of the cheapest: the cost model
-ranks the direct kernel's blocks within 5-15% of their measured order (Zen 4, AVX2
+ranks the pattern kernel's blocks within 5-15% of their measured order (Zen 4, AVX2
 and AVX-512), so what lies further out never wins, and each candidate timed costs
 the compile its LLVM time."""
 
@@ -91,7 +91,7 @@ def conv_schedules(layer: Conv, ctx: LoweringContext, every: bool = False) -> li
 
     Pattern-style convs run the pattern kernel with one of its register blocks,
     or the dense GEMM where sparsity does not pay (few kernels removed, small
-    images); depthwise convs the direct kernel; 1x1 convs with unstructured zeros the
+    images); depthwise convs the pattern kernel; 1x1 convs with unstructured zeros the
     sparse pointwise kernel (SpMM) or the GEMM; other convs the GEMM with one of its
     tilings.
     """
@@ -136,9 +136,9 @@ def _options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedule]]:
     gemm = [(cycles, Schedule("gemm", t.block)) for cycles, t in _gemm_tilings(layer, ctx)]
     if layer.pattern is not None or layer.is_depthwise:
         kernel = "pattern" if layer.pattern is not None else "depthwise"
-        direct = [(cycles, Schedule(kernel, name)) for cycles, name in direct_options(layer, ctx)]
+        pattern = [(cycles, Schedule(kernel, name)) for cycles, name in pattern_options(layer, ctx)]
         # A depthwise conv as a GEMM is one row per group: never worth timing.
-        return sorted(direct + ([] if layer.is_depthwise else gemm),
+        return sorted(pattern + ([] if layer.is_depthwise else gemm),
                       key=lambda option: option[0])
     if supports_sparse_pointwise(layer):
         # The blocks ranked by their own model; the kernel against the GEMM by the
@@ -163,7 +163,7 @@ def lower_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
         raise BackendError(f"Conv {layer.name!r}: schedule {str(chosen)!r} does not apply; "
                          f"this layer can use {shown}{more}")
     if chosen.kernel in ("pattern", "depthwise"):
-        code = lower_direct_conv(layer, ctx, chosen.kernel, chosen.block)
+        code = lower_pattern_conv(layer, ctx, chosen.kernel, chosen.block)
     elif chosen.kernel == "sparse":
         code = lower_sparse_pointwise(layer, ctx, parse_block(chosen.block))
     else:

@@ -1,4 +1,4 @@
-"""The direct convolution kernel: pattern-sparse 3x3 and depthwise convs.
+"""The pattern kernel, a direct convolution: pattern-sparse 3x3 and depthwise convs.
 
 It never sees a dense weight tensor. The weights arrive compressed
 (``patcc.ir.storage``), read front to back: for each filter in reorder order, its
@@ -97,13 +97,13 @@ def block_fits(target: Target, rows: int, nvec: int, taps: int, sets: int = 1,
     return not (aligned or taps > 4) or accumulators <= registers // 2 - 4
 
 
-def direct_blocks(layer: Conv, ctx: LoweringContext) -> list[str]:
+def pattern_blocks(layer: Conv, ctx: LoweringContext) -> list[str]:
     """The register blocks this conv can run with on ``ctx.target``, the cost model's
-    cheapest first (``direct_options`` without the estimates)."""
-    return [name for _, name in direct_options(layer, ctx)]
+    cheapest first (``pattern_options`` without the estimates)."""
+    return [name for _, name in pattern_options(layer, ctx)]
 
 
-def direct_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, str]]:
+def pattern_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, str]]:
     """Every register block this conv can run with on ``ctx.target`` and its
     estimated cycles (one core), the cheapest first: ``"<R>r<V>v"`` (R output rows by
     V vectors), for narrow outputs ``"flat"``, and each with ``a`` for the aligned
@@ -126,13 +126,13 @@ def direct_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, str]]
     return sorted((cycles, name) for name, cycles in costs.items())
 
 
-def lower_direct_conv(layer: Conv, ctx: LoweringContext, kernel: str,
+def lower_pattern_conv(layer: Conv, ctx: LoweringContext, kernel: str,
                       block: str) -> LayerCode:
     """Two phases: pad + stride-split each input channel, then the sparse convolution.
 
     The convolution's tasks are (image, block of ``R`` output rows, group of filters),
     rows outermost so that threads working at the same time read the same input rows.
-    ``block`` is one of ``direct_blocks``.
+    ``block`` is one of ``pattern_blocks``.
     """
     plan = _plan(layer, ctx, block)
     geometry, taps, cw = plan.geometry, plan.taps, plan.compressed
@@ -184,7 +184,7 @@ def _kernel_stream(cw: CompressedWeights, chan: int) -> tuple[np.ndarray, np.nda
     kernels, m = len(cw.channels), len(cw.patterns)
     if kernels and (int(cw.channels.max()) + 1) * chan >= 2**31:
         raise BackendError(f"a padded input of {(int(cw.channels.max()) + 1) * chan} elements "
-                         "is too large for the direct convolution kernel")
+                         "is too large for the pattern kernel")
     pattern_of = np.repeat(np.tile(np.arange(m), len(cw.counts)), cw.counts.reshape(-1))
     taps = np.array([len(p) for p in cw.patterns], np.int64)[pattern_of]
     entry = np.arange(kernels) + np.concatenate([[0], np.cumsum(taps)[:-1]]).astype(np.int64)
@@ -300,7 +300,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
 def _parse_block(block: str) -> tuple[int, int]:
     rows, _, rest = block.partition("r")
     if not rest.endswith("v") or not rows.isdigit() or not rest[:-1].isdigit():
-        raise ValueError(f"bad direct-conv block {block!r}; expected e.g. '4r2v', '4r2va', "
+        raise ValueError(f"bad pattern-kernel block {block!r}; expected e.g. '4r2v', '4r2va', "
                          "'flat' or 'flata'")
     return int(rows), int(rest[:-1])
 
