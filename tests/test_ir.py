@@ -171,5 +171,7 @@ def test_ir_arrays_are_read_only_and_the_callers_stay_writable() -> None:
         graph.constants["k"][0] = 2.0
     with pytest.raises(TypeError, match="read-only"):
         graph.constants["j"] = np.zeros(1, np.float32)  # type: ignore[index]
+    with pytest.raises(TypeError, match="read-only"):  # an empty mapping too
+        graph.replace(constants={}).constants["j"] = np.zeros(1, np.float32)  # type: ignore[index]
     again = pickle.loads(pickle.dumps(graph))
     assert again == graph and not again.constants["k"].flags.writeable

@@ -31,6 +31,7 @@ from patcc.compiler import CompiledModel
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Conv, Sparsity, verify
 from patcc.passes import reorder_filters
+from patcc.passes.reorder import sparse_pointwise
 from patcc.runtime import run
 from support.compare import assert_close, run_with_threads
 from support.targets import CPU_TAGS, X86_TAGS, runnable_target, runnable_x86_tags
@@ -159,7 +160,7 @@ def _conv(**changes: Any) -> Conv:
 ])
 def test_supports_unpadded_unstrided_ungrouped_1x1_with_zeros(
         changes: dict[str, Any], supported: bool) -> None:
-    assert sparse.supports_sparse_pointwise(_conv(**changes)) is supported
+    assert sparse_pointwise(_conv(**changes)) is supported
 
 
 def test_a_1x1_conv_with_zeros_is_detected_unstructured() -> None:
@@ -170,7 +171,7 @@ def test_a_1x1_conv_with_zeros_is_detected_unstructured() -> None:
         model, _ = _model((1, 12, 5, 5), [PointwiseConv(weight, np.zeros(8, np.float32))], rng)
         (conv,) = verify(import_onnx(model)).convs()
         assert conv.sparsity == style
-        assert sparse.supports_sparse_pointwise(conv) is (style == Sparsity.UNSTRUCTURED)
+        assert sparse_pointwise(conv) is (style == Sparsity.UNSTRUCTURED)
 
 
 def test_tiles_are_balanced_and_only_the_last_vector_is_partial() -> None:

@@ -41,8 +41,7 @@ def frozen(value: Any) -> Any:
         view = value.view()
         view.setflags(write=False)
         return view
-    if isinstance(value, Mapping) and not isinstance(value, ConstantMap) \
-            and any(isinstance(v, np.ndarray) for v in value.values()):
+    if isinstance(value, dict) and not isinstance(value, ConstantMap):
         return ConstantMap({k: frozen(v) for k, v in value.items()})
     return value
 

@@ -53,10 +53,10 @@ from patcc.backends.llvm.sparse import (
     lower_sparse_pointwise,
     parse_block,
     sparse_pointwise_options,
-    supports_sparse_pointwise,
 )
 from patcc.errors import BackendError
 from patcc.ir.layers import Conv, Dense
+from patcc.passes.reorder import sparse_pointwise
 
 TUNE_CANDIDATES = 4
 """At most this many schedules of a conv, the cheapest estimated first, are timed by
@@ -140,7 +140,7 @@ def _options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedule]]:
         # A depthwise conv as a GEMM is one row per group: never worth timing.
         return sorted(pattern + ([] if layer.is_depthwise else gemm),
                       key=lambda option: option[0])
-    if supports_sparse_pointwise(layer):
+    if sparse_pointwise(layer):
         # The blocks ranked by their own model; the kernel against the GEMM by the
         # measured break-even density: the two models' scales do not compare.
         blocks = sparse_pointwise_options(layer, ctx)

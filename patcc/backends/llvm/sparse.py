@@ -65,12 +65,6 @@ MAX_BLOCK_FILTERS = 4
 """Filters accumulated together at most: 2^F - 1 loops per block and chunk."""
 
 
-def supports_sparse_pointwise(layer: Conv) -> bool:
-    """Whether this kernel can run ``layer`` (``patcc.passes.reorder.sparse_pointwise``:
-    the reorder pass gave it its filter order)."""
-    return sparse_pointwise(layer)
-
-
 def _widest(block_filters: int, registers: int) -> int:
     """The most vectors per tile whose accumulators (F per vector), the input vectors
     of a channel and a broadcast weight fit the registers."""
@@ -365,9 +359,9 @@ def lower_sparse_pointwise(layer: Conv, ctx: LoweringContext,
     ``task_filters`` rounded up to whole blocks. Raises ``ValueError`` for an illegal
     block or an unsupported layer.
     """
-    if not supports_sparse_pointwise(layer):
+    if not sparse_pointwise(layer):
         raise ValueError(f"conv {layer.name!r} is not a sparse 1x1 conv "
-                         "(see supports_sparse_pointwise)")
+                         "(see patcc.passes.reorder.sparse_pointwise)")
     n, c, h, w = ctx.in_shape(layer)
     o = layer.out_channels
     width = ctx.target.vector_width

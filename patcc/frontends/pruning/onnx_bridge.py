@@ -57,6 +57,7 @@ from patcc.ir.layers import (
     Transpose,
     Unary,
 )
+from patcc.text import unique_name
 
 
 @dataclass
@@ -119,13 +120,7 @@ def _batch_norm(layer: ScaleShift, onnx_bn: tuple[np.ndarray, ...] | None) -> nn
 
 def _ident(name: str, taken: set[str]) -> str:
     base = re.sub(r"\W", "_", name).strip("_") or "layer"
-    base = base if not base[0].isdigit() else f"m_{base}"
-    ident, k = base, 1
-    while ident in taken:
-        k += 1
-        ident = f"{base}_{k}"
-    taken.add(ident)
-    return ident
+    return unique_name(base if not base[0].isdigit() else f"m_{base}", taken)
 
 
 def _activation(g: fx.Graph, act: Activation | None, x: fx.Node) -> fx.Node:
