@@ -65,7 +65,7 @@ MODULE_TIERS = {
     "test_inspect": "nocompile",
     "test_interpreter": "nocompile",
     "test_ir": "nocompile",
-    "test_memory": "nocompile",
+    "test_planning": "nocompile",
     "test_models": "nocompile",
     "test_old_opsets": "nocompile",
     "test_onnx_node": "nocompile",
@@ -117,7 +117,7 @@ collection stops until it is."""
 TEST_TIERS = {
     "test_dense_prediction_models::test_readme_detection_example_decodes_and_suppresses":
         "compiled",
-    "test_memory::test_concat_in_place_computes_the_same": "compiled",
+    "test_planning::test_concat_in_place_computes_the_same": "compiled",
     "test_old_opsets::test_compiled_matches_onnxruntime": "compiled",
     "test_onnx_node::test_native_build_passes_the_node_tests": "compiled",
     "test_validation::test_compiled_nan_semantics_match_the_interpreter": "compiled",

@@ -21,12 +21,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import patcc
-from patcc.backends.memory import reshape_aliases
+from patcc.backends.planning import SPARSE, conv_kernels, reshape_aliases
 from patcc.cli import main
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
 from patcc.ir import Sparsity
 from patcc.models import INPUT_SHAPES
+from patcc.passes import BACKEND_PIPELINE, run_pipeline
 from patcc.runtime import run
 from support.compare import assert_close, run_onnxruntime
 from support.fuzz import fuzz_examples
@@ -42,6 +43,7 @@ from support.onnx_gen import (
     small_graph_models,
 )
 from support.reference_models import FULL_MATRIX, SLOW_ARCHITECTURES, reference_params
+from support.sparse_models import PointwiseConv, pointwise_model, sparse_weight
 from support.tools import MISSING_TOOL, require_tool
 
 pytestmark = pytest.mark.needs_tool
@@ -315,6 +317,34 @@ def test_random_convs_staged_through_local_memory(case: OnnxCase) -> None:
 @given(pattern_conv_models())
 def test_random_pattern_convs(case: OnnxCase) -> None:
     _assert_opencl_matches(case)
+
+
+@st.composite
+def sparse_pointwise_models(draw: st.DrawFn) -> OnnxCase:
+    """Two 1x1 convs of one random shape with unstructured zeros (the ``sparse``
+    kernel), densities from 2% to 80% (filters with no non-zero at all), each with or
+    without a fused residual and activation."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x_shape = (draw(st.integers(1, 2)), draw(st.integers(1, 80)), draw(st.integers(1, 13)),
+               draw(st.integers(1, 13)))
+    o = draw(st.integers(1, 40))
+    convs = [PointwiseConv(sparse_weight(rng, o, x_shape[1],
+                                         draw(st.sampled_from((0.02, 0.2, 0.5, 0.8)))),
+                           rng.standard_normal(o).astype(np.float32), draw(st.booleans()),
+                           draw(st.sampled_from((None, "relu", "relu6"))))
+             for _ in range(2)]
+    model, feeds = pointwise_model(x_shape, convs, rng)
+    names = tuple(out.name for out in model.graph.output)
+    return OnnxCase(model, feeds, names, tuple((x_shape[0], o, *x_shape[2:]) for _ in names))
+
+
+@fuzz
+@given(sparse_pointwise_models(), st.sampled_from(["opencl", "opencl-adreno"]))
+def test_random_sparse_pointwise_convs(case: OnnxCase, target: str) -> None:
+    """The ``sparse`` kernel, which ``conv_kernels`` gives these convs first."""
+    graph = run_pipeline(import_onnx(case.model, case.input_shapes), BACKEND_PIPELINE)
+    assert {conv_kernels(conv)[0] for conv in graph.convs()} == {SPARSE}
+    _assert_opencl_matches(case, target)
 
 
 @fuzz

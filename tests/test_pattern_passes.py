@@ -65,7 +65,8 @@ def test_compressed_layout_expected_and_exact() -> None:
     assert packed.kernel_start.tolist() == [0, 2] and packed.weight_start.tolist() == [0, 9]
     assert packed.weights[:5].tolist() == conv.weight[0, 2][[0, 1, 1, 1, 2],
                                                             [1, 0, 1, 2, 1]].tolist()
-    assert np.array_equal(packed.decompress(conv.weight.shape, 1), conv.weight)
+    assert np.array_equal(packed.decompress(conv.weight.shape, 1, conv.storage_order),
+                          conv.weight)
 
 
 def test_compression_follows_the_filter_order_and_grouped_channels() -> None:
@@ -74,7 +75,10 @@ def test_compression_follows_the_filter_order_and_grouped_channels() -> None:
     g = Graph({"x": TensorType((1, 4, 5, 5))}, (compress_weights(conv),), ("y",))
     (packed_conv,) = verify(g).layers
     assert isinstance(packed_conv, Conv) and packed_conv.compressed is not None
-    assert packed_conv.compressed.filter_order.tolist() == packed_conv.filter_order.tolist()
+    # stored in the conv's filter order, which the compressed weights do not repeat
+    assert packed_conv.filter_order.tolist() != list(range(4))
+    assert np.array_equal(packed_conv.compressed.decompress(
+        packed_conv.weight.shape, 2, packed_conv.storage_order), packed_conv.weight)
     # filters 2 and 3 are in group 1: their channels are 2 and 3 of the input
     assert set(packed_conv.compressed.channels.tolist()) == {0, 1, 2, 3}
 
@@ -90,6 +94,10 @@ def test_verify_catches_corrupt_storage() -> None:
         conv.compressed, weights=bad_weights))
     with pytest.raises(IRError, match="do not decompress"):
         verify(g.replace(layers=(broken,)))
+    # a filter order changed after compression no longer matches the storage
+    with pytest.raises(IRError, match="in the conv's filter order"):
+        verify(g.replace(layers=(dataclasses.replace(
+            conv, filter_order=conv.storage_order[::-1].copy()),)))
     with pytest.raises(IRError, match="not a permutation"):
         verify(g.replace(layers=(dataclasses.replace(
             conv, filter_order=np.array([0, 0], np.int32), compressed=None),)))

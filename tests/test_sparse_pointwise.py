@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from unittest import mock
 
@@ -21,7 +21,6 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
 
 import patcc
 from patcc.backends.llvm import codegen, sparse
@@ -34,60 +33,11 @@ from patcc.passes import reorder_filters
 from patcc.passes.reorder import sparse_pointwise
 from patcc.runtime import run
 from support.compare import assert_close, run_with_threads
+from support.sparse_models import PointwiseConv, pointwise_model, sparse_weight
 from support.targets import CPU_TAGS, X86_TAGS, runnable_target, runnable_x86_tags
 
 examples = settings(max_examples=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-@dataclasses.dataclass(frozen=True)
-class PointwiseConv:
-    """One 1x1 conv of a test model: weights, and what is fused after it."""
-
-    weight: np.ndarray  # (O, C, 1, 1)
-    bias: np.ndarray
-    residual: bool = False
-    activation: str | None = None  # "relu" or "relu6"
-
-
-def _sparse_weight(rng: np.random.Generator, o: int, c: int, density: float) -> np.ndarray:
-    weight = (rng.standard_normal((o, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
-    weight[rng.random(weight.shape) >= density] = 0.0
-    if not (weight == 0).any():  # the kernel takes only convs with a zero
-        weight[0, 0] = 0.0
-    return weight
-
-
-def _model(x_shape: tuple[int, int, int, int], convs: Sequence[PointwiseConv],
-           rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """Convs side by side on input ``x``, conv ``i`` ending in output ``out{i}``."""
-    n, _, h, w = x_shape
-    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
-    consts = {"zero": np.array(0.0, np.float32), "six": np.array(6.0, np.float32)}
-    nodes, outputs = [], []
-    for i, spec in enumerate(convs):
-        o = spec.weight.shape[0]
-        consts[f"w{i}"], consts[f"b{i}"] = spec.weight, spec.bias
-        chain = [("Conv", ["x", f"w{i}", f"b{i}"])]
-        if spec.residual:
-            feeds[f"r{i}"] = rng.standard_normal((n, o, h, w)).astype(np.float32)
-            chain.append(("Add", [f"r{i}"]))
-        if spec.activation == "relu":
-            chain.append(("Relu", []))
-        elif spec.activation == "relu6":
-            chain.append(("Clip", ["zero", "six"]))
-        last = None
-        for step, (op, args) in enumerate(chain):
-            out = f"out{i}" if step == len(chain) - 1 else f"t{i}_{step}"
-            nodes.append(helper.make_node(op, ([last] if last else []) + args, [out]))
-            last = out
-        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, (n, o, h, w)))
-    inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
-              for k, v in feeds.items()]
-    graph = helper.make_graph(nodes, "pointwise", inputs, outputs,
-                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    return model, feeds
 
 
 def _compile(model: onnx.ModelProto, blocks: Mapping[str, sparse.Block | None],
@@ -165,10 +115,11 @@ def test_supports_unpadded_unstrided_ungrouped_1x1_with_zeros(
 
 def test_a_1x1_conv_with_zeros_is_detected_unstructured() -> None:
     rng = np.random.default_rng(0)
-    sparse_w = _sparse_weight(rng, 8, 12, 0.5)
+    sparse_w = sparse_weight(rng, 8, 12, 0.5)
     dense_w = rng.standard_normal((8, 12, 1, 1)).astype(np.float32) + 10.0
     for weight, style in ((sparse_w, Sparsity.UNSTRUCTURED), (dense_w, Sparsity.DENSE)):
-        model, _ = _model((1, 12, 5, 5), [PointwiseConv(weight, np.zeros(8, np.float32))], rng)
+        model, _ = pointwise_model((1, 12, 5, 5),
+                                   [PointwiseConv(weight, np.zeros(8, np.float32))], rng)
         (conv,) = verify(import_onnx(model)).convs()
         assert conv.sparsity == style
         assert sparse_pointwise(conv) is (style == Sparsity.UNSTRUCTURED)
@@ -212,7 +163,7 @@ def _decode(sw: sparse._SparseWeights, g: sparse._Geometry) -> np.ndarray:
 ])
 def test_compressed_weights_decode_to_the_dense_weights(o: int, c: int, density: float,
                                                         f: int, k_chunk: int) -> None:
-    weight = _sparse_weight(np.random.default_rng(o * c), o, c, density)
+    weight = sparse_weight(np.random.default_rng(o * c), o, c, density)
     layer = _conv(weight=weight, bias=np.zeros(o, np.float32))
     g = sparse._Geometry(1, c, o, sparse._Tiles.split(30, 16, 2), f, 2, k_chunk, False)
     sw = sparse._sparse_weights(layer, g)
@@ -223,7 +174,7 @@ def test_compressed_weights_decode_to_the_dense_weights(o: int, c: int, density:
 
 @pytest.mark.parametrize("tag", CPU_TAGS)
 def test_candidates_fit_the_registers_of_each_target(tag: str) -> None:
-    layer = _conv(weight=_sparse_weight(np.random.default_rng(1), 64, 96, 0.5),
+    layer = _conv(weight=sparse_weight(np.random.default_rng(1), 64, 96, 0.5),
                   bias=np.zeros(64, np.float32))
     target = get_target(tag)
     ctx = LoweringContext({"x": (1, 96, 28, 28)}, target, WeightBlob())
@@ -241,7 +192,7 @@ def test_block_names_round_trip_and_bad_blocks_are_refused() -> None:
     assert sparse.parse_block(sparse.block_name((7, 3, 96, 64))) == (7, 3, 96, 64)
     with pytest.raises(ValueError, match="7v3f96t64k"):
         sparse.parse_block("7v3f")
-    model, _ = _model((1, 8, 12, 12), [PointwiseConv(_sparse_weight(
+    model, _ = pointwise_model((1, 8, 12, 12), [PointwiseConv(sparse_weight(
         np.random.default_rng(2), 6, 8, 0.5), np.zeros(6, np.float32))],
         np.random.default_rng(3))
     bad: list[Any] = [(8, 4, 6, 8), (0, 1, 6, 8), (2, 5, 6, 8), (2, 2, 6)]
@@ -273,13 +224,13 @@ def test_every_candidate_block_matches_the_interpreter(
     runnable_target(tag)
     rng = np.random.default_rng(x_shape[1] * o)
     c = x_shape[1]
-    weight = _sparse_weight(rng, o, c, density)
+    weight = sparse_weight(rng, o, c, density)
     candidates = _candidates(x_shape, weight, target=tag)
     fused = [(False, None), (True, "relu"), (False, "relu6"), (True, None)]
-    convs = [PointwiseConv(_sparse_weight(rng, o, c, density),
+    convs = [PointwiseConv(sparse_weight(rng, o, c, density),
                            rng.standard_normal(o).astype(np.float32), *fused[i % len(fused)])
              for i in range(len(candidates))]
-    model, feeds = _model(x_shape, convs, rng)
+    model, feeds = pointwise_model(x_shape, convs, rng)
     compiled = _check(model, feeds, {f"out{i}": b for i, b in enumerate(candidates)}, tag)
     for code in compiled.plan.codes:
         assert isinstance(code.layer, Conv)
@@ -295,7 +246,7 @@ def test_empty_filters_and_a_single_weight(tag: str) -> None:
     registers = runnable_target(tag).vector_registers
     rng = np.random.default_rng(7)
     x_shape = (2, 50, 5, 9)
-    holes = _sparse_weight(rng, 13, 50, 0.5)
+    holes = sparse_weight(rng, 13, 50, 0.5)
     holes[[0, 4, 12]] = 0.0  # filters with no non-zero: bias (+ residual) only
     single = np.zeros((13, 50, 1, 1), np.float32)
     single[6, 31] = 2.5
@@ -305,7 +256,7 @@ def test_empty_filters_and_a_single_weight(tag: str) -> None:
     widest = (registers - 1) // 4  # of 3 filters: the tile across the 5x9 image, or less
     blocks = [(3, 4, 8, 16), (widest, 3, 13, 50),
               (1, 1, 1, 1), (2, 2, 4, 7)]
-    model, feeds = _model(x_shape, convs, rng)
+    model, feeds = pointwise_model(x_shape, convs, rng)
     _check(model, feeds, {f"out{i}": b for i, b in enumerate(blocks)}, tag)
 
 
@@ -324,7 +275,7 @@ def sparse_cases(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, np.ndarray
     convs, blocks = [], {}
     for i in range(2):
         density = draw(st.sampled_from((0.02, 0.2, 0.5, 0.8)))
-        convs.append(PointwiseConv(_sparse_weight(rng, o, c, density),
+        convs.append(PointwiseConv(sparse_weight(rng, o, c, density),
                                    rng.standard_normal(o).astype(np.float32),
                                    draw(st.booleans()),
                                    draw(st.sampled_from((None, "relu", "relu6")))))
@@ -332,7 +283,7 @@ def sparse_cases(draw: st.DrawFn) -> tuple[onnx.ModelProto, dict[str, np.ndarray
         block = (draw(st.integers(1, (registers - 1) // (f + 1))), f, draw(st.integers(1, o)),
                  draw(st.integers(1, c)))
         blocks[f"out{i}"] = draw(st.sampled_from((block, block, None)))
-    model, feeds = _model(x_shape, convs, rng)
+    model, feeds = pointwise_model(x_shape, convs, rng)
     return model, feeds, blocks, tag
 
 

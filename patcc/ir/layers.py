@@ -206,7 +206,7 @@ class Conv(Layer):
     A second input is a fused residual: ``y = act(conv(x) + bias + residual)``.
     ``filter_order`` (set by the reorder pass) is the order the kernel visits filters
     in, and ``compressed`` (set by the compression pass) the weights in the layout it
-    reads; both leave the layer's meaning unchanged.
+    reads, filters in ``storage_order``; both leave the layer's meaning unchanged.
     """
 
     weight: np.ndarray
@@ -239,6 +239,14 @@ class Conv(Layer):
     @property
     def is_depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+
+    @property
+    def storage_order(self) -> np.ndarray:
+        """int32 (O,): the filter order, or the identity before the reorder pass; the
+        order of the filters in ``compressed``, which does not store it again."""
+        if self.filter_order is None:
+            return np.arange(self.out_channels, dtype=np.int32)
+        return self.filter_order.astype(np.int32, copy=False)
 
     @property
     def kept_kernels(self) -> np.ndarray:

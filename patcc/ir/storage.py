@@ -1,6 +1,7 @@
 """Pattern-aware compressed weight storage, read front to back by the pattern kernel.
 
-Filters appear in ``filter_order`` (storage position -> output channel). For each
+Filters appear in their conv's storage order (``Conv.storage_order``: the reorder
+pass's ``filter_order``, which only the conv holds, or the identity). For each
 filter: ``counts[f, p]`` kernels of tap set p, in tap-set order; for each kept kernel
 its input channel (uint16) and its kept weights in tap order. ``kernel_start`` and
 ``weight_start`` index the first kernel and weight of each filter. Compared with
@@ -22,7 +23,6 @@ class CompressedWeights(IRNode):
     """One conv's weights in the pattern-aware layout (see the module docstring)."""
 
     patterns: tuple[tuple[tuple[int, int], ...], ...]
-    filter_order: np.ndarray  # int32 (O,)
     counts: np.ndarray  # uint16 (O, m), storage order
     channels: np.ndarray  # uint16 (kept kernels,)
     weights: np.ndarray  # float32 (kept weights,)
@@ -31,17 +31,21 @@ class CompressedWeights(IRNode):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored arrays (what the kernel reads)."""
-        return sum(int(a.nbytes) for a in (self.filter_order, self.counts, self.channels,
-                                           self.weights, self.kernel_start, self.weight_start))
+        """Bytes the kernel reads: the stored arrays and the filter order (int32 per
+        filter) it reads beside them."""
+        return 4 * len(self.kernel_start) + sum(
+            int(a.nbytes) for a in (self.counts, self.channels, self.weights,
+                                    self.kernel_start, self.weight_start))
 
-    def decompress(self, shape: tuple[int, int, int, int], groups: int) -> np.ndarray:
-        """The dense (O, I/groups, kh, kw) weight tensor these arrays encode."""
+    def decompress(self, shape: tuple[int, int, int, int], groups: int,
+                   order: np.ndarray) -> np.ndarray:
+        """The dense (O, I/groups, kh, kw) weight tensor these arrays encode, stored in
+        filter ``order`` (storage position -> output channel)."""
         o, cg = shape[0], shape[1]
         og = o // groups
         dense = np.zeros(shape, np.float32)
         k = w = 0
-        for pos, f in enumerate(self.filter_order.tolist()):
+        for pos, f in enumerate(order.tolist()):
             for p, taps in enumerate(self.patterns):
                 for _ in range(int(self.counts[pos, p])):
                     ci = int(self.channels[k]) - (f // og) * cg

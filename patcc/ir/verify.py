@@ -100,8 +100,7 @@ def _check_storage(conv: Conv) -> None:
     packed = conv.compressed
     if packed is None:
         return
-    if order is not None and not np.array_equal(packed.filter_order, order):
-        raise IRError(f"Conv {conv.name!r}: compressed weights use another filter order")
-    dense = packed.decompress(conv.weight.shape, conv.groups)
+    dense = packed.decompress(conv.weight.shape, conv.groups, conv.storage_order)
     if not np.array_equal(dense, conv.weight):
-        raise IRError(f"Conv {conv.name!r}: compressed weights do not decompress to the weights")
+        raise IRError(f"Conv {conv.name!r}: compressed weights do not decompress to the "
+                      "weights in the conv's filter order")

@@ -12,7 +12,8 @@ from patcc.ir.storage import CompressedWeights
 
 
 def compress_conv(conv: Conv) -> CompressedWeights:
-    """The compressed weights of a pattern-style or depthwise conv, in its filter order.
+    """The compressed weights of a pattern-style or depthwise conv, its filters in
+    ``conv.storage_order``.
 
     A dense depthwise conv has one tap set, the whole window.
     """
@@ -26,8 +27,7 @@ def compress_conv(conv: Conv) -> CompressedWeights:
         ids = np.zeros((o, cg), dtype=np.int64)
     patterns = tuple(tuple((int(y), int(x)) for y, x in zip(*np.nonzero(m), strict=True))
                      for m in masks)
-    order = (conv.filter_order if conv.filter_order is not None
-             else np.arange(o, dtype=np.int32))
+    order = conv.storage_order
     counts = np.zeros((o, len(patterns)), np.uint16)
     channels: list[np.ndarray] = []
     weights: list[np.ndarray] = []
@@ -47,7 +47,7 @@ def compress_conv(conv: Conv) -> CompressedWeights:
             n_kernels += len(local)
             n_weights += len(local) * len(taps)
     return CompressedWeights(
-        patterns=patterns, filter_order=order.astype(np.int32), counts=counts,
+        patterns=patterns, counts=counts,
         channels=np.concatenate(channels) if channels else np.zeros(0, np.uint16),
         weights=(np.concatenate(weights).astype(np.float32) if weights
                  else np.zeros(0, np.float32)),

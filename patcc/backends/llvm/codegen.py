@@ -54,10 +54,11 @@ from patcc.backends.llvm.pooling import (
 )
 from patcc.backends.llvm.resample import lower_resize
 from patcc.backends.llvm.threads import ThreadPool
-from patcc.backends.memory import (
+from patcc.backends.planning import (
     Buffer,
     WeightBlob,
     concat_placements,
+    live_ranges,
     naive_peak,
     plan_memory,
     reshape_aliases,
@@ -159,25 +160,17 @@ def plan_module(graph: Graph, target: Target,
     for name, value in graph.constants.items():
         locations[name] = Location("const", blob.add(value))
 
-    def root(t: str) -> str:
-        return alias.get(t, t)
-
     def home(t: str) -> str:
-        """The buffer a tensor lives in: its own, or (in place) its Concat's."""
+        """The buffer a tensor lives in: its owner's for a view, or (in place) its
+        Concat's."""
+        t = alias.get(t, t)
         while t in placed:
             t = placed[t][0]
         return t
 
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
-    for step, code in enumerate(codes):
-        for t in code.layer.outputs:
-            first.setdefault(home(t), step)
-            last[home(t)] = max(last.get(home(t), step), step)
-        for t in code.layer.inputs:
-            last[home(root(t))] = step
-    buffers = [Buffer(t, 4 * math.prod(shapes[t]), first[t], last[t])
-               for t in first if t not in locations]
+    ranges = live_ranges(((code.layer.inputs, code.layer.outputs) for code in codes), home)
+    buffers = [Buffer(t, 4 * math.prod(shapes[t]), first, last)
+               for t, (first, last) in ranges.items() if t not in locations]
     scratch_keys: dict[str, str] = {}  # buffer name -> layer; no tensor has that name
     for step, code in enumerate(codes):
         if code.scratch_bytes:
@@ -190,6 +183,7 @@ def plan_module(graph: Graph, target: Target,
     for buf in buffers:
         if buf.name not in scratch_keys:
             locations[buf.name] = Location("workspace", memory.offsets[buf.name])
+
     def place(t: str) -> Location:
         if t not in locations:
             parent, offset = placed[t]

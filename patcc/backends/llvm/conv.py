@@ -1,5 +1,8 @@
 """Convolution and dense layers: kernel choice and lowering.
 
+Which kernel families can run a conv is ``patcc.backends.planning.conv_kernels``,
+shared with the OpenCL backend; this module ranks their schedules with the cost model.
+
 - ``pattern``: a pattern-style conv runs the pattern kernel (a direct conv) over compressed
   weights (``pattern.py``): only kept kernels and kept taps, one loop body per pattern.
 - ``depthwise``: a dense depthwise conv runs the same pattern kernel with one tap set
@@ -54,9 +57,9 @@ from patcc.backends.llvm.sparse import (
     parse_block,
     sparse_pointwise_options,
 )
+from patcc.backends.planning import DEPTHWISE, GEMM, PATTERN, SPARSE, conv_kernels
 from patcc.errors import BackendError
 from patcc.ir.layers import Conv, Dense
-from patcc.passes.reorder import sparse_pointwise
 
 TUNE_CANDIDATES = 4
 """At most this many schedules of a conv, the cheapest estimated first, are timed by
@@ -133,20 +136,20 @@ def conv_options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedul
 
 
 def _options(layer: Conv, ctx: LoweringContext) -> list[tuple[float, Schedule]]:
-    gemm = [(cycles, Schedule("gemm", t.block)) for cycles, t in _gemm_tilings(layer, ctx)]
-    if layer.pattern is not None or layer.is_depthwise:
-        kernel = "pattern" if layer.pattern is not None else "depthwise"
-        pattern = [(cycles, Schedule(kernel, name)) for cycles, name in pattern_options(layer, ctx)]
-        # A depthwise conv as a GEMM is one row per group: never worth timing.
-        return sorted(pattern + ([] if layer.is_depthwise else gemm),
-                      key=lambda option: option[0])
-    if sparse_pointwise(layer):
+    kernels = conv_kernels(layer)
+    gemm = [(cycles, Schedule(GEMM, t.block)) for cycles, t in _gemm_tilings(layer, ctx)] \
+        if GEMM in kernels else []
+    if kernels[0] in (PATTERN, DEPTHWISE):
+        pattern = [(cycles, Schedule(kernels[0], name))
+                   for cycles, name in pattern_options(layer, ctx)]
+        return sorted(pattern + gemm, key=lambda option: option[0])
+    if kernels[0] == SPARSE:
         # The blocks ranked by their own model; the kernel against the GEMM by the
         # measured break-even density: the two models' scales do not compare.
         blocks = sparse_pointwise_options(layer, ctx)
         density = np.count_nonzero(layer.weight) / layer.weight.size
         scale = gemm[0][0] * density / SPARSE_DENSITY_CUTOFF / blocks[0][0]
-        sparse = [(cycles * scale, Schedule("sparse", block_name(b))) for cycles, b in blocks]
+        sparse = [(cycles * scale, Schedule(SPARSE, block_name(b))) for cycles, b in blocks]
         return sorted(sparse + gemm, key=lambda option: option[0])
     return gemm
 
@@ -162,9 +165,9 @@ def lower_conv(layer: Conv, ctx: LoweringContext) -> LayerCode:
             if len(options) > LISTED_SCHEDULES else ""
         raise BackendError(f"Conv {layer.name!r}: schedule {str(chosen)!r} does not apply; "
                          f"this layer can use {shown}{more}")
-    if chosen.kernel in ("pattern", "depthwise"):
+    if chosen.kernel in (PATTERN, DEPTHWISE):
         code = lower_pattern_conv(layer, ctx, chosen.kernel, chosen.block)
-    elif chosen.kernel == "sparse":
+    elif chosen.kernel == SPARSE:
         code = lower_sparse_pointwise(layer, ctx, parse_block(chosen.block))
     else:
         code = _lower_gemm_conv(layer, ctx, chosen.block)

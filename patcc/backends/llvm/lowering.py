@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import PTR, KernelBuilder, i64
-from patcc.backends.memory import WeightBlob
+from patcc.backends.planning import WeightBlob
 from patcc.backends.target import Target
-from patcc.errors import BackendError
 from patcc.ir.layers import Layer, Shape
 
 BLOB_SYMBOL = "patcc_weights"
@@ -101,7 +99,7 @@ class LoweringContext:
     memo: dict[tuple[str, str], object] = field(default_factory=dict)
     in_place: frozenset[str] = frozenset()
     """Tensors their producer writes straight into the Concat that reads them
-    (``patcc.backends.memory.concat_placements``): that Concat copies the others."""
+    (``patcc.backends.planning.concat_placements``): that Concat copies the others."""
     """Analyses of a layer kept for the rest of the lowering (key: layer name and
     what), e.g. its ranked schedules: the cost model runs once per layer."""
 
@@ -119,15 +117,3 @@ def load_operands(kb: KernelBuilder, table: ir.Value, n_in: int, n_out: int,
     return Operands(ptrs[:n_in], ptrs[n_in:n_in + n_out], ptrs[-1], blob)
 
 
-T = TypeVar("T")
-
-
-def required(value: T | None, layer: Layer, what: str, pass_name: str) -> T:
-    """An IR fact a kernel needs, which ``BACKEND_PIPELINE`` establishes (pass
-    ``pass_name``): kernels read it, they never recompute it. A graph built without the
-    pipeline is a ``BackendError`` naming the pass."""
-    if value is None:
-        raise BackendError(f"has no {what}; run patcc.passes.BACKEND_PIPELINE (its "
-                           f"{pass_name} pass) before a backend builds the graph",
-                           f"layer {layer.name!r}")
-    return value

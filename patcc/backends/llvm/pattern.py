@@ -31,8 +31,9 @@ import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
-from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase, required
+from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
 from patcc.backends.llvm.planes import fill_plane
+from patcc.backends.planning import compressed_weights
 from patcc.backends.target import Target
 from patcc.errors import BackendError
 from patcc.ir.layers import Conv
@@ -144,7 +145,7 @@ def lower_pattern_conv(layer: Conv, ctx: LoweringContext, kernel: str,
     stream, fstart = _kernel_stream(cw, 0 if geometry.fused else geometry.chan)
     offsets = {
         "counts": blob.add(cw.counts), "stream": blob.add(stream), "fstart": blob.add(fstart),
-        "bias": blob.add(layer.bias), "order": blob.add(cw.filter_order),
+        "bias": blob.add(layer.bias), "order": blob.add(layer.storage_order),
     }
     loads, fmas = _loads_per_kernel(taps, rows, nvec, aligned=geometry.aligned,
                                     width=ctx.target.vector_width)
@@ -239,7 +240,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
     sh, sw = layer.strides
     pt, pl = layer.pads[0], layer.pads[1]
     width = ctx.target.vector_width
-    cw = required(layer.compressed, layer, "compressed weights", "compress_weights")
+    cw = compressed_weights(layer)
     taps, phases = _layer_taps(layer, cw)
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
     max_row, max_col = max(t.row for t in all_taps), max(t.col for t in all_taps)

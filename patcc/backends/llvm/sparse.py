@@ -47,10 +47,10 @@ import numpy as np
 from llvmlite import ir
 
 from patcc.backends.llvm.irutil import F32, I32, I64, KernelBuilder, i64
-from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase, required
+from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
+from patcc.backends.planning import SPARSE, conv_kernels, filter_order
 from patcc.errors import BackendError
 from patcc.ir.layers import Conv
-from patcc.passes.reorder import sparse_pointwise
 
 Block = tuple[int, int, int, int]
 """(nvec, block_filters, task_filters, k_chunk): vectors of pixels per tile, filters
@@ -198,7 +198,7 @@ def _sparse_weights(layer: Conv, g: _Geometry) -> _SparseWeights:
                          "use a smaller block")
     f = g.block_filters
     order = np.zeros(g.blocks * f, np.int32)
-    order[:o] = required(layer.filter_order, layer, "filter order", "reorder_filters")
+    order[:o] = filter_order(layer)
     # positions past the last filter read the block's first filter (never stored)
     order[o:] = order[(g.blocks - 1) * f]
     w = np.zeros((g.blocks * f, c), np.float32)
@@ -359,9 +359,9 @@ def lower_sparse_pointwise(layer: Conv, ctx: LoweringContext,
     ``task_filters`` rounded up to whole blocks. Raises ``ValueError`` for an illegal
     block or an unsupported layer.
     """
-    if not sparse_pointwise(layer):
+    if SPARSE not in conv_kernels(layer):
         raise ValueError(f"conv {layer.name!r} is not a sparse 1x1 conv "
-                         "(see patcc.passes.reorder.sparse_pointwise)")
+                         "(see patcc.backends.planning.conv_kernels)")
     n, c, h, w = ctx.in_shape(layer)
     o = layer.out_channels
     width = ctx.target.vector_width

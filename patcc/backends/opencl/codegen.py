@@ -23,7 +23,20 @@ import numpy as np
 # The module itself: ``from patcc.backends.opencl import kernels`` names the package
 # too, whose ``__init__`` imports this module, a cycle to the import-graph test.
 import patcc.backends.opencl.kernels as kernels
-from patcc.backends.memory import Buffer, WeightBlob, plan_memory, reshape_aliases
+from patcc.backends.planning import (
+    DEPTHWISE,
+    GEMM,
+    PATTERN,
+    SPARSE,
+    Buffer,
+    WeightBlob,
+    compressed_weights,
+    conv_kernels,
+    filter_order,
+    live_ranges,
+    plan_memory,
+    reshape_aliases,
+)
 from patcc.errors import BackendError
 from patcc.ir.graph import Graph
 from patcc.ir.layers import (
@@ -48,7 +61,6 @@ from patcc.ir.layers import (
     Transpose,
     Unary,
 )
-from patcc.ir.patterns import Sparsity
 from patcc.text import identifier
 
 PRECISIONS = ("fp32", "fp16")
@@ -119,30 +131,18 @@ class _Renderer:
     # -- workspace ------------------------------------------------------------------
 
     def _plan_workspace(self) -> dict[str, int]:
+        """Every activation, input and output in the workspace; views share their
+        owner's bytes (``planning.live_ranges``)."""
         g = self.graph
-        last = len(g.layers)
-        first: dict[str, int] = {name: 0 for name in g.inputs}
-        final: dict[str, int] = {name: 0 for name in g.inputs}
-        for step, layer in enumerate(g.layers):
-            for t in layer.inputs:
-                t = self.alias.get(t, t)
-                if t in final:
-                    final[t] = step
-            if layer.outputs[0] in self.alias:
-                continue
-            for t in layer.outputs:
-                first.setdefault(t, step)
-                final[t] = max(final.get(t, step), step)
-        for t in g.outputs:
-            final[t] = last
-        for t in g.inputs:  # inputs are written before the first kernel and kept whole
-            first[t] = 0
+        steps = [(layer.inputs, layer.outputs) for layer in g.layers
+                 if layer.outputs[0] not in self.alias]
+        ranges = live_ranges(steps, lambda t: self.alias.get(t, t), g.inputs, g.outputs)
         size = 2 if self.precision == "fp16" else 4
-        buffers = [Buffer(t, math.prod(self.shapes[t]) * size, first[t], final[t])
-                   for t in first]
+        buffers = [Buffer(t, math.prod(self.shapes[t]) * size, first, last)
+                   for t, (first, last) in ranges.items()]
         plan = plan_memory(buffers, ALIGN)
         self.workspace_elements = plan.peak // size
-        return {t: plan.offsets[t] // size for t in first}
+        return {t: plan.offsets[t] // size for t in ranges}
 
     def ws(self, tensor: str) -> str:
         """A pointer expression to ``tensor``: in the workspace, or a blob constant."""
@@ -193,12 +193,25 @@ class _Renderer:
         residual = self.ws(layer.inputs[1]) if len(layer.inputs) == 2 else None
         pre = kernels.conv_pointers(self.ws(layer.inputs[0]), self.ws(layer.outputs[0]),
                                     bias, residual)
-        if layer.compressed is not None:
-            self._pattern_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
+        kernel = conv_kernels(layer)[0]  # the one that skips the most work
+        if kernel in (PATTERN, DEPTHWISE):
+            self._pattern_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None,
+                               kernel)
+        elif kernel == SPARSE:
+            self._sparse_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
         elif self.local_memory and layer.groups == 1:
             self._tiled_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
         else:
             self._dense_conv(layer, x_shape, (n, o, ho, wo), pre, residual is not None)
+
+    def _filter_tiles(self, pixels: int, o: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The NDRange (pixel, filter position) of the ``pattern`` and ``sparse``
+        kernels and its work-group: a run of pixels of one filter, or, where the image
+        has fewer pixels than a work-group, of several filters next to each other in
+        the reorder's storage order (alike in patterns and in non-zeros)."""
+        ptile = min(self.local, pixels)
+        ftile = max(1, min(o, self.local // ptile))
+        return (-(-pixels // ptile) * ptile, -(-o // ftile) * ftile), (ptile, ftile)
 
     def _dense_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
                     residual: bool) -> None:
@@ -207,7 +220,8 @@ class _Renderer:
         total = n * o * ho * wo
         body = kernels.dense_conv(layer, x_shape, y_shape, pre, weight, residual)
         self.add(layer, kernels.linear(total, body), total)
-        self.layer_info.append({"layer": layer.name, "kernel": "dense-conv"})
+        self.layer_info.append({"layer": layer.name, "kernel": GEMM,
+                                "block": "one output per work-item"})
 
     def _tiled_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
                     residual: bool) -> None:
@@ -223,36 +237,48 @@ class _Renderer:
         body = kernels.tiled_conv(layer, x_shape, y_shape, pre, weight, residual, tp, tk, to)
         glob = (-(-pixels // tp) * tp, -(-o // to) * to, n)
         self.add(layer, body, 0, global_size=glob, local_size=(tp, to, 1))
-        self.layer_info.append({"layer": layer.name, "kernel": "tiled-conv"})
+        self.layer_info.append({"layer": layer.name, "kernel": GEMM,
+                                "block": f"{tp} pixels x {to} filters in local memory"})
 
     def _pattern_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
-                      residual: bool) -> None:
-        cw = layer.compressed
-        assert cw is not None
+                      residual: bool, kernel: str) -> None:
+        cw = compressed_weights(layer)
         n, o, ho, wo = y_shape
-        m = len(cw.patterns)
         offsets = {
-            "order": self.blob.add(cw.filter_order, np.int32),
+            "order": self.blob.add(layer.storage_order, np.int32),
             "counts": self.blob.add(cw.counts, np.uint16),
             "channels": self.blob.add(cw.channels, np.uint16),
             "weights": self.blob.add(cw.weights),
             "kstart": self.blob.add(cw.kernel_start, np.int32),
             "wstart": self.blob.add(cw.weight_start, np.int32),
         }
-        pixels = n * ho * wo
         body = kernels.pattern_conv(layer, x_shape, y_shape, pre, offsets, residual)
-        # A work-group: a run of pixels of one filter, or, where the image has fewer
-        # pixels than a work-group, of several filters next to each other in the
-        # reorder's storage order (one reorder group: the same pattern sequence).
-        ptile = min(self.local, pixels)
-        ftile = max(1, min(o, self.local // ptile))
-        self.add(layer, body, pixels,
-                 global_size=(-(-pixels // ptile) * ptile, -(-o // ftile) * ftile),
-                 local_size=(ptile, ftile))
-        # the LLVM backend's names for the same kernel (README, "one name per concept")
-        kind = "pattern" if layer.sparsity is Sparsity.PATTERN else "depthwise"
-        self.layer_info.append({"layer": layer.name, "kernel": kind, "patterns": m,
+        glob, local = self._filter_tiles(n * ho * wo, o)
+        self.add(layer, body, 0, global_size=glob, local_size=local)
+        self.layer_info.append({"layer": layer.name, "kernel": kernel,
+                                "patterns": len(cw.patterns),
                                 "kept_kernels": int(cw.channels.size)})
+
+    def _sparse_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
+                     residual: bool) -> None:
+        """A 1x1 conv over its non-zero weights: each filter's row of (input channel,
+        weight) pairs, rows in filter order (``kernels.sparse_conv``)."""
+        n, o, ho, wo = y_shape
+        order = filter_order(layer)
+        rows = layer.weight.reshape(o, -1)[order]
+        nonzero = rows != 0
+        starts = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))])
+        offsets = {
+            "order": self.blob.add(order, np.int32),
+            "starts": self.blob.add(starts, np.int32),
+            "channels": self.blob.add(np.nonzero(nonzero)[1], np.int32),
+            "weights": self.blob.add(rows[nonzero]),
+        }
+        body = kernels.sparse_conv(layer, x_shape, y_shape, pre, offsets, residual)
+        glob, local = self._filter_tiles(n * ho * wo, o)
+        self.add(layer, body, 0, global_size=glob, local_size=local)
+        self.layer_info.append({"layer": layer.name, "kernel": SPARSE,
+                                "nonzero": int(starts[-1])})
 
     def _col2im(self, layer: Col2Im) -> None:
         x_shape, y_shape = self.shapes[layer.inputs[0]], self.shapes[layer.outputs[0]]
@@ -272,7 +298,7 @@ class _Renderer:
         body = kernels.dense(layer, x_shape, self.ws(layer.inputs[0]),
                              self.ws(layer.outputs[0]), weight, bias)
         self.add(layer, kernels.linear(total, body), total)
-        self.layer_info.append({"layer": layer.name, "kernel": "dense"})
+        self.layer_info.append({"layer": layer.name, "kernel": "gemv"})
 
     # -- element-wise -----------------------------------------------------------------
 

@@ -10,8 +10,12 @@ the launch sizes.
 
 Kernels:
 
-- **pattern convolutions** (the layer has compressed storage: pattern style, or a
-  depthwise conv, whose 3x3 kernels make one nine-tap pattern): one work-item per
+Which kernel a conv gets is ``patcc.backends.planning.conv_kernels``' first choice,
+as for the LLVM backend:
+
+- **pattern convolutions** (the ``pattern`` and ``depthwise`` kernels, over compressed
+  weights: pattern style, or a depthwise conv, whose 3x3 kernels make one nine-tap
+  pattern): one work-item per
   output pixel of one filter, a work-group a run of pixels of one filter, so all its
   work-items follow the same pattern sequence with no divergence; where an image has
   fewer pixels than a work-group (7x7), a work-group takes neighbouring filters in
@@ -19,7 +23,9 @@ Kernels:
   filter reads its kernel counts per pattern, then each kernel's input channel and
   kept weights, from the compressed buffers, front to back; each pattern's taps are
   constants.
-- **dense convolutions** (everything else, grouped, depthwise, dilated, strided):
+- **sparse 1x1 convolutions** (unstructured zeros): the same 2-D range, each
+  work-item summing its filter's non-zero weights, filters in filter order.
+- **dense convolutions** (everything else, grouped, dilated, strided):
   one work-item per output element, the weight loops fully known at compile time;
   on targets with on-chip local memory, ungrouped convs are a tiled implicit
   matrix product whose work-groups stage inputs and weights there.
@@ -317,6 +323,35 @@ def pattern_conv(layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
         f"  float acc = 0.0f;\n"
         + "".join(loops)
         + f"  const int out = (b * {o} + f) * {ho * wo} + y * {wo} + x;\n"
+    ) + epilogue(layer.activation, "acc", "out", "f", "R" if residual else None)
+
+
+def sparse_conv(layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
+                offsets: dict[str, int], residual: bool) -> str:
+    """A 1x1 conv with unstructured zeros over the 2-D range (pixel, filter position
+    in filter order): each work-item sums its filter's non-zero weights times the
+    input channels they read. ``offsets`` are the blob offsets of ``order``, the
+    row ``starts`` (filter positions + 1), and each non-zero's input ``channels`` and
+    ``weights``. A work-group shares one filter (or neighbours in filter order, whose
+    counts the reorder made alike), so its weight reads are the same address."""
+    _, c, h, w = x_shape
+    n, o, _, _ = y_shape
+    plane = h * w
+    return pre + (
+        f"  const int pos = get_global_id(1);\n"
+        f"  const int i = get_global_id(0);\n"
+        f"  if (i >= {n * plane} || pos >= {o}) return;\n"
+        f"  const int f = ((__global const int*)(wb + {offsets['order']}))[pos];\n"
+        f"  __global const int* starts = (__global const int*)(wb + {offsets['starts']});\n"
+        f"  __global const int* channels = "
+        f"(__global const int*)(wb + {offsets['channels']});\n"
+        f"  __global const real* weights = (__global const real*)(wb + {offsets['weights']});\n"
+        f"  const int b = i / {plane}, p = i % {plane};\n"
+        f"  __global const real* xb = X + b * {c * plane} + p;\n"
+        f"  float acc = 0.0f;\n"
+        f"  for (int k = starts[pos]; k < starts[pos + 1]; ++k)\n"
+        f"    acc += (float)weights[k] * (float)xb[channels[k] * {plane}];\n"
+        f"  const int out = (b * {o} + f) * {plane} + p;\n"
     ) + epilogue(layer.activation, "acc", "out", "f", "R" if residual else None)
 
 

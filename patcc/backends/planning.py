@@ -1,5 +1,16 @@
-"""Planning both backends share: the workspace (activation buffers laid out in one
-block, reusing dead ones' bytes) and the weight blob (constants laid end to end).
+"""What both backends decide alike: which kernel family runs each conv (from the IR
+facts the passes established, which kernels require and never recompute), the
+workspace (activation buffers laid out in one block, reusing dead ones' bytes, with
+Reshape views and in-place Concat inputs sharing their owner's) and the weight blob
+(constants laid end to end).
+
+Kernel families, one name each in both backends, the docs and ``--report``:
+
+- ``pattern``: a pattern-style conv over its compressed weights, one loop per pattern;
+- ``depthwise``: a dense depthwise conv, the same kernel with one tap set;
+- ``sparse``: a 1x1 conv with unstructured zeros, as a sparse x dense product over the
+  non-zeros in filter order;
+- ``gemm``: a dense conv (every weight) as a matrix product.
 
 A buffer is live from the step that first writes it to the last step that reads it.
 Two buffers live at the same step must not overlap; buffers never live together may
@@ -12,12 +23,61 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from patcc.ir import Concat, Graph, Reshape
+from patcc.errors import BackendError
+from patcc.ir import Concat, Conv, Graph, Layer, Reshape
+from patcc.ir.storage import CompressedWeights
+from patcc.passes.reorder import sparse_pointwise
+
+PATTERN = "pattern"
+DEPTHWISE = "depthwise"
+SPARSE = "sparse"
+GEMM = "gemm"
+
+T = TypeVar("T")
+
+
+def conv_kernels(conv: Conv) -> tuple[str, ...]:
+    """The kernel families that can run ``conv``, by its IR facts alone, the one that
+    skips the most work first. A backend runs one of them: the LLVM backend ranks them
+    with its cost model (and the tuner times them), the OpenCL backend takes the first.
+
+    A pattern-style conv may also run dense, where removing kernels does not pay; a
+    depthwise conv never runs as a GEMM (one row per group).
+    """
+    if conv.pattern is not None:
+        return (PATTERN,) if conv.is_depthwise else (PATTERN, GEMM)
+    if conv.is_depthwise:
+        return (DEPTHWISE,)
+    if sparse_pointwise(conv):
+        return (SPARSE, GEMM)
+    return (GEMM,)
+
+
+def required(value: T | None, layer: Layer, what: str, pass_name: str) -> T:
+    """An IR fact a kernel needs, which ``BACKEND_PIPELINE`` establishes (pass
+    ``pass_name``): kernels read it, they never recompute it. A graph built without the
+    pipeline is a ``BackendError`` naming the pass."""
+    if value is None:
+        raise BackendError(f"has no {what}; run patcc.passes.BACKEND_PIPELINE (its "
+                           f"{pass_name} pass) before a backend builds the graph",
+                           f"layer {layer.name!r}")
+    return value
+
+
+def compressed_weights(conv: Conv) -> CompressedWeights:
+    """What the ``pattern`` and ``depthwise`` kernels read (pass ``compress_weights``)."""
+    return required(conv.compressed, conv, "compressed weights", "compress_weights")
+
+
+def filter_order(conv: Conv) -> np.ndarray:
+    """The order the ``sparse`` kernel visits filters in (pass ``reorder_filters``)."""
+    return required(conv.filter_order, conv, "filter order", "reorder_filters")
 
 
 @dataclass(frozen=True)
@@ -111,6 +171,33 @@ def naive_peak(buffers: Sequence[Buffer], alignment: int = 64) -> int:
     """
     _check(buffers, alignment)
     return sum(_align_up(b.size, alignment) for b in buffers)
+
+
+def live_ranges(steps: Iterable[tuple[Sequence[str], Sequence[str]]],
+                home: Callable[[str], str] = lambda t: t, inputs: Iterable[str] = (),
+                outputs: Iterable[str] = ()) -> dict[str, tuple[int, int]]:
+    """The steps each buffer is live over, ``(first, last)``.
+
+    ``steps`` are each step's (tensors read, tensors written), in execution order;
+    ``home(t)`` is the buffer tensor ``t`` lives in (a view's owner, the Concat output
+    an input is written into). A buffer is live from the step that first writes it to
+    the last that reads it; graph ``inputs`` given here are live from step 0 (written
+    before it), ``outputs`` to the last step. Tensors only read (constants, and inputs
+    not given) get no range.
+    """
+    first: dict[str, int] = {t: 0 for t in inputs}
+    last: dict[str, int] = dict(first)
+    step = -1
+    for step, (reads, writes) in enumerate(steps):
+        for t in map(home, writes):
+            first.setdefault(t, step)
+            last[t] = max(last.get(t, step), step)
+        for t in map(home, reads):
+            if t in first:
+                last[t] = max(last[t], step)
+    for t in map(home, outputs):
+        last[t] = max(step, 0)
+    return {t: (first[t], last[t]) for t in first}
 
 
 def concat_placements(graph: Graph) -> dict[str, tuple[str, int]]:

@@ -11,7 +11,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from patcc.backends.memory import Buffer, MemoryPlan, concat_placements, naive_peak, plan_memory
+from patcc.backends.planning import (
+    DEPTHWISE,
+    GEMM,
+    PATTERN,
+    SPARSE,
+    Buffer,
+    MemoryPlan,
+    compressed_weights,
+    concat_placements,
+    conv_kernels,
+    filter_order,
+    live_ranges,
+    naive_peak,
+    plan_memory,
+)
+from patcc.errors import BackendError
+from patcc.ir import Conv, Graph, TensorType
+from patcc.passes import detect_patterns
 
 
 def live_lower_bound(buffers: list[Buffer]) -> int:
@@ -186,3 +203,54 @@ def test_concat_in_place_computes_the_same(batch: int) -> None:
         got = compiled.load(num_threads=2).run({"x": x})
         for name, value in run(compiled.graph, {"x": x}).items():
             assert_close(got[name], value, f"{name} on {tag}, batch {batch}")
+
+
+def test_live_ranges_follow_views_inputs_and_outputs() -> None:
+    """A buffer lives from its first write to its last read, through views (``home``);
+    given inputs from step 0, given outputs to the last step; constants get none."""
+    steps = [(("x", "w"), ("a",)),     # 0: a = f(x, constant w)
+             (("a",), ("b",)),         # 1: b = g(a)
+             (("v",), ("c",)),         # 2: reads v, a view of b
+             (("c", "x"), ("d",)),     # 3
+             (("d",), ("e",))]         # 4
+    home = {"v": "b"}.get
+    ranges = live_ranges(steps, lambda t: home(t, t))
+    assert ranges == {"a": (0, 1), "b": (1, 2), "c": (2, 3), "d": (3, 4), "e": (4, 4)}
+    ranges = live_ranges(steps, lambda t: home(t, t), inputs=["x"], outputs=["b", "e"])
+    assert ranges["x"] == (0, 3) and ranges["b"] == (1, 4) and ranges["e"] == (4, 4)
+    assert "w" not in ranges and "v" not in ranges
+    assert live_ranges([], inputs=["x"], outputs=["x"]) == {"x": (0, 0)}
+
+
+def _conv(weight: np.ndarray, groups: int = 1, pattern: bool = False) -> Conv:
+    conv = Conv(name="c", inputs=("x",), outputs=("y",), weight=weight.astype(np.float32),
+                bias=np.zeros(weight.shape[0], np.float32), groups=groups,
+                pads=(1, 1, 1, 1) if weight.shape[2] == 3 else (0, 0, 0, 0))
+    if not pattern:
+        return conv
+    x = TensorType((1, weight.shape[1] * groups, 6, 6))
+    (detected,) = detect_patterns(Graph({"x": x}, (conv,), ("y",))).layers
+    assert isinstance(detected, Conv)
+    return detected
+
+
+def test_conv_kernels_name_one_vocabulary_for_both_backends() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((8, 8, 3, 3))
+    assert conv_kernels(_conv(dense)) == (GEMM,)
+    assert conv_kernels(_conv(rng.standard_normal((8, 1, 3, 3)), groups=8)) == (DEPTHWISE,)
+    patterned = dense * np.array([[0, 1, 0], [1, 1, 1], [0, 0, 0]])  # one 4-tap pattern
+    patterned[0, :3] = 0  # and connectivity
+    conv = _conv(patterned, pattern=True)
+    assert conv.pattern is not None and conv_kernels(conv) == (PATTERN, GEMM)
+    depthwise = _conv(patterned[:, :1], groups=8, pattern=True)
+    assert depthwise.pattern is not None and conv_kernels(depthwise) == (PATTERN,)
+    pointwise = rng.standard_normal((8, 8, 1, 1))
+    assert conv_kernels(_conv(pointwise)) == (GEMM,)
+    pointwise[rng.random(pointwise.shape) < 0.5] = 0
+    assert conv_kernels(_conv(pointwise)) == (SPARSE, GEMM)
+    # the facts kernels require are BackendErrors naming the pass that sets them
+    with pytest.raises(BackendError, match="compress_weights"):
+        compressed_weights(conv)
+    with pytest.raises(BackendError, match="reorder_filters"):
+        filter_order(_conv(pointwise))
