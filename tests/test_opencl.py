@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import patcc
-from patcc.backends.planning import SPARSE, conv_kernels, reshape_aliases
+from patcc.backends.planning import PATTERN, SPARSE, conv_kernels, reshape_aliases
 from patcc.cli import main
 from patcc.errors import PatccError
 from patcc.frontends.onnx import import_onnx
@@ -89,8 +89,11 @@ def test_reference_architectures_match_onnxruntime(case: tuple[str, str], export
     expected = run_onnxruntime(model, feeds, [o.name for o in model.graph.output])
     compiled = patcc.compile(path, target="opencl-adreno")  # every staged kernel too
     kernels = {layer["layer"]: layer["kernel"] for layer in compiled.program.layers}
+    # each conv runs the first kernel of the vocabulary both backends share
+    assert {kernels[c.name] for c in compiled.graph.convs()
+            if kernels[c.name] != conv_kernels(c)[0]} == set()
     patterned = [c.name for c in compiled.graph.convs() if c.sparsity is Sparsity.PATTERN]
-    assert all(kernels[name] == "pattern" for name in patterned)  # the sparse kernel
+    assert all(kernels[name] == PATTERN for name in patterned)
     assert bool(patterned) == (variant != "dense")
     compiled.save(tmp_path / "model.ocl")
     from patcc.runtime.opencl import load

@@ -58,7 +58,7 @@ def test_compressed_layout_expected_and_exact() -> None:
     ids = np.array([[1, -1, 0], [-1, -1, 1]])
     conv = pattern_conv(ids)
     packed = compress_conv(conv)
-    assert packed.patterns == (((0, 1), (1, 0), (1, 1), (1, 2), (2, 1)),
+    assert packed.tap_sets == (((0, 1), (1, 0), (1, 1), (1, 2), (2, 1)),
                                ((0, 1), (1, 0), (1, 1), (1, 2)))
     assert packed.counts.tolist() == [[1, 1], [0, 1]]
     assert packed.channels.tolist() == [2, 0, 2]  # filter 0: PLUS at 2, TEE at 0; filter 1

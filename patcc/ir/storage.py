@@ -2,7 +2,8 @@
 
 Filters appear in their conv's storage order (``Conv.storage_order``: the reorder
 pass's ``filter_order``, which only the conv holds, or the identity). For each
-filter: ``counts[f, p]`` kernels of tap set p, in tap-set order; for each kept kernel
+filter: ``counts[f, p]`` kernels of pattern p (its kept taps, ``tap_sets[p]``), in
+library order; for each kept kernel
 its input channel (uint16) and its kept weights in tap order. ``kernel_start`` and
 ``weight_start`` index the first kernel and weight of each filter. Compared with
 CSR (fp32 value + int32 column per non-zero, int32 row pointers), a 4-tap kernel
@@ -22,7 +23,7 @@ from patcc.ir.node import IRNode
 class CompressedWeights(IRNode):
     """One conv's weights in the pattern-aware layout (see the module docstring)."""
 
-    patterns: tuple[tuple[tuple[int, int], ...], ...]
+    tap_sets: tuple[tuple[tuple[int, int], ...], ...]  # each pattern's kept (dy, dx)
     counts: np.ndarray  # uint16 (O, m), storage order
     channels: np.ndarray  # uint16 (kept kernels,)
     weights: np.ndarray  # float32 (kept weights,)
@@ -46,7 +47,7 @@ class CompressedWeights(IRNode):
         dense = np.zeros(shape, np.float32)
         k = w = 0
         for pos, f in enumerate(order.tolist()):
-            for p, taps in enumerate(self.patterns):
+            for p, taps in enumerate(self.tap_sets):
                 for _ in range(int(self.counts[pos, p])):
                     ci = int(self.channels[k]) - (f // og) * cg
                     for dy, dx in taps:

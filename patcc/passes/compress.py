@@ -25,10 +25,10 @@ def compress_conv(conv: Conv) -> CompressedWeights:
     else:
         masks = np.ones((1, kh, kw), dtype=bool)
         ids = np.zeros((o, cg), dtype=np.int64)
-    patterns = tuple(tuple((int(y), int(x)) for y, x in zip(*np.nonzero(m), strict=True))
+    tap_sets = tuple(tuple((int(y), int(x)) for y, x in zip(*np.nonzero(m), strict=True))
                      for m in masks)
     order = conv.storage_order
-    counts = np.zeros((o, len(patterns)), np.uint16)
+    counts = np.zeros((o, len(tap_sets)), np.uint16)
     channels: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     kernel_start = np.zeros(o, np.int32)
@@ -36,7 +36,7 @@ def compress_conv(conv: Conv) -> CompressedWeights:
     n_kernels = n_weights = 0
     for pos, f in enumerate(order.tolist()):
         kernel_start[pos], weight_start[pos] = n_kernels, n_weights
-        for p, taps in enumerate(patterns):
+        for p, taps in enumerate(tap_sets):
             local = np.flatnonzero(ids[f] == p)  # removed kernels (-1) are never listed
             counts[pos, p] = len(local)
             if not len(local):
@@ -47,7 +47,7 @@ def compress_conv(conv: Conv) -> CompressedWeights:
             n_kernels += len(local)
             n_weights += len(local) * len(taps)
     return CompressedWeights(
-        patterns=patterns, counts=counts,
+        tap_sets=tap_sets, counts=counts,
         channels=np.concatenate(channels) if channels else np.zeros(0, np.uint16),
         weights=(np.concatenate(weights).astype(np.float32) if weights
                  else np.zeros(0, np.float32)),

@@ -182,12 +182,12 @@ def _kernel_stream(cw: CompressedWeights, chan: int) -> tuple[np.ndarray, np.nda
 
     Raises ``PatccError`` when an offset does not fit int32 (a padded input of 8 GiB).
     """
-    kernels, m = len(cw.channels), len(cw.patterns)
+    kernels, m = len(cw.channels), len(cw.tap_sets)
     if kernels and (int(cw.channels.max()) + 1) * chan >= 2**31:
         raise BackendError(f"a padded input of {(int(cw.channels.max()) + 1) * chan} elements "
                          "is too large for the pattern kernel")
     pattern_of = np.repeat(np.tile(np.arange(m), len(cw.counts)), cw.counts.reshape(-1))
-    taps = np.array([len(p) for p in cw.patterns], np.int64)[pattern_of]
+    taps = np.array([len(p) for p in cw.tap_sets], np.int64)[pattern_of]
     entry = np.arange(kernels) + np.concatenate([[0], np.cumsum(taps)[:-1]]).astype(np.int64)
     stream = np.zeros(kernels + len(cw.weights), np.int32)
     stream[entry] = cw.channels.astype(np.int64) * chan
@@ -216,11 +216,11 @@ def _layer_taps(layer: Conv, cw: CompressedWeights
     sh, sw = layer.strides
     dh, dw = layer.dilations
     phases = sorted({((dy * dh) % sh, (dx * dw) % sw)
-                     for pattern in cw.patterns for dy, dx in pattern}) or [(0, 0)]
+                     for pattern in cw.tap_sets for dy, dx in pattern}) or [(0, 0)]
     index = {p: i for i, p in enumerate(phases)}
     taps = [[Tap(phase=index[(dy * dh) % sh, (dx * dw) % sw],
                  row=(dy * dh) // sh, col=(dx * dw) // sw) for dy, dx in pattern]
-            for pattern in cw.patterns]
+            for pattern in cw.tap_sets]
     return taps, tuple(phases)
 
 

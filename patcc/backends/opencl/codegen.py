@@ -256,7 +256,7 @@ class _Renderer:
         glob, local = self._filter_tiles(n * ho * wo, o)
         self.add(layer, body, 0, global_size=glob, local_size=local)
         self.layer_info.append({"layer": layer.name, "kernel": kernel,
-                                "patterns": len(cw.patterns),
+                                "patterns": len(cw.tap_sets),
                                 "kept_kernels": int(cw.channels.size)})
 
     def _sparse_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,

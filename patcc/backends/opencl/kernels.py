@@ -289,10 +289,10 @@ def pattern_conv(layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
     _, c, h, w = x_shape
     n, o, ho, wo = y_shape
     (sh, sw), (dh, dw), (pt, pl, _, _) = layer.strides, layer.dilations, layer.pads
-    m = len(cw.patterns)
+    m = len(cw.tap_sets)
     pixels = n * ho * wo
     loops = []
-    for p, taps in enumerate(cw.patterns):
+    for p, taps in enumerate(cw.tap_sets):
         if not taps:
             continue
         tap_lines = []
