@@ -38,6 +38,7 @@ from support.onnx_gen import (
     _opset,
     _seed,
     conv,
+    nested_concat_model,
     pattern_conv_models,
     single_layer_models,
     small_graph_models,
@@ -355,6 +356,27 @@ def test_random_sparse_pointwise_convs(case: OnnxCase, target: str) -> None:
 def test_random_small_graphs(case: OnnxCase) -> None:
     _assert_opencl_matches(case)
 
+
+
+@pytest.mark.parametrize("target", ["opencl", "opencl-adreno"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_concat_inputs_written_in_place(target: str, precision: str) -> None:
+    """The workspace plan both backends share: at batch 1 the producers of ``a``, ``b``,
+    ``ab`` and ``c`` write into their Concat's output (offsets in the precision's
+    elements), so the inner Concat has no kernel and the outer copies ``d`` and ``x``
+    only; at batch 2 the blocks are strided and every input is copied."""
+    for batch, copies in ((1, ["_in2", "_in3"]), (2, ["_in0", "_in1", "_in0", "_in1",
+                                                       "_in2", "_in3"])):
+        model = nested_concat_model(batch)
+        x = np.random.default_rng(1).standard_normal((batch, 3, 6, 5)).astype(np.float32)
+        compiled = patcc.compile(model, target=target, precision=precision)
+        launched = [k.name[-4:] for k in compiled.program.launches if "Concat" in k.layer]
+        assert launched == copies, [k.layer for k in compiled.program.launches]
+        if precision == "fp16":
+            continue  # placements are counted in elements, alike in both precisions
+        got = compiled.load().run({"x": x})
+        for name, value in run(compiled.graph, {"x": x}).items():
+            assert_close(got[name], value, f"{name}, batch {batch}")
 
 
 def test_reshapes_are_views_of_their_input() -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
 
 from patcc.backends.planning import (
     DEPTHWISE,
@@ -29,6 +27,7 @@ from patcc.backends.planning import (
 from patcc.errors import BackendError
 from patcc.ir import Conv, Graph, TensorType
 from patcc.passes import detect_patterns
+from support.onnx_gen import nested_concat_model
 
 
 def live_lower_bound(buffers: list[Buffer]) -> int:
@@ -149,40 +148,17 @@ def test_alignment_must_be_power_of_two(alignment: int) -> None:
 # -- Concat inputs written in place ------------------------------------------------------
 
 
-def _concat_model(batch: int) -> onnx.ModelProto:
-    """Two convs into a Concat, that Concat and two more convs into an outer Concat
-    (the graph output) with the input; one of those convs is read twice."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(
-        np.float32), f"w{i}") for i in range(4)]
-    nodes = [
-        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["x", "w1"], ["b"], pads=[1, 1, 1, 1]),
-        helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
-        helper.make_node("Conv", ["x", "w2"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["x", "w3"], ["d"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["d"], ["d_relu"]),
-        helper.make_node("Concat", ["ab", "c", "d", "x"], ["y"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes, "concats", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                         (batch, 3, 6, 5))],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * 4) for n in ("y", "d_relu")],
-        inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-
-
 def test_concat_inputs_are_placed_where_it_is_safe() -> None:
     from patcc.frontends.onnx import import_onnx
 
-    graph = import_onnx(_concat_model(1))
+    graph = import_onnx(nested_concat_model(1))
     placed = concat_placements(graph)
     # computed and read once by a Concat: in place (ab inside y); d is read twice
     # and x is a graph input, so the outer Concat copies them
     block = 4 * 4 * 30
     assert placed == {"a": ("ab", 0), "b": ("ab", block), "ab": ("y", 0),
                       "c": ("y", 2 * block)}
-    assert concat_placements(import_onnx(_concat_model(2))) == {}  # blocks are strided
+    assert concat_placements(import_onnx(nested_concat_model(2))) == {}  # blocks are strided
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -192,7 +168,7 @@ def test_concat_in_place_computes_the_same(batch: int) -> None:
     from support.compare import assert_close
     from support.targets import runnable_x86_tags
 
-    model = _concat_model(batch)
+    model = nested_concat_model(batch)
     x = np.random.default_rng(1).standard_normal((batch, 3, 6, 5)).astype(np.float32)
     for tag in runnable_x86_tags():
         compiled = patcc.compile(model, tag, tune=False)

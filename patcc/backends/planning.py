@@ -200,9 +200,10 @@ def live_ranges(steps: Iterable[tuple[Sequence[str], Sequence[str]]],
     return {t: (first[t], last[t]) for t in first}
 
 
-def concat_placements(graph: Graph) -> dict[str, tuple[str, int]]:
+def concat_placements(graph: Graph, element_size: int = 4) -> dict[str, tuple[str, int]]:
     """Concat inputs their producers can write straight into the Concat's output,
-    saving the copy: tensor -> (the Concat's output, byte offset in it).
+    saving the copy: tensor -> (the Concat's output, byte offset in it, for elements
+    of ``element_size`` bytes).
 
     An input's block is contiguous in the output when every axis before the concat
     axis has size 1 (channels of a batch-1 image: U-Net skips, detector necks, dense
@@ -226,8 +227,25 @@ def concat_placements(graph: Graph) -> dict[str, tuple[str, int]]:
         for t in layer.inputs:
             if t in computed and t not in outputs and readers[t] == 1:
                 placements[t] = (out, offset)
-            offset += 4 * math.prod(shapes[t])
+            offset += element_size * math.prod(shapes[t])
     return placements
+
+
+def placed_offsets(offsets: Mapping[str, int], placed: Mapping[str, tuple[str, int]]
+                   ) -> dict[str, int]:
+    """``offsets`` (of the buffers) with every in-place Concat input added at its
+    Concat output's offset plus its own (``concat_placements``; nested Concats chain)."""
+    result = dict(offsets)
+
+    def place(t: str) -> int:
+        if t not in result:
+            parent, offset = placed[t]
+            result[t] = place(parent) + offset
+        return result[t]
+
+    for t in placed:
+        place(t)
+    return result
 
 
 def reshape_aliases(graph: Graph) -> dict[str, str]:

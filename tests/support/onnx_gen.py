@@ -1135,3 +1135,27 @@ def small_graph_models(draw: Draw) -> OnnxCase:
     y = _head(draw, b, y)
     outputs = [t for t in outputs if t != y] + [y]
     return b.build(outputs, dynamic_batch=draw(st.integers(0, 7)) == 0)
+
+
+def nested_concat_model(batch: int) -> onnx.ModelProto:
+    """Two convs into a Concat, that Concat and two more convs into an outer Concat
+    (the graph output) with the input; one of those convs is read twice. At batch 1,
+    ``a``, ``b`` (in ``ab``), ``ab`` and ``c`` (in ``y``) can be written in place."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(
+        np.float32), f"w{i}") for i in range(4)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w1"], ["b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+        helper.make_node("Conv", ["x", "w2"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w3"], ["d"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["d_relu"]),
+        helper.make_node("Concat", ["ab", "c", "d", "x"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "concats", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                         (batch, 3, 6, 5))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * 4) for n in ("y", "d_relu")],
+        inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)

@@ -31,9 +31,11 @@ from patcc.backends.planning import (
     Buffer,
     WeightBlob,
     compressed_weights,
+    concat_placements,
     conv_kernels,
     filter_order,
     live_ranges,
+    placed_offsets,
     plan_memory,
     reshape_aliases,
 )
@@ -132,17 +134,27 @@ class _Renderer:
 
     def _plan_workspace(self) -> dict[str, int]:
         """Every activation, input and output in the workspace; views share their
-        owner's bytes (``planning.live_ranges``)."""
+        owner's bytes, and Concat inputs are written into their Concat's output where
+        that is safe (``planning.concat_placements``)."""
         g = self.graph
+        size = 2 if self.precision == "fp16" else 4
+        self.placed = concat_placements(g, element_size=1)  # offsets in elements
+
+        def home(t: str) -> str:
+            t = self.alias.get(t, t)
+            while t in self.placed:
+                t = self.placed[t][0]
+            return t
+
         steps = [(layer.inputs, layer.outputs) for layer in g.layers
                  if layer.outputs[0] not in self.alias]
-        ranges = live_ranges(steps, lambda t: self.alias.get(t, t), g.inputs, g.outputs)
-        size = 2 if self.precision == "fp16" else 4
+        ranges = live_ranges(steps, home, g.inputs, g.outputs)
         buffers = [Buffer(t, math.prod(self.shapes[t]) * size, first, last)
                    for t, (first, last) in ranges.items()]
         plan = plan_memory(buffers, ALIGN)
         self.workspace_elements = plan.peak // size
-        return {t: plan.offsets[t] // size for t in ranges}
+        return placed_offsets({t: offset // size for t, offset in plan.offsets.items()},
+                              self.placed)
 
     def ws(self, tensor: str) -> str:
         """A pointer expression to ``tensor``: in the workspace, or a blob constant."""
@@ -412,6 +424,9 @@ class _Renderer:
         start = 0
         for j, t in enumerate(layer.inputs):
             shape = self.shapes[t]
+            if t in self.placed:  # its producer wrote it in place
+                start += shape[axis]
+                continue
             self._copy(layer, shape, self.ws(t), kernels.row_major_strides(shape), 0,
                        self.ws(layer.outputs[0]), out_strides, start * out_strides[axis],
                        suffix=f"_in{j}")
