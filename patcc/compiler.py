@@ -25,8 +25,8 @@ from typing import Any
 
 import onnx
 
-from patcc.backends.llvm.artifact import EMIT_KINDS, BuildOptions, Library
-from patcc.backends.llvm.artifact import build as build_library
+from patcc.backends.llvm import EMIT_KINDS, BuildOptions, Library
+from patcc.backends.llvm import build as build_library
 from patcc.backends.llvm.lowering import Schedule
 from patcc.backends.opencl import OpenCLPackage, OpenCLTarget
 from patcc.backends.opencl import build as build_opencl

@@ -164,3 +164,20 @@ def test_the_checker_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert layer_of("patcc.backends.llvm.gemm") == 3
     assert layer_of("patcc") == 6
+
+
+def test_each_backend_package_exports_the_contract() -> None:
+    """A backend package exports ``build`` and the artifact class it returns (with
+    ``save`` and ``info``), and its targets are in the one registry."""
+    import inspect
+
+    from patcc.backends import llvm, opencl
+    from patcc.backends.target import find_target, target_tags
+
+    for backend, artifact, tags in ((llvm, llvm.Library, ["x86_64-avx2", "aarch64-android"]),
+                                    (opencl, opencl.OpenCLPackage, list(opencl.OPENCL_TARGETS))):
+        assert inspect.signature(backend.build).return_annotation in (artifact.__name__,
+                                                                      artifact)
+        assert callable(artifact.save) and hasattr(artifact, "info")
+        for tag in tags:
+            assert tag in target_tags() and find_target(tag).tag == tag
