@@ -457,6 +457,33 @@ def test_reductions_over_any_axes() -> None:
         assert_close(got[name], value, name)
 
 
+def test_layer_and_group_normalization() -> None:
+    """LayerNormalization (over the last two axes, with its Mean and InvStdDev outputs)
+    and GroupNormalization, as the frontends lower them (Reduce, element-wise layers,
+    Reshape and ScaleShift)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    consts = {"ln_scale": rng.uniform(0.5, 2, (5, 6)), "ln_bias": rng.uniform(-1, 1, (5, 6)),
+              "gn_scale": rng.uniform(0.5, 2, 8), "gn_bias": rng.uniform(-1, 1, 8)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "ln_scale", "ln_bias"],
+                              ["ln", "mean", "inv_std"], axis=-2, epsilon=1e-3),
+             helper.make_node("GroupNormalization", ["ln", "gn_scale", "gn_bias"], ["gn"],
+                              num_groups=4)]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * 4)
+               for n in ("gn", "mean", "inv_std")]
+    graph = helper.make_graph(
+        nodes, "norms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 8, 5, 6))],
+        outputs, [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    x = rng.standard_normal((2, 8, 5, 6)).astype(np.float32) * 3 + 1
+    compiled = patcc.compile(model, target="opencl")
+    got = compiled.load().run({"x": x})
+    expected = run_onnxruntime(model, {"x": x}, ["gn", "mean", "inv_std"])
+    for name, value in expected.items():
+        assert_close(got[name], value, name)
+
+
 def test_depth_space_tile_expand() -> None:
     from test_pointwise import feeds, rearrangements_model
 

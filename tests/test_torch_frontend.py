@@ -261,3 +261,35 @@ def test_smooth_activations_and_log_softmax_from_the_module() -> None:
     with torch.no_grad():
         want = module(x).numpy()
     _close(compiled(x.numpy()), want, "log_softmax")
+
+
+class _Normalised(nn.Module):
+    """A ConvNeXt-style block (depthwise conv, LayerNorm over channels in NHWC, a
+    pointwise MLP) and a GroupNorm head, with affine parameters away from 1 and 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.ln = nn.LayerNorm(8, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.gn = nn.GroupNorm(4, 8)
+        self.plain = nn.GroupNorm(2, 8, affine=False)
+        for norm in (self.ln, self.gn):
+            nn.init.uniform_(norm.weight, 0.5, 2.0)
+            nn.init.uniform_(norm.bias, -1.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = x + self.mlp(self.ln(y)).permute(0, 3, 1, 2)
+        return self.plain(F.relu(self.gn(y)))
+
+
+def test_layer_and_group_norm_from_the_module() -> None:
+    module = _Normalised().eval()
+    x = torch.randn(2, 8, 9, 7) * 3 + 1  # statistics away from 0 and 1
+    compiled = patcc.compile(module, example_inputs=(x,), tune=False)
+    ops = [layer.op for layer in compiled.graph.layers]
+    assert ops.count("Reduce") == 6  # mean and variance of each of the three norms
+    with torch.no_grad():
+        want = module(x).numpy()
+    _close(compiled(x.numpy()), want, "layer and group norm")

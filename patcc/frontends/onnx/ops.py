@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from patcc.errors import FrontendError
+from patcc.frontends.normalization import Names, lower_group_norm, lower_layer_norm
 from patcc.frontends.onnx.importer import Converter, Importer, Node, unsupported
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
@@ -418,6 +419,48 @@ def instance_norm(ctx: Importer, node: Node) -> None:
     layer(Unary, "_sqrt", (shifted,), std, activation=Activation("sqrt"))
     layer(Binary, "_divide", (centred, std), normed, binop="div")
     layer(ScaleShift, "", (normed,), node.outputs[0], scale=scale, shift=bias)
+
+
+def _norm_names(ctx: Importer, node: Node) -> Names:
+    return Names(lambda suffix: ctx.layer_name(node, suffix),
+                 lambda suffix: ctx.temp(node, suffix),
+                 lambda suffix, value: _constant_operand(ctx, node, suffix, value))
+
+
+def _optional_weight(ctx: Importer, node: Node, index: int, what: str) -> np.ndarray | None:
+    if index >= len(node.inputs) or not node.inputs[index]:
+        return None
+    return ctx.weight(node, index, what)
+
+
+def layer_norm(ctx: Importer, node: Node) -> None:
+    """LayerNormalization (opset 17) over the axes from ``axis`` on, with its optional
+    Mean and InvStdDev outputs (``patcc.frontends.normalization``); computed in
+    float32 whatever ``stash_type`` asks."""
+    outputs = [*node.outputs, "", ""]
+    for layer in lower_layer_norm(
+            node.inputs[0], ctx.shape(node.inputs[0]), int(node.attr("axis", -1)),
+            ctx.weight(node, 1, "Scale"), _optional_weight(ctx, node, 2, "B"),
+            float(node.attr("epsilon", 1e-5)), node.outputs[0], _norm_names(ctx, node),
+            node.where, mean_out=outputs[1] or None, inv_std_out=outputs[2] or None):
+        ctx.add(layer)
+
+
+def group_norm(ctx: Importer, node: Node) -> None:
+    """GroupNormalization: per-channel scale and bias (opset 21), or one per group
+    (opset 18, which ONNX deprecated), repeated over each group's channels."""
+    shape = ctx.shape(node.inputs[0])
+    groups = node.attr("num_groups")
+    scale, bias = ctx.weight(node, 1, "scale"), ctx.weight(node, 2, "bias")
+    if ctx.opset < 21 and len(shape) >= 2 and isinstance(groups, int) and groups >= 1 \
+            and shape[1] % groups == 0:
+        per_group = shape[1] // groups
+        scale, bias = (np.repeat(v, per_group) if v.shape == (groups,) else v
+                       for v in (scale, bias))
+    for layer in lower_group_norm(node.inputs[0], shape, groups, scale, bias,
+                                  float(node.attr("epsilon", 1e-5)), node.outputs[0],
+                                  _norm_names(ctx, node), node.where):
+        ctx.add(layer)
 
 
 def lrn(ctx: Importer, node: Node) -> None:
@@ -1152,6 +1195,8 @@ CONVERTERS: dict[str, Converter] = {
     "MatMul": matmul,
     "BatchNormalization": batch_norm,
     "InstanceNormalization": instance_norm,
+    "LayerNormalization": layer_norm,
+    "GroupNormalization": group_norm,
     "MaxPool": pool("max"),
     "AveragePool": pool("avg"),
     "GlobalAveragePool": global_pool("avg"),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from patcc.errors import FrontendError
+from patcc.frontends.normalization import Names, lower_group_norm, lower_layer_norm
 from patcc.frontends.torch.builder import Converter, GraphBuilder, IRTensor, where
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
@@ -135,6 +136,64 @@ def _batch_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str,
                                  scale=scale.astype(np.float32),
                                  shift=(beta - mean * scale).astype(np.float32)), shape)
     return (result, None, None) if op != "batch_norm" else result
+
+
+def _norm_names(imp: GraphBuilder, name: str) -> Names:
+    def constant(suffix: str, value: np.ndarray) -> str:
+        const = imp.unique(f"{name}_{suffix}")
+        imp.constants[const] = np.ascontiguousarray(value, np.float32)
+        return const
+
+    return Names(lambda suffix: name if not suffix else imp.unique(name + suffix),
+                 lambda suffix: imp.unique(f"{name}_{suffix}"), constant)
+
+
+def _optional_array(imp: GraphBuilder, node: Any, value: Any, what: str) -> np.ndarray | None:
+    return None if value is None else imp.array(value, node, what)
+
+
+def _layer_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
+                ) -> Any:
+    """layer_norm(x, normalized_shape, weight, bias, eps) over the trailing
+    ``len(normalized_shape)`` axes (``patcc.frontends.normalization``); native_layer_norm
+    also returns the mean and 1 / std, which nothing in an eval graph reads."""
+    x = args[0]
+    shape = imp.shape(x)
+    normalized = [int(d) for d in args[1]]
+    if list(shape[len(shape) - len(normalized):]) != normalized or not normalized:
+        raise FrontendError(f"layer_norm over {normalized} does not match the trailing axes "
+                            f"of the input {list(shape)}", where(node))
+    name, _ = imp.out(node)
+    for layer in lower_layer_norm(
+            x.name, shape, len(shape) - len(normalized),
+            _optional_array(imp, node, _arg(args, kwargs, 2, "weight", None), "weight"),
+            _optional_array(imp, node, _arg(args, kwargs, 3, "bias", None), "bias"),
+            float(_arg(args, kwargs, 4, "eps", 1e-5)), name, _norm_names(imp, name),
+            where(node)):
+        imp.layers.append(layer)
+    result = IRTensor(name, tuple(shape))
+    return (result, None, None) if node.target._opname == "native_layer_norm" else result
+
+
+def _group_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
+                ) -> Any:
+    """group_norm(x, num_groups, weight, bias, eps), and native_group_norm(x, weight,
+    bias, N, C, HxW, group, eps), which also returns the statistics."""
+    x = args[0]
+    if node.target._opname == "native_group_norm":
+        weight, bias, groups, eps = args[1], args[2], args[6], args[7]
+    else:
+        groups = args[1]
+        weight, bias = _arg(args, kwargs, 2, "weight", None), _arg(args, kwargs, 3, "bias", None)
+        eps = _arg(args, kwargs, 4, "eps", 1e-5)
+    name, _ = imp.out(node)
+    for layer in lower_group_norm(
+            x.name, imp.shape(x), int(groups), _optional_array(imp, node, weight, "weight"),
+            _optional_array(imp, node, bias, "bias"), float(eps), name,
+            _norm_names(imp, name), where(node)):
+        imp.layers.append(layer)
+    result = IRTensor(name, tuple(imp.shape(x)))
+    return (result, None, None) if node.target._opname == "native_group_norm" else result
 
 
 def _linear(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -468,6 +527,8 @@ CONVERTERS: dict[str, Converter] = {
     "conv2d": _conv, "convolution": _conv, "_convolution": _conv,
     "conv_transpose2d": _conv_transpose,
     "batch_norm": _batch_norm, "_native_batch_norm_legit_no_training": _batch_norm,
+    "layer_norm": _layer_norm, "native_layer_norm": _layer_norm,
+    "group_norm": _group_norm, "native_group_norm": _group_norm,
     "linear": _linear,
     "relu": _activation("relu"), "relu_": _activation("relu"),
     "relu6": _activation("clip", 0.0, 6.0),
