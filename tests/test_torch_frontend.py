@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -293,3 +294,83 @@ def test_layer_and_group_norm_from_the_module() -> None:
     with torch.no_grad():
         want = module(x).numpy()
     _close(compiled(x.numpy()), want, "layer and group norm")
+
+
+OPERATIONS = {
+    "sum over channels": lambda x: x.sum(dim=1, keepdim=True),
+    "sum of everything": lambda x: x.sum() + x,
+    "amax over space": lambda x: x.amax(dim=(2, 3)),
+    "amin, last axis": lambda x: x.amin(dim=-1),
+    "max.dim values": lambda x: x.max(dim=1, keepdim=True)[0],
+    "max of everything": lambda x: x - x.max(),
+    "mean over channels": lambda x: x.mean(dim=1),
+    "mean over H and batch": lambda x: x.mean(dim=(0, 2), keepdim=True),
+    "var (unbiased)": lambda x: x.var(dim=1, keepdim=True),
+    "var, correction 0": lambda x: torch.var(x, dim=(2, 3), correction=0),
+    "std of everything": lambda x: x / x.std(),
+    "pow number": lambda x: x.abs() ** 1.5,
+    "pow tensor": lambda x: torch.pow(x.abs() + 1, torch.linspace(0.5, 2, 6)),
+    "number ** tensor": lambda x: 2.0 ** x,
+    "square": torch.square, "rsqrt": lambda x: torch.rsqrt(x.abs() + 0.5),
+    "log_sigmoid": F.logsigmoid,
+    "prelu per channel": nn.PReLU(8, init=0.1), "prelu one slope": nn.PReLU(init=0.3),
+    "instance norm": nn.InstanceNorm2d(8, affine=True),
+    "instance norm, running statistics": nn.InstanceNorm2d(8, track_running_stats=True),
+    "pixel_shuffle": lambda x: F.pixel_shuffle(x, 2),
+    "pixel_unshuffle": lambda x: F.pixel_unshuffle(x, 2),
+    "channel_shuffle": lambda x: F.channel_shuffle(x, 4),
+    "expand": lambda x: x[:, :1].expand(-1, 8, -1, -1) * x,
+    "repeat with a new axis": lambda x: x.repeat(2, 1, 2, 1, 1),
+    "tile of the last axes": lambda x: x.tile((3, 1)),
+    "flip": lambda x: x.flip((1, 3)),
+    "narrow": lambda x: x.narrow(1, 2, 3),
+    "stack": lambda x: torch.stack([x, 2 * x], 2),
+}
+"""ATen operations beyond the reference architectures', each on a (2, 8, 6, 6) input."""
+
+
+class _Operation(nn.Module):
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+@pytest.mark.parametrize("what", list(OPERATIONS))
+def test_operations_match_torch(what: str) -> None:
+    """Imported and interpreted: the frontend's lowering against torch itself."""
+    module = _Operation(OPERATIONS[what]).eval()
+    if isinstance(module.fn, nn.InstanceNorm2d) and module.fn.track_running_stats:
+        module.fn.running_mean.uniform_(-1, 1)
+        module.fn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(1)) * 2 + 0.5
+    graph = import_module(module, (x,))
+    with torch.no_grad():
+        want = module(x).numpy()
+    (got,) = run(graph, {next(iter(graph.inputs)): x.numpy()}).values()
+    _close(got, want, what)
+
+
+def test_operations_compile() -> None:
+    """All of them in one module, compiled for this machine."""
+    fns = list(OPERATIONS.values())
+    module = nn.ModuleList([_Operation(fn) for fn in fns]).eval()
+
+    class All(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = module
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(op(x) for op in self.ops)
+
+    whole = All().eval()
+    x = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(2)) + 0.5
+    compiled = patcc.compile(whole, example_inputs=(x,), tune=False)
+    got = compiled.load().run([x.numpy()])
+    with torch.no_grad():
+        want = [w.numpy() for w in whole(x)]
+    for what, g, w in zip(OPERATIONS, got.values(), want, strict=True):
+        _close(g, w, what)

@@ -14,12 +14,11 @@ normalised axes. Group normalisation is layer normalisation of ``x`` seen as
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from patcc.errors import FrontendError
+from patcc.frontends.lowering import Names
 from patcc.ir.layers import (
     Activation,
     Binary,
@@ -30,17 +29,6 @@ from patcc.ir.layers import (
     Shape,
     Unary,
 )
-
-
-@dataclass(frozen=True)
-class Names:
-    """How a frontend names what a lowering adds: ``layer(suffix)`` a layer,
-    ``tensor(suffix)`` an intermediate tensor, both unique, and ``constant(suffix,
-    value)`` a new graph constant holding ``value`` (returning its name)."""
-
-    layer: Callable[[str], str]
-    tensor: Callable[[str], str]
-    constant: Callable[[str, np.ndarray], str]
 
 
 def _check_eps(eps: float, where: str) -> None:

@@ -17,7 +17,15 @@ import numpy as np
 import onnx
 
 from patcc.errors import FrontendError
-from patcc.frontends.normalization import Names, lower_group_norm, lower_layer_norm
+from patcc.frontends.lowering import (
+    Names,
+    lower_expand,
+    lower_prelu,
+    lower_reduce,
+    lower_shuffle,
+    lower_tile,
+)
+from patcc.frontends.normalization import lower_group_norm, lower_layer_norm
 from patcc.frontends.onnx.importer import Converter, Importer, Node, unsupported
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
@@ -29,9 +37,9 @@ from patcc.ir.layers import (
     Dense,
     Gather,
     GlobalPool,
+    Layer,
     Pad,
     Pool,
-    Reduce,
     Reshape,
     Resize,
     ScaleShift,
@@ -40,7 +48,6 @@ from patcc.ir.layers import (
     Split,
     Transpose,
     Unary,
-    check_size,
 )
 
 
@@ -421,9 +428,21 @@ def instance_norm(ctx: Importer, node: Node) -> None:
     layer(ScaleShift, "", (normed,), node.outputs[0], scale=scale, shift=bias)
 
 
-def _norm_names(ctx: Importer, node: Node) -> Names:
-    return Names(lambda suffix: ctx.layer_name(node, suffix),
-                 lambda suffix: ctx.temp(node, suffix),
+def _names(ctx: Importer, node: Node) -> Names:
+    """How a shared lowering (``patcc.frontends.lowering``) names what it builds for
+    ``node``: its intermediate tensors unique among themselves too, since a lowering
+    names them all before the importer records any."""
+    taken: set[str] = set()
+
+    def tensor(suffix: str) -> str:
+        name, k = ctx.temp(node, suffix), 1
+        while name in taken:
+            k += 1
+            name = ctx.temp(node, f"{suffix}{k}")
+        taken.add(name)
+        return name
+
+    return Names(lambda suffix: ctx.layer_name(node, suffix), tensor,
                  lambda suffix, value: _constant_operand(ctx, node, suffix, value))
 
 
@@ -441,7 +460,7 @@ def layer_norm(ctx: Importer, node: Node) -> None:
     for layer in lower_layer_norm(
             node.inputs[0], ctx.shape(node.inputs[0]), int(node.attr("axis", -1)),
             ctx.weight(node, 1, "Scale"), _optional_weight(ctx, node, 2, "B"),
-            float(node.attr("epsilon", 1e-5)), node.outputs[0], _norm_names(ctx, node),
+            float(node.attr("epsilon", 1e-5)), node.outputs[0], _names(ctx, node),
             node.where, mean_out=outputs[1] or None, inv_std_out=outputs[2] or None):
         ctx.add(layer)
 
@@ -459,7 +478,7 @@ def group_norm(ctx: Importer, node: Node) -> None:
                        for v in (scale, bias))
     for layer in lower_group_norm(node.inputs[0], shape, groups, scale, bias,
                                   float(node.attr("epsilon", 1e-5)), node.outputs[0],
-                                  _norm_names(ctx, node), node.where):
+                                  _names(ctx, node), node.where):
         ctx.add(layer)
 
 
@@ -585,32 +604,10 @@ def reduce(kind: str) -> Callable[[Importer, Node], None]:
                 ctx.alias[node.outputs[0]] = x
                 return
             axes = tuple(range(rank))
-        norm = sorted({_axis(node, a, rank) for a in axes})
-        keep = bool(node.attr("keepdims", 1))
-        kept_shape = tuple(1 if a in norm else d for a, d in enumerate(shape))
-        out = node.outputs[0] if keep else ctx.temp(node, "keep")
-        if kind in ("mean", "max") and rank >= 3 and norm == list(range(2, rank)):
-            ctx.add(GlobalPool(name=ctx.layer_name(node), inputs=(x,), outputs=(out,),
-                               kind="avg" if kind == "mean" else "max"))
-        else:
-            runs: list[list[int]] = []
-            for a in norm:
-                if runs and runs[-1][-1] == a - 1:
-                    runs[-1].append(a)
-                else:
-                    runs.append([a])
-            source = x
-            for k, run in enumerate(runs):
-                last = k == len(runs) - 1
-                target = out if last else ctx.temp(node, f"part{k}")
-                ctx.add(Reduce(name=ctx.layer_name(node, "" if last else f"_{k}"),
-                               inputs=(source,), outputs=(target,), kind=kind,
-                               start=run[0], stop=run[-1] + 1))
-                source = target
-        if not keep:
-            ctx.add(Reshape(name=ctx.layer_name(node, "_squeeze"), inputs=(out,),
-                            outputs=(node.outputs[0],),
-                            shape=tuple(d for a, d in enumerate(kept_shape) if a not in norm)))
+        norm = [_axis(node, a, rank) for a in axes]
+        for layer in lower_reduce(x, shape, kind, norm, bool(node.attr("keepdims", 1)),
+                                  node.outputs[0], _names(ctx, node)):
+            ctx.add(layer)
     return convert
 
 
@@ -664,33 +661,11 @@ def mean(ctx: Importer, node: Node) -> None:
 
 
 def prelu(ctx: Importer, node: Node) -> None:
-    """x if x >= 0 else slope * x. One slope: a leaky ReLU; a slope per channel (or any
-    shape broadcasting to x): relu(x) + slope * min(x, 0), which keeps NaN and inf as
-    onnxruntime's product does."""
+    """x if x >= 0 else slope * x (``patcc.frontends.lowering.lower_prelu``)."""
     x = node.inputs[0]
-    slope = ctx.weight(node, 1, "slope")
-    shape = ctx.shape(x)
-    try:
-        if np.broadcast_shapes(slope.shape, shape) != tuple(shape):
-            raise ValueError
-    except ValueError:
-        raise FrontendError(f"slope of shape {slope.shape} does not broadcast to the input "
-                         f"{list(shape)}", node.where) from None
-    if slope.size == 1:
-        ctx.add(Unary(name=ctx.layer_name(node), inputs=(x,), outputs=(node.outputs[0],),
-                      activation=Activation("leaky_relu", float(slope.reshape(-1)[0]))))
-        return
-    zero = _constant_operand(ctx, node, "zero", np.zeros((), np.float32))
-    slope_name = _constant_operand(ctx, node, "slope", slope)
-    negative, scaled, positive = (ctx.temp(node, t) for t in ("neg", "scaled", "pos"))
-    ctx.add(Binary(name=ctx.layer_name(node, "_min"), inputs=(x, zero), outputs=(negative,),
-                   binop="min"))
-    ctx.add(Binary(name=ctx.layer_name(node, "_scale"), inputs=(negative, slope_name),
-                   outputs=(scaled,), binop="mul"))
-    ctx.add(Unary(name=ctx.layer_name(node, "_relu"), inputs=(x,), outputs=(positive,),
-                  activation=Activation("relu")))
-    ctx.add(Binary(name=ctx.layer_name(node), inputs=(positive, scaled),
-                   outputs=(node.outputs[0],), binop="add"))
+    for layer in lower_prelu(x, ctx.shape(x), ctx.weight(node, 1, "slope"), node.outputs[0],
+                             _names(ctx, node), node.where):
+        ctx.add(layer)
 
 
 def activation(kind: str) -> Callable[[Importer, Node], None]:
@@ -844,12 +819,9 @@ def transpose(ctx: Importer, node: Node) -> None:
 def _shuffle(ctx: Importer, node: Node, split: tuple[int, ...], perm: tuple[int, ...],
              out_shape: tuple[int, ...]) -> None:
     """Reshape to ``split``, permute by ``perm``, reshape to ``out_shape``."""
-    t0, t1 = ctx.temp(node, "split"), ctx.temp(node, "moved")
-    ctx.add(Reshape(name=ctx.layer_name(node, "_split"), inputs=(node.inputs[0],),
-                    outputs=(t0,), shape=split))
-    ctx.add(Transpose(name=ctx.layer_name(node), inputs=(t0,), outputs=(t1,), perm=perm))
-    ctx.add(Reshape(name=ctx.layer_name(node, "_merge"), inputs=(t1,),
-                    outputs=(node.outputs[0],), shape=out_shape))
+    for layer in lower_shuffle(node.inputs[0], split, perm, out_shape, node.outputs[0],
+                               _names(ctx, node)):
+        ctx.add(layer)
 
 
 def depth_to_space(ctx: Importer, node: Node) -> None:
@@ -881,61 +853,24 @@ def space_to_depth(ctx: Importer, node: Node) -> None:
 
 def expand(ctx: Importer, node: Node) -> None:
     """Broadcast to a constant shape: x + 0 of the expanded dimensions (numpy rules)."""
-    shape = ctx.shape(node.inputs[0])
     target = tuple(int(d) for d in ctx.const(node, 1, "shape").reshape(-1))
-    try:
-        out = np.broadcast_shapes(shape, target)
-    except ValueError:
-        raise FrontendError(f"cannot expand {list(shape)} to {list(target)}", node.where) from None
-    check_size(f"output {node.outputs[0]!r}", out)  # before a zeros operand of that size
-    if out == tuple(shape):
-        ctx.alias[node.outputs[0]] = node.inputs[0]
-        return
-    padded = (1,) * (len(out) - len(shape)) + tuple(shape)
-    zeros = np.zeros(tuple(o if p == 1 else 1 for o, p in zip(out, padded, strict=True)),
-                     np.float32)
-    ctx.add(Binary(name=ctx.layer_name(node), outputs=(node.outputs[0],), binop="add",
-                   inputs=(node.inputs[0], _constant_operand(ctx, node, "zeros", zeros))))
-
-
-TILE_CONCAT_INPUTS = 8
-"""Tile copies one Concat takes; more repeats are built by doubling (log2 layers)."""
+    _lowered(ctx, node, lower_expand(node.inputs[0], ctx.shape(node.inputs[0]), target,
+                                     node.outputs[0], _names(ctx, node), node.where))
 
 
 def tile(ctx: Importer, node: Node) -> None:
-    """Repeats along each axis: a Concat of copies per repeated axis (of doublings of
-    the input for many repeats, so that the layers grow with the log of the count).
-    The output's size is checked first: a hostile repeat count builds nothing."""
-    shape = ctx.shape(node.inputs[0])
+    """Repeats along each axis (``patcc.frontends.lowering.lower_tile``)."""
     repeats = [int(r) for r in ctx.const(node, 1, "repeats").reshape(-1)]
-    if len(repeats) != len(shape) or min(repeats, default=1) < 1:
-        raise FrontendError(f"repeats {repeats}"[:120] + f" for a rank-{len(shape)} input must "
-                         "be one integer >= 1 per axis", node.where)
-    check_size(f"output {node.outputs[0]!r}",
-               tuple(d * r for d, r in zip(shape, repeats, strict=True)))
-    axes = [a for a, r in enumerate(repeats) if r > 1]
-    if not axes:
+    _lowered(ctx, node, lower_tile(node.inputs[0], ctx.shape(node.inputs[0]), repeats,
+                                   node.outputs[0], _names(ctx, node), node.where))
+
+
+def _lowered(ctx: Importer, node: Node, layers: list[Layer]) -> None:
+    """Add what a shared lowering built; nothing built: the output is the input."""
+    if not layers:
         ctx.alias[node.outputs[0]] = node.inputs[0]
-        return
-    source = node.inputs[0]
-    for k, axis in enumerate(axes):
-        last = k == len(axes) - 1
-        out = node.outputs[0] if last else ctx.temp(node, f"tile{axis}")
-        copies = [source] * repeats[axis]
-        if repeats[axis] > TILE_CONCAT_INPUTS:
-            copies, block, count = [], source, repeats[axis]
-            while count:
-                if count & 1:
-                    copies.append(block)
-                count >>= 1
-                if count:
-                    doubled = ctx.temp(node, f"tile{axis}_double")
-                    ctx.add(Concat(name=ctx.layer_name(node, f"_{axis}_double"),
-                                   inputs=(block, block), outputs=(doubled,), axis=axis))
-                    block = doubled
-        ctx.add(Concat(name=ctx.layer_name(node, "" if last else f"_{axis}"),
-                       inputs=tuple(copies), outputs=(out,), axis=axis))
-        source = out
+    for layer in layers:
+        ctx.add(layer)
 
 
 def _resize_target(ctx: Importer, node: Node, axes: list[int]

@@ -102,6 +102,8 @@ class GraphBuilder:
         """A fresh layer/tensor name for ``node`` -- the path of the module it runs in
         (``layer1.0.conv1``), else torch's node name -- and its output shape."""
         value = node.meta.get("val")
+        if isinstance(value, (tuple, list)):  # max.dim, native_layer_norm: the first
+            value = value[0]
         shape = tuple(int(d) for d in value.shape) if value is not None else ()
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""

@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 
 from patcc.errors import FrontendError
-from patcc.frontends.normalization import Names, lower_group_norm, lower_layer_norm
+from patcc.frontends.lowering import (
+    Names,
+    lower_expand,
+    lower_prelu,
+    lower_reduce,
+    lower_shuffle,
+    lower_tile,
+)
+from patcc.frontends.normalization import lower_group_norm, lower_layer_norm
 from patcc.frontends.torch.builder import Converter, GraphBuilder, IRTensor, where
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
@@ -24,6 +32,7 @@ from patcc.ir.layers import (
     Dense,
     Gather,
     GlobalPool,
+    Layer,
     Pad,
     Pool,
     Reshape,
@@ -138,16 +147,6 @@ def _batch_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str,
     return (result, None, None) if op != "batch_norm" else result
 
 
-def _norm_names(imp: GraphBuilder, name: str) -> Names:
-    def constant(suffix: str, value: np.ndarray) -> str:
-        const = imp.unique(f"{name}_{suffix}")
-        imp.constants[const] = np.ascontiguousarray(value, np.float32)
-        return const
-
-    return Names(lambda suffix: name if not suffix else imp.unique(name + suffix),
-                 lambda suffix: imp.unique(f"{name}_{suffix}"), constant)
-
-
 def _optional_array(imp: GraphBuilder, node: Any, value: Any, what: str) -> np.ndarray | None:
     return None if value is None else imp.array(value, node, what)
 
@@ -168,7 +167,7 @@ def _layer_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str,
             x.name, shape, len(shape) - len(normalized),
             _optional_array(imp, node, _arg(args, kwargs, 2, "weight", None), "weight"),
             _optional_array(imp, node, _arg(args, kwargs, 3, "bias", None), "bias"),
-            float(_arg(args, kwargs, 4, "eps", 1e-5)), name, _norm_names(imp, name),
+            float(_arg(args, kwargs, 4, "eps", 1e-5)), name, _names(imp, name),
             where(node)):
         imp.layers.append(layer)
     result = IRTensor(name, tuple(shape))
@@ -190,7 +189,7 @@ def _group_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str,
     for layer in lower_group_norm(
             x.name, imp.shape(x), int(groups), _optional_array(imp, node, weight, "weight"),
             _optional_array(imp, node, bias, "bias"), float(eps), name,
-            _norm_names(imp, name), where(node)):
+            _names(imp, name), where(node)):
         imp.layers.append(layer)
     result = IRTensor(name, tuple(imp.shape(x)))
     return (result, None, None) if node.target._opname == "native_group_norm" else result
@@ -316,17 +315,6 @@ def _split(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
                             outputs=tuple(names), axis=dim, sizes=tuple(sizes)))
     shapes = [tuple(s if a != dim else part for a, s in enumerate(in_shape)) for part in sizes]
     return [IRTensor(n, s) for n, s in zip(names, shapes, strict=True)]
-
-
-def _mean(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    x = args[0]
-    rank = len(imp.shape(x))
-    dims = sorted(int(d) % rank for d in _arg(args, kwargs, 1, "dim", []))
-    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
-    if rank < 3 or dims != list(range(2, rank)):
-        raise FrontendError(f"mean over dims {dims} is not supported (only over all spatial "
-                            "dims of an NCHW tensor)", where(node))
-    return _global(imp, node, x, "avg", keepdim)
 
 
 def _global(imp: GraphBuilder, node: Any, x: IRTensor, kind: str, keepdim: bool) -> Any:
@@ -523,10 +511,289 @@ def _softmax(log: bool) -> Converter:
     return convert
 
 
+def _names(imp: GraphBuilder, name: str, prefix: str = "") -> Names:
+    """How a shared lowering names what it adds for the node whose output is ``name``;
+    with a ``prefix``, for one step of several (its final layer is ``name + prefix``)."""
+    def constant(suffix: str, value: np.ndarray) -> str:
+        const = imp.unique(f"{name}_{suffix}")
+        imp.constants[const] = np.ascontiguousarray(value, np.float32)
+        return const
+
+    return Names(lambda suffix: name if not prefix + suffix else imp.unique(name + prefix + suffix),
+                 lambda suffix: imp.unique(f"{name}{prefix}_{suffix}"), constant)
+
+
+def _emit_layers(imp: GraphBuilder, layers: list[Layer], x: IRTensor, name: str,
+                 shape: tuple[int, ...]) -> IRTensor:
+    """The layers a shared lowering built, computing ``name``; none: ``x`` itself."""
+    if not layers:
+        return x
+    imp.layers.extend(layers)
+    return IRTensor(name, shape)
+
+
+def _dims(value: Any, rank: int) -> list[int]:
+    """A ``dim`` argument (an int, a list, or None / [] for every axis) as axes."""
+    if value is None:
+        return list(range(rank))
+    dims = [int(value)] if isinstance(value, int) else [int(d) for d in value]
+    return [d % rank for d in dims] if dims else list(range(rank))
+
+
+def _reduce(kind: str) -> Converter:
+    """aten.sum, amax, amin and mean (``.dim`` and ``.default``), max.dim and min.dim
+    (their values; the int64 indices are not computed): any dims, kept or dropped
+    (``patcc.frontends.lowering.lower_reduce``)."""
+    def convert(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        overload = node.target._overloadname
+        if overload == "other":  # max.other / min.other: element-wise
+            return _binary(kind)(imp, node, args, kwargs)
+        x = args[0]
+        shape = imp.shape(x)
+        if overload == "default" and node.target._opname not in ("amax", "amin"):
+            # sum(x), mean(x), max(x), min(x): every axis, dropped
+            axes, keep = list(range(len(shape))), False
+        else:
+            axes = _dims(_arg(args, kwargs, 1, "dim", None), len(shape))
+            keep = bool(_arg(args, kwargs, 2, "keepdim", False))
+        name, out_shape = imp.out(node)
+        result = _emit_layers(imp, lower_reduce(x.name, shape, kind, axes, keep, name,
+                                                _names(imp, name)), x, name, out_shape)
+        return (result, None) if overload == "dim" and kind in ("max", "min") else result
+    return convert
+
+
+def _variance(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """aten.var and std (``.default``, ``.dim``, ``.correction``): the mean of the
+    squared deviations from the mean over the dims, times n / (n - correction)
+    (Bessel's correction 1 unless ``unbiased=False`` or ``correction`` says otherwise),
+    then a square root for std."""
+    x = args[0]
+    shape = imp.shape(x)
+    overload = node.target._overloadname
+    correction: float
+    if overload == "default":  # var(x, unbiased=True)
+        dims, correction, keep = None, int(bool(_arg(args, kwargs, 1, "unbiased", True))), False
+    elif overload == "dim":  # var.dim(x, dim, unbiased=True, keepdim=False)
+        dims = _arg(args, kwargs, 1, "dim", None)
+        correction = int(bool(_arg(args, kwargs, 2, "unbiased", True)))
+        keep = bool(_arg(args, kwargs, 3, "keepdim", False))
+    else:  # var.correction(x, dim=None, *, correction=None, keepdim=False)
+        dims = _arg(args, kwargs, 1, "dim", None)
+        given = kwargs.get("correction")
+        correction = 1 if given is None else float(given)
+        keep = bool(kwargs.get("keepdim", False))
+    axes = _dims(dims, len(shape))
+    count = math.prod(shape[a] for a in axes)
+    if count - correction <= 0:
+        raise FrontendError(f"aten.{node.target._opname} of {count} value(s) with correction "
+                            f"{correction} divides by {count - correction}", where(node))
+    name, out_shape = imp.out(node)
+    std = node.target._opname == "std"
+    mean, centred, square = (imp.unique(f"{name}_{t}") for t in ("mean", "centred", "square"))
+    layers = lower_reduce(x.name, shape, "mean", axes, True, mean, _names(imp, name, "_mean"))
+    layers += [Binary(name=imp.unique(f"{name}_centre"), inputs=(x.name, mean),
+                      outputs=(centred,), binop="sub"),
+               Binary(name=imp.unique(f"{name}_square"), inputs=(centred, centred),
+                      outputs=(square,), binop="mul")]
+    variance = imp.unique(f"{name}_var") if std else name
+    biased = imp.unique(f"{name}_biased") if correction else variance
+    layers += lower_reduce(square, shape, "mean", axes, keep, biased,
+                           _names(imp, name, "_squares"))
+    if correction:
+        factor = _names(imp, name).constant(
+            "bessel", np.array(count / (count - correction), np.float32))
+        layers.append(Binary(name=imp.unique(f"{name}_bessel"), inputs=(biased, factor),
+                             outputs=(variance,), binop="mul"))
+    if std:
+        layers.append(Unary(name=name, inputs=(variance,), outputs=(name,),
+                            activation=Activation("sqrt")))
+    imp.layers.extend(layers)
+    return IRTensor(name, out_shape)
+
+
+def _pow(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """aten.pow: a constant number exponent is the ``pow`` activation (it fuses into a
+    conv's epilogue); a tensor exponent, or a number raised to a tensor, a Binary."""
+    base, exponent = args[0], args[1]
+    name, shape = imp.out(node)
+    if isinstance(base, IRTensor) and isinstance(exponent, (int, float)):
+        return imp.emit(Unary(name=name, inputs=(base.name,), outputs=(name,),
+                              activation=Activation("pow", float(exponent))), shape)
+    return imp.emit(Binary(name=name, inputs=(imp.tensor(base, node), imp.tensor(exponent, node)),
+                           outputs=(name,), binop="pow"), shape)
+
+
+def _unaries(*kinds: str) -> Converter:
+    """Activations applied one after another (rsqrt: sqrt, reciprocal; log_sigmoid:
+    -softplus(-x))."""
+    def convert(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        name, shape = imp.out(node)
+        source = args[0].name
+        for i, kind in enumerate(kinds):
+            last = i == len(kinds) - 1
+            out = name if last else imp.unique(f"{name}_{kind}")
+            imp.layers.append(Unary(name=name if last else imp.unique(f"{name}_{kind}"),
+                                    inputs=(source,), outputs=(out,),
+                                    activation=Activation(kind)))
+            source = out
+        return IRTensor(name, shape)
+    return convert
+
+
+def _square(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    name, shape = imp.out(node)
+    return imp.emit(Binary(name=name, inputs=(args[0].name, args[0].name), outputs=(name,),
+                           binop="mul"), shape)
+
+
+def _prelu(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """prelu(x, weight): one slope, or one per channel (axis 1)."""
+    x = args[0]
+    shape = imp.shape(x)
+    weight = imp.array(args[1], node, "weight")
+    slope = weight.reshape((weight.size,) + (1,) * max(0, len(shape) - 2)) \
+        if weight.size > 1 else weight.reshape(())
+    name, out_shape = imp.out(node)
+    return _emit_layers(imp, lower_prelu(x.name, shape, slope, name, _names(imp, name),
+                                         where(node)), x, name, out_shape)
+
+
+def _instance_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
+                   ) -> Any:
+    """instance_norm(x, weight, bias, running_mean, running_var, use_input_stats,
+    momentum, eps): each image's channels normalised over their pixels, group
+    normalisation with one channel per group; on running statistics
+    (``track_running_stats`` in eval) a per-channel scale and shift, as batch norm."""
+    x, weight, bias, mean, var, use_input_stats, _, eps = args[:8]
+    c = imp.shape(x)[1]
+    gamma = imp.array(weight, node, "weight") if weight is not None else np.ones(c, np.float32)
+    beta = imp.array(bias, node, "bias") if bias is not None else np.zeros(c, np.float32)
+    name, shape = imp.out(node)
+    if not use_input_stats:
+        scale = gamma / np.sqrt(imp.array(var, node, "running variance") + eps)
+        return imp.emit(ScaleShift(
+            name=name, inputs=(x.name,), outputs=(name,), scale=scale.astype(np.float32),
+            shift=(beta - imp.array(mean, node, "running mean") * scale).astype(np.float32)),
+            shape)
+    imp.layers.extend(lower_group_norm(x.name, imp.shape(x), c, gamma, beta, float(eps), name,
+                                       _names(imp, name), where(node)))
+    return IRTensor(name, shape)
+
+
+def _pixel_shuffle(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
+                   ) -> Any:
+    """pixel_shuffle (ONNX's DepthToSpace in CRD order), pixel_unshuffle (SpaceToDepth,
+    CRD) and channel_shuffle (ShuffleNet): a reshape, a transpose and a reshape."""
+    x = args[0]
+    n, c, h, w = _nchw(imp, node, x)
+    op = node.target._opname
+    r = int(args[1])
+    split: tuple[int, ...]
+    perm: tuple[int, ...]
+    if op == "pixel_shuffle":
+        split, perm = (n, c // (r * r), r, r, h, w), (0, 1, 4, 2, 5, 3)
+    elif op == "pixel_unshuffle":
+        split, perm = (n, c, h // r, r, w // r, r), (0, 1, 3, 5, 2, 4)
+    else:  # channel_shuffle / native_channel_shuffle(x, groups)
+        split, perm = (n, r, c // r, h, w), (0, 2, 1, 3, 4)
+    name, shape = imp.out(node)
+    imp.layers.extend(lower_shuffle(x.name, split, perm, shape, name, _names(imp, name)))
+    return IRTensor(name, shape)
+
+
+def _expand(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """expand / expand_as: broadcast to the output's shape (``-1`` keeps an axis)."""
+    x = args[0]
+    name, shape = imp.out(node)
+    return _emit_layers(imp, lower_expand(x.name, imp.shape(x), shape, name, _names(imp, name),
+                                          where(node)), x, name, shape)
+
+
+def _repeat(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """repeat(x, repeats) and tile(x, dims): copies along each axis; more repeats than
+    axes add leading axes, fewer (tile) repeat the trailing ones."""
+    x = args[0]
+    shape = tuple(imp.shape(x))
+    repeats = [int(r) for r in args[1]]
+    name, out_shape = imp.out(node)
+    if len(repeats) < len(shape):
+        repeats = [1] * (len(shape) - len(repeats)) + repeats
+    source = x
+    if len(repeats) > len(shape):
+        shape = (1,) * (len(repeats) - len(shape)) + shape
+        source = imp.emit(Reshape(name=imp.unique(f"{name}_lead"), inputs=(x.name,),
+                                  outputs=(imp.unique(f"{name}_lead"),), shape=shape), shape)
+    return _emit_layers(imp, lower_tile(source.name, shape, repeats, name, _names(imp, name),
+                                        where(node)), source, name, out_shape)
+
+
+def _flip(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """flip(x, dims): one Slice stepping backwards along each flipped axis."""
+    x = args[0]
+    shape = imp.shape(x)
+    axes = set(_dims(args[1], len(shape)))
+    name, out_shape = imp.out(node)
+    return imp.emit(Slice(name=name, inputs=(x.name,), outputs=(name,),
+                          starts=tuple(d - 1 if a in axes else 0 for a, d in enumerate(shape)),
+                          ends=tuple(-1 if a in axes else d for a, d in enumerate(shape)),
+                          steps=tuple(-1 if a in axes else 1 for a in range(len(shape)))),
+                    out_shape)
+
+
+def _narrow(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """narrow(x, dim, start, length): a Slice of one axis."""
+    x = args[0]
+    shape = imp.shape(x)
+    dim = int(args[1]) % len(shape)
+    start = int(args[2]) % shape[dim]
+    length = int(args[3])
+    name, out_shape = imp.out(node)
+    return imp.emit(Slice(name=name, inputs=(x.name,), outputs=(name,),
+                          starts=tuple(start if a == dim else 0 for a in range(len(shape))),
+                          ends=tuple(start + length if a == dim else d
+                                     for a, d in enumerate(shape)),
+                          steps=(1,) * len(shape)), out_shape)
+
+
+def _stack(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """stack(tensors, dim): each with a new axis of size 1 (a Reshape), then a Concat."""
+    name, out_shape = imp.out(node)
+    dim = int(_arg(args, kwargs, 1, "dim", 0)) % len(out_shape)
+    parts = []
+    for t in args[0]:
+        shape = imp.shape(t)
+        grown = (*shape[:dim], 1, *shape[dim:])
+        part = imp.unique(f"{name}_part")
+        imp.layers.append(Reshape(name=part, inputs=(imp.tensor(t, node),), outputs=(part,),
+                                  shape=grown))
+        parts.append(part)
+    return imp.emit(Concat(name=name, inputs=tuple(parts), outputs=(name,), axis=dim), out_shape)
+
+
+def _nchw(imp: GraphBuilder, node: Any, x: Any) -> tuple[int, int, int, int]:
+    shape = imp.shape(x)
+    if len(shape) != 4:
+        raise FrontendError(f"aten.{node.target._opname} of a rank-{len(shape)} tensor is not "
+                            "supported (patcc compiles NCHW images)", where(node))
+    n, c, h, w = (int(d) for d in shape)
+    return n, c, h, w
+
+
 CONVERTERS: dict[str, Converter] = {
     "conv2d": _conv, "convolution": _conv, "_convolution": _conv,
     "conv_transpose2d": _conv_transpose,
     "batch_norm": _batch_norm, "_native_batch_norm_legit_no_training": _batch_norm,
+    "sum": _reduce("sum"), "amax": _reduce("max"), "amin": _reduce("min"),
+    "max": _reduce("max"), "min": _reduce("min"), "mean": _reduce("mean"),
+    "var": _variance, "std": _variance,
+    "pow": _pow, "square": _square, "rsqrt": _unaries("sqrt", "reciprocal"),
+    "log_sigmoid": _unaries("neg", "softplus", "neg"), "prelu": _prelu,
+    "_prelu_kernel": _prelu, "instance_norm": _instance_norm,
+    "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_shuffle,
+    "channel_shuffle": _pixel_shuffle, "native_channel_shuffle": _pixel_shuffle,
+    "expand": _expand, "expand_as": _expand, "repeat": _repeat, "tile": _repeat,
+    "flip": _flip, "narrow": _narrow, "stack": _stack,
     "layer_norm": _layer_norm, "native_layer_norm": _layer_norm,
     "group_norm": _group_norm, "native_group_norm": _group_norm,
     "linear": _linear,
@@ -554,7 +821,6 @@ CONVERTERS: dict[str, Converter] = {
     "transpose": _transpose, "permute": _transpose, "t": _transpose,
     "cat": _cat, "concat": _cat,
     "split": _split, "split_with_sizes": _split, "chunk": _split,
-    "mean": _mean,
     "adaptive_avg_pool2d": _adaptive_pool("avg"), "_adaptive_avg_pool2d": _adaptive_pool("avg"),
     "adaptive_max_pool2d": _adaptive_pool("max"),
     "max_pool2d": _max_pool, "max_pool2d_with_indices": _max_pool,
