@@ -22,6 +22,7 @@ from patcc.frontends.lowering import Names
 from patcc.ir.layers import (
     Activation,
     Binary,
+    GlobalPool,
     Layer,
     Reduce,
     Reshape,
@@ -87,6 +88,43 @@ def lower_layer_norm(x: str, shape: Shape, axis: int, scale: np.ndarray | None,
                 (y, names.constant(binop, np.asarray(value, np.float32))),
                 out if last else names.tensor(binop), binop=binop)
     return layers
+
+
+def lower_instance_norm(x: str, shape: Shape, scale: np.ndarray, bias: np.ndarray,
+                        eps: float, out: str, names: Names, where: str) -> list[Layer]:
+    """Each image's channels normalised over their pixels, then a per-channel ``scale``
+    and ``bias`` (C,): group normalisation with one channel per group, built on
+    ``GlobalPool`` means (the fast form over NCHW's spatial axes) instead of a
+    ``Reduce`` over a reshaped view. Raises ``FrontendError`` at ``where`` for a rank
+    below 3, a negative epsilon or a scale or bias of another shape."""
+    if len(shape) < 3:
+        raise FrontendError(f"InstanceNormalization of a rank-{len(shape)} tensor is not "
+                            "supported (needs N, C and spatial axes)", where)
+    channels = shape[1]
+    for what, value in (("scale", scale), ("bias", bias)):
+        if value.shape != (channels,):
+            raise FrontendError(f"{what} has shape {value.shape}; the input {list(shape)} "
+                                f"needs ({channels},)", where)
+    _check_eps(eps, where)
+    mean, centred, square, var, shifted, std, normed = (
+        names.tensor(t) for t in ("mean", "centred", "square", "var", "shifted", "std",
+                                  "normed"))
+    eps_name = names.constant("eps", np.array(eps, np.float32))
+    return [
+        GlobalPool(name=names.layer("_mean"), inputs=(x,), outputs=(mean,), kind="avg"),
+        Binary(name=names.layer("_centre"), inputs=(x, mean), outputs=(centred,), binop="sub"),
+        Binary(name=names.layer("_square"), inputs=(centred, centred), outputs=(square,),
+               binop="mul"),
+        GlobalPool(name=names.layer("_var"), inputs=(square,), outputs=(var,), kind="avg"),
+        Binary(name=names.layer("_eps"), inputs=(var, eps_name), outputs=(shifted,),
+               binop="add"),
+        Unary(name=names.layer("_sqrt"), inputs=(shifted,), outputs=(std,),
+              activation=Activation("sqrt")),
+        Binary(name=names.layer("_divide"), inputs=(centred, std), outputs=(normed,),
+               binop="div"),
+        ScaleShift(name=names.layer(""), inputs=(normed,), outputs=(out,),
+                   scale=scale.astype(np.float32), shift=bias.astype(np.float32)),
+    ]
 
 
 def lower_group_norm(x: str, shape: Shape, groups: int, scale: np.ndarray | None,

@@ -25,7 +25,11 @@ from patcc.frontends.lowering import (
     lower_shuffle,
     lower_tile,
 )
-from patcc.frontends.normalization import lower_group_norm, lower_layer_norm
+from patcc.frontends.normalization import (
+    lower_group_norm,
+    lower_instance_norm,
+    lower_layer_norm,
+)
 from patcc.frontends.onnx.importer import Converter, Importer, Node, unsupported
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
@@ -393,39 +397,13 @@ def matmul(ctx: Importer, node: Node) -> None:
 
 
 def instance_norm(ctx: Importer, node: Node) -> None:
-    """(x - mean) / sqrt(var + epsilon) per image and channel over H and W, then a
-    per-channel scale and bias; from GlobalPool, Binary, Unary and ScaleShift layers."""
-    shape = ctx.shape(node.inputs[0])
-    if len(shape) < 3:
-        unsupported(node, f"InstanceNormalization of a rank-{len(shape)} tensor is not "
-                          "supported (needs N, C and spatial axes)")
-    channels = shape[1]
-    scale, bias = ctx.weight(node, 1, "scale"), ctx.weight(node, 2, "B")
-    for what, value in (("scale", scale), ("B", bias)):
-        if value.shape != (channels,):
-            raise FrontendError(f"{what} has shape {value.shape}; the input {list(shape)} needs "
-                             f"({channels},)", node.where)
-    eps = float(node.attr("epsilon", 1e-5))
-    if not eps >= 0:
-        raise FrontendError(f"epsilon {eps} must be >= 0", node.where)
-    x = node.inputs[0]
-    mean, centred, square, var, shifted, std, normed = (
-        ctx.temp(node, t) for t in ("mean", "centred", "square", "var", "shifted", "std",
-                                    "normed"))
-
-    def layer(cls: type, suffix: str, inputs: tuple[str, ...], out: str, **kw: object) -> None:
-        ctx.add(cls(name=ctx.layer_name(node, suffix), inputs=inputs, outputs=(out,), **kw))
-
-    layer(GlobalPool, "_mean", (x,), mean, kind="avg")
-    layer(Binary, "_centre", (x, mean), centred, binop="sub")
-    layer(Binary, "_square", (centred, centred), square, binop="mul")
-    layer(GlobalPool, "_var", (square,), var, kind="avg")
-    layer(Binary, "_eps", (var, _constant_operand(ctx, node, "eps",
-                                                  np.array(eps, np.float32))),
-          shifted, binop="add")
-    layer(Unary, "_sqrt", (shifted,), std, activation=Activation("sqrt"))
-    layer(Binary, "_divide", (centred, std), normed, binop="div")
-    layer(ScaleShift, "", (normed,), node.outputs[0], scale=scale, shift=bias)
+    """(x - mean) / sqrt(var + epsilon) per image and channel over the spatial axes,
+    then a per-channel scale and bias (``patcc.frontends.normalization``)."""
+    for layer in lower_instance_norm(
+            node.inputs[0], ctx.shape(node.inputs[0]), ctx.weight(node, 1, "scale"),
+            ctx.weight(node, 2, "B"), float(node.attr("epsilon", 1e-5)), node.outputs[0],
+            _names(ctx, node), node.where):
+        ctx.add(layer)
 
 
 def _names(ctx: Importer, node: Node) -> Names:

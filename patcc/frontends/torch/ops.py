@@ -21,7 +21,11 @@ from patcc.frontends.lowering import (
     lower_shuffle,
     lower_tile,
 )
-from patcc.frontends.normalization import lower_group_norm, lower_layer_norm
+from patcc.frontends.normalization import (
+    lower_group_norm,
+    lower_instance_norm,
+    lower_layer_norm,
+)
 from patcc.frontends.torch.builder import Converter, GraphBuilder, IRTensor, where
 from patcc.frontends.transpose_conv import TransposedConv, lower_conv_transpose
 from patcc.ir.layers import (
@@ -662,8 +666,8 @@ def _prelu(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
 def _instance_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]
                    ) -> Any:
     """instance_norm(x, weight, bias, running_mean, running_var, use_input_stats,
-    momentum, eps): each image's channels normalised over their pixels, group
-    normalisation with one channel per group; on running statistics
+    momentum, eps): each image's channels normalised over their pixels
+    (``patcc.frontends.normalization.lower_instance_norm``); on running statistics
     (``track_running_stats`` in eval) a per-channel scale and shift, as batch norm."""
     x, weight, bias, mean, var, use_input_stats, _, eps = args[:8]
     c = imp.shape(x)[1]
@@ -676,8 +680,8 @@ def _instance_norm(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[s
             name=name, inputs=(x.name,), outputs=(name,), scale=scale.astype(np.float32),
             shift=(beta - imp.array(mean, node, "running mean") * scale).astype(np.float32)),
             shape)
-    imp.layers.extend(lower_group_norm(x.name, imp.shape(x), c, gamma, beta, float(eps), name,
-                                       _names(imp, name), where(node)))
+    imp.layers.extend(lower_instance_norm(x.name, imp.shape(x), gamma, beta, float(eps), name,
+                                          _names(imp, name), where(node)))
     return IRTensor(name, shape)
 
 
