@@ -325,6 +325,10 @@ OPERATIONS = {
     "flip": lambda x: x.flip((1, 3)),
     "narrow": lambda x: x.narrow(1, 2, 3),
     "stack": lambda x: torch.stack([x, 2 * x], 2),
+    "roll two axes": lambda x: x.roll((2, -1), (1, 3)),
+    "roll flattened": lambda x: x.roll(5),
+    "matmul by a matrix": lambda x: x @ torch.linspace(-1, 1, 30).reshape(6, 5),
+    "matmul by a vector": lambda x: torch.matmul(x, torch.linspace(-1, 1, 6)),
 }
 """ATen operations beyond the reference architectures', each on a (2, 8, 6, 6) input."""
 

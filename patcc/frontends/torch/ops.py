@@ -209,6 +209,80 @@ def _linear(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any
                           bias=b), shape)
 
 
+def _matmul(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """matmul / mm of a computed tensor by a constant matrix (or vector): a Dense layer
+    on the last axis (a vector: then its added axis dropped). Two computed operands,
+    or a batched weight, are refused."""
+    x, b = args[0], args[1]
+    if not isinstance(x, IRTensor) or isinstance(b, IRTensor):
+        raise FrontendError(f"aten.{node.target._opname} is supported with a computed first "
+                            "operand and a constant weight second (x @ W)", where(node))
+    weight = imp.array(b, node, "weight")
+    shape = imp.shape(x)
+    if weight.ndim not in (1, 2) or not shape or shape[-1] != weight.shape[0]:
+        raise FrontendError(f"aten.{node.target._opname} of {list(shape)} by a weight of "
+                            f"{list(weight.shape)}: the weight must be a vector or a matrix "
+                            "whose rows match the last axis", where(node))
+    dense = np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
+    name, out_shape = imp.out(node)
+    column = weight.ndim == 1
+    layer = Dense(name=name, inputs=(x.name,), outputs=(imp.unique(f"{name}_column")
+                                                     if column else name,),
+                  weight=dense, bias=np.zeros(dense.shape[0], np.float32))
+    imp.layers.append(layer)
+    if column:
+        imp.layers.append(Reshape(name=imp.unique(f"{name}_drop"), inputs=layer.outputs,
+                                  outputs=(name,), shape=tuple(shape[:-1])))
+    return IRTensor(name, out_shape)
+
+
+def _roll(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """roll(x, shifts, dims): per rolled axis, the tail Slice and the head Slice
+    concatenated (a shift of 0 modulo the axis copies nothing). ``dims`` omitted rolls
+    the flattened tensor."""
+    x = args[0]
+    shape = tuple(imp.shape(x))
+    shifts = _arg(args, kwargs, 1, "shifts", 0)
+    dims = _arg(args, kwargs, 2, "dims", [])
+    shifts = [int(shifts)] if isinstance(shifts, int) else [int(v) for v in shifts]
+    dims = [int(dims)] if isinstance(dims, int) else [int(d) for d in dims]
+    name, out_shape = imp.out(node)
+    source = x.name
+    if not dims:
+        flat = imp.unique(f"{name}_flat")
+        imp.layers.append(Reshape(name=flat, inputs=(x.name,), outputs=(flat,),
+                                  shape=(math.prod(shape),)))
+        work_shape: tuple[int, ...] = (math.prod(shape),)
+        source, dims = flat, [0]
+    else:
+        work_shape = shape
+    if len(shifts) != len(dims):
+        raise FrontendError(f"roll with {len(shifts)} shifts for {len(dims)} dims",
+                            where(node))
+    rank = len(work_shape)
+    for k, (shift, dim) in enumerate(zip(shifts, dims, strict=True)):
+        dim %= rank
+        size = work_shape[dim]
+        shift %= size
+        if not shift:
+            continue
+        head, tail = imp.unique(f"{name}_head{k}"), imp.unique(f"{name}_tail{k}")
+        for part, lo, hi in ((tail, size - shift, size), (head, 0, size - shift)):
+            imp.layers.append(Slice(
+                name=part, inputs=(source,), outputs=(part,),
+                starts=tuple(lo if a == dim else 0 for a in range(rank)),
+                ends=tuple(hi if a == dim else d for a, d in enumerate(work_shape)),
+                steps=(1,) * rank))
+        rolled = imp.unique(f"{name}_rolled{k}")
+        imp.layers.append(Concat(name=rolled, inputs=(tail, head), outputs=(rolled,),
+                                 axis=dim))
+        source = rolled
+    if source == x.name:
+        return x
+    imp.layers.append(Reshape(name=name, inputs=(source,), outputs=(name,), shape=out_shape))
+    return IRTensor(name, out_shape)
+
+
 def _activation(kind: str, alpha: float = 0.0, beta: float = 0.0) -> Converter:
     def convert(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
         a, b, chosen = alpha, beta, kind
@@ -797,7 +871,8 @@ CONVERTERS: dict[str, Converter] = {
     "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_shuffle,
     "channel_shuffle": _pixel_shuffle, "native_channel_shuffle": _pixel_shuffle,
     "expand": _expand, "expand_as": _expand, "repeat": _repeat, "tile": _repeat,
-    "flip": _flip, "narrow": _narrow, "stack": _stack,
+    "flip": _flip, "narrow": _narrow, "stack": _stack, "roll": _roll,
+    "matmul": _matmul, "mm": _matmul,
     "layer_norm": _layer_norm, "native_layer_norm": _layer_norm,
     "group_norm": _group_norm, "native_group_norm": _group_norm,
     "linear": _linear,
