@@ -16,13 +16,13 @@ from patcc.backends.planning import (
     SPARSE,
     Buffer,
     MemoryPlan,
-    compressed_weights,
     concat_placements,
     conv_kernels,
-    filter_order,
     live_ranges,
     naive_peak,
     plan_memory,
+    required_compressed_weights,
+    required_filter_order,
 )
 from patcc.errors import BackendError
 from patcc.ir import Conv, Graph, TensorType
@@ -227,6 +227,6 @@ def test_conv_kernels_name_one_vocabulary_for_both_backends() -> None:
     assert conv_kernels(_conv(pointwise)) == (SPARSE, GEMM)
     # the facts kernels require are BackendErrors naming the pass that sets them
     with pytest.raises(BackendError, match="compress_weights"):
-        compressed_weights(conv)
+        required_compressed_weights(conv)
     with pytest.raises(BackendError, match="reorder_filters"):
-        filter_order(_conv(pointwise))
+        required_filter_order(_conv(pointwise))

@@ -70,12 +70,12 @@ def required(value: T | None, layer: Layer, what: str, pass_name: str) -> T:
     return value
 
 
-def compressed_weights(conv: Conv) -> CompressedWeights:
+def required_compressed_weights(conv: Conv) -> CompressedWeights:
     """What the ``pattern`` and ``depthwise`` kernels read (pass ``compress_weights``)."""
     return required(conv.compressed, conv, "compressed weights", "compress_weights")
 
 
-def filter_order(conv: Conv) -> np.ndarray:
+def required_filter_order(conv: Conv) -> np.ndarray:
     """The order the ``sparse`` kernel visits filters in (pass ``reorder_filters``)."""
     return required(conv.filter_order, conv, "filter order", "reorder_filters")
 

@@ -40,6 +40,12 @@ class Names:
     tensor: Callable[[str], str]
     constant: Callable[[str, np.ndarray], str]
 
+    def prefixed(self, prefix: str) -> Names:
+        """The names of one step of several: its suffixes start with ``prefix``, so
+        the step's final layer (suffix "") is ``layer(prefix)``."""
+        return Names(lambda suffix: self.layer(prefix + suffix),
+                     lambda suffix: self.tensor(prefix + suffix), self.constant)
+
 
 def lower_reduce(x: str, shape: Shape, kind: str, axes: Sequence[int], keep: bool, out: str,
                  names: Names) -> list[Layer]:
@@ -75,6 +81,24 @@ def lower_reduce(x: str, shape: Shape, kind: str, axes: Sequence[int], keep: boo
                               shape=tuple(d for a, d in enumerate(kept_shape)
                                           if a not in norm)))
     return layers
+
+
+def lower_variance(x: str, shape: Shape, axes: Sequence[int], out: str, names: Names,
+                   mean: str | None = None) -> tuple[list[Layer], str, str]:
+    """The population variance of ``x`` over ``axes`` into ``out`` (the axes kept as
+    size 1), taken over the centred values: two passes, as onnxruntime and torch
+    compute it, not ``E[x^2] - E[x]^2``, which cancels badly. Returns the layers, the
+    mean (into ``mean`` when given) and the centred values, which normalisations
+    divide."""
+    mean = mean or names.tensor("mean")
+    centred, square = names.tensor("centred"), names.tensor("square")
+    layers = lower_reduce(x, shape, "mean", axes, True, mean, names.prefixed("_mean"))
+    layers += [Binary(name=names.layer("_centre"), inputs=(x, mean), outputs=(centred,),
+                      binop="sub"),
+               Binary(name=names.layer("_square"), inputs=(centred, centred),
+                      outputs=(square,), binop="mul")]
+    layers += lower_reduce(square, shape, "mean", axes, True, out, names.prefixed("_var"))
+    return layers, mean, centred
 
 
 def lower_shuffle(x: str, split: Shape, perm: Sequence[int], out_shape: Shape, out: str,

@@ -18,13 +18,11 @@ import math
 import numpy as np
 
 from patcc.errors import FrontendError
-from patcc.frontends.lowering import Names
+from patcc.frontends.lowering import Names, lower_variance
 from patcc.ir.layers import (
     Activation,
     Binary,
-    GlobalPool,
     Layer,
-    Reduce,
     Reshape,
     ScaleShift,
     Shape,
@@ -59,7 +57,8 @@ def lower_layer_norm(x: str, shape: Shape, axis: int, scale: np.ndarray | None,
                                                  strict=False))):
             raise FrontendError(f"{what} of shape {list(value.shape)} does not broadcast "
                                 f"against the normalised axes {list(normalised)}", where)
-    layers: list[Layer] = []
+    var = names.tensor("var")
+    layers, _, centred = lower_variance(x, shape, range(axis, rank), var, names, mean_out)
 
     def add(cls: type, suffix: str, inputs: tuple[str, ...], output: str,
             **fields: object) -> str:
@@ -69,12 +68,6 @@ def lower_layer_norm(x: str, shape: Shape, axis: int, scale: np.ndarray | None,
 
     affine = [(binop, value) for binop, value in (("mul", scale), ("add", bias))
               if value is not None]
-    mean = add(Reduce, "_mean", (x,), mean_out or names.tensor("mean"), kind="mean",
-               start=axis, stop=rank)
-    centred = add(Binary, "_centre", (x, mean), names.tensor("centred"), binop="sub")
-    square = add(Binary, "_square", (centred, centred), names.tensor("square"), binop="mul")
-    var = add(Reduce, "_var", (square,), names.tensor("var"), kind="mean", start=axis,
-              stop=rank)
     shifted = add(Binary, "_eps", (var, names.constant("eps", np.array(eps, np.float32))),
                   names.tensor("shifted"), binop="add")
     std = add(Unary, "_sqrt", (shifted,), names.tensor("std"), activation=Activation("sqrt"))
@@ -93,9 +86,9 @@ def lower_layer_norm(x: str, shape: Shape, axis: int, scale: np.ndarray | None,
 def lower_instance_norm(x: str, shape: Shape, scale: np.ndarray, bias: np.ndarray,
                         eps: float, out: str, names: Names, where: str) -> list[Layer]:
     """Each image's channels normalised over their pixels, then a per-channel ``scale``
-    and ``bias`` (C,): group normalisation with one channel per group, built on
-    ``GlobalPool`` means (the fast form over NCHW's spatial axes) instead of a
-    ``Reduce`` over a reshaped view. Raises ``FrontendError`` at ``where`` for a rank
+    and ``bias`` (C,): group normalisation with one channel per group, its means
+    over the spatial axes ``GlobalPool``s (the fast form over NCHW), not a ``Reduce``
+    over a reshaped view. Raises ``FrontendError`` at ``where`` for a rank
     below 3, a negative epsilon or a scale or bias of another shape."""
     if len(shape) < 3:
         raise FrontendError(f"InstanceNormalization of a rank-{len(shape)} tensor is not "
@@ -106,18 +99,11 @@ def lower_instance_norm(x: str, shape: Shape, scale: np.ndarray, bias: np.ndarra
             raise FrontendError(f"{what} has shape {value.shape}; the input {list(shape)} "
                                 f"needs ({channels},)", where)
     _check_eps(eps, where)
-    mean, centred, square, var, shifted, std, normed = (
-        names.tensor(t) for t in ("mean", "centred", "square", "var", "shifted", "std",
-                                  "normed"))
-    eps_name = names.constant("eps", np.array(eps, np.float32))
-    return [
-        GlobalPool(name=names.layer("_mean"), inputs=(x,), outputs=(mean,), kind="avg"),
-        Binary(name=names.layer("_centre"), inputs=(x, mean), outputs=(centred,), binop="sub"),
-        Binary(name=names.layer("_square"), inputs=(centred, centred), outputs=(square,),
-               binop="mul"),
-        GlobalPool(name=names.layer("_var"), inputs=(square,), outputs=(var,), kind="avg"),
-        Binary(name=names.layer("_eps"), inputs=(var, eps_name), outputs=(shifted,),
-               binop="add"),
+    var, shifted, std, normed = (names.tensor(t) for t in ("var", "shifted", "std", "normed"))
+    layers, _, centred = lower_variance(x, shape, range(2, len(shape)), var, names)
+    return layers + [
+        Binary(name=names.layer("_eps"), inputs=(var, names.constant(
+            "eps", np.array(eps, np.float32))), outputs=(shifted,), binop="add"),
         Unary(name=names.layer("_sqrt"), inputs=(shifted,), outputs=(std,),
               activation=Activation("sqrt")),
         Binary(name=names.layer("_divide"), inputs=(centred, std), outputs=(normed,),

@@ -33,7 +33,7 @@ from llvmlite import ir
 from patcc.backends.llvm.irutil import I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
 from patcc.backends.llvm.planes import fill_plane
-from patcc.backends.planning import compressed_weights
+from patcc.backends.planning import required_compressed_weights
 from patcc.backends.target import Target
 from patcc.errors import BackendError
 from patcc.ir.layers import Conv
@@ -240,7 +240,7 @@ def _plan(layer: Conv, ctx: LoweringContext, block: str) -> _Plan:
     sh, sw = layer.strides
     pt, pl = layer.pads[0], layer.pads[1]
     width = ctx.target.vector_width
-    cw = compressed_weights(layer)
+    cw = required_compressed_weights(layer)
     taps, phases = _layer_taps(layer, cw)
     all_taps = [t for ts in taps for t in ts] or [Tap(0, 0, 0)]
     max_row, max_col = max(t.row for t in all_taps), max(t.col for t in all_taps)

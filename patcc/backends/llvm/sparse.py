@@ -48,7 +48,7 @@ from llvmlite import ir
 
 from patcc.backends.llvm.irutil import F32, I32, I64, KernelBuilder, i64
 from patcc.backends.llvm.lowering import LayerCode, LoweringContext, Operands, Phase
-from patcc.backends.planning import SPARSE, conv_kernels, filter_order
+from patcc.backends.planning import SPARSE, conv_kernels, required_filter_order
 from patcc.errors import BackendError
 from patcc.ir.layers import Conv
 
@@ -198,7 +198,7 @@ def _sparse_weights(layer: Conv, g: _Geometry) -> _SparseWeights:
                          "use a smaller block")
     f = g.block_filters
     order = np.zeros(g.blocks * f, np.int32)
-    order[:o] = filter_order(layer)
+    order[:o] = required_filter_order(layer)
     # positions past the last filter read the block's first filter (never stored)
     order[o:] = order[(g.blocks - 1) * f]
     w = np.zeros((g.blocks * f, c), np.float32)

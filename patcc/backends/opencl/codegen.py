@@ -30,13 +30,13 @@ from patcc.backends.planning import (
     SPARSE,
     Buffer,
     WeightBlob,
-    compressed_weights,
     concat_placements,
     conv_kernels,
-    filter_order,
     live_ranges,
     placed_offsets,
     plan_memory,
+    required_compressed_weights,
+    required_filter_order,
     reshape_aliases,
 )
 from patcc.errors import BackendError
@@ -254,7 +254,7 @@ class _Renderer:
 
     def _pattern_conv(self, layer: Conv, x_shape: Shape, y_shape: Shape, pre: str,
                       residual: bool, kernel: str) -> None:
-        cw = compressed_weights(layer)
+        cw = required_compressed_weights(layer)
         n, o, ho, wo = y_shape
         offsets = {
             "order": self.blob.add(layer.storage_order, np.int32),
@@ -276,7 +276,7 @@ class _Renderer:
         """A 1x1 conv over its non-zero weights: each filter's row of (input channel,
         weight) pairs, rows in filter order (``kernels.sparse_conv``)."""
         n, o, ho, wo = y_shape
-        order = filter_order(layer)
+        order = required_filter_order(layer)
         rows = layer.weight.reshape(o, -1)[order]
         nonzero = rows != 0
         starts = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))])

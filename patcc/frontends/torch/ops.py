@@ -20,6 +20,7 @@ from patcc.frontends.lowering import (
     lower_reduce,
     lower_shuffle,
     lower_tile,
+    lower_variance,
 )
 from patcc.frontends.normalization import (
     lower_group_norm,
@@ -589,16 +590,15 @@ def _softmax(log: bool) -> Converter:
     return convert
 
 
-def _names(imp: GraphBuilder, name: str, prefix: str = "") -> Names:
-    """How a shared lowering names what it adds for the node whose output is ``name``;
-    with a ``prefix``, for one step of several (its final layer is ``name + prefix``)."""
+def _names(imp: GraphBuilder, name: str) -> Names:
+    """How a shared lowering names what it adds for the node whose output is ``name``."""
     def constant(suffix: str, value: np.ndarray) -> str:
         const = imp.unique(f"{name}_{suffix}")
         imp.constants[const] = np.ascontiguousarray(value, np.float32)
         return const
 
-    return Names(lambda suffix: name if not prefix + suffix else imp.unique(name + prefix + suffix),
-                 lambda suffix: imp.unique(f"{name}{prefix}_{suffix}"), constant)
+    return Names(lambda suffix: name if not suffix else imp.unique(name + suffix),
+                 lambda suffix: imp.unique(f"{name}_{suffix}"), constant)
 
 
 def _emit_layers(imp: GraphBuilder, layers: list[Layer], x: IRTensor, name: str,
@@ -648,7 +648,7 @@ def _variance(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, A
     then a square root for std."""
     x = args[0]
     shape = imp.shape(x)
-    overload = node.target._overloadname
+    op, overload = node.target._opname, node.target._overloadname
     correction: float
     if overload == "default":  # var(x, unbiased=True)
         dims, correction, keep = None, int(bool(_arg(args, kwargs, 1, "unbiased", True))), False
@@ -667,25 +667,28 @@ def _variance(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, A
         raise FrontendError(f"aten.{node.target._opname} of {count} value(s) with correction "
                             f"{correction} divides by {count - correction}", where(node))
     name, out_shape = imp.out(node)
-    std = node.target._opname == "std"
-    mean, centred, square = (imp.unique(f"{name}_{t}") for t in ("mean", "centred", "square"))
-    layers = lower_reduce(x.name, shape, "mean", axes, True, mean, _names(imp, name, "_mean"))
-    layers += [Binary(name=imp.unique(f"{name}_centre"), inputs=(x.name, mean),
-                      outputs=(centred,), binop="sub"),
-               Binary(name=imp.unique(f"{name}_square"), inputs=(centred, centred),
-                      outputs=(square,), binop="mul")]
-    variance = imp.unique(f"{name}_var") if std else name
-    biased = imp.unique(f"{name}_biased") if correction else variance
-    layers += lower_reduce(square, shape, "mean", axes, keep, biased,
-                           _names(imp, name, "_squares"))
-    if correction:
-        factor = _names(imp, name).constant(
-            "bessel", np.array(count / (count - correction), np.float32))
-        layers.append(Binary(name=imp.unique(f"{name}_bessel"), inputs=(biased, factor),
-                             outputs=(variance,), binop="mul"))
-    if std:
-        layers.append(Unary(name=name, inputs=(variance,), outputs=(name,),
-                            activation=Activation("sqrt")))
+    names = _names(imp, name)
+    # the kept variance, then each step that applies, the last one writing ``name``
+    steps = [step for step, applies in (("bessel", correction), ("sqrt", op == "std"),
+                                        ("drop", not keep)) if applies]
+    variance = names.tensor("var") if steps else name
+    layers, _, _ = lower_variance(x.name, shape, axes, variance, names)
+    source = variance
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        target, layer_name = (name, names.layer("")) if last else \
+            (names.tensor(step), names.layer(f"_{step}"))
+        if step == "bessel":
+            factor = names.constant(step, np.array(count / (count - correction), np.float32))
+            layers.append(Binary(name=layer_name, inputs=(source, factor), outputs=(target,),
+                                 binop="mul"))
+        elif step == "sqrt":
+            layers.append(Unary(name=layer_name, inputs=(source,), outputs=(target,),
+                                activation=Activation("sqrt")))
+        else:
+            layers.append(Reshape(name=layer_name, inputs=(source,), outputs=(target,),
+                                  shape=tuple(out_shape)))
+        source = target
     imp.layers.extend(layers)
     return IRTensor(name, out_shape)
 
@@ -709,10 +712,8 @@ def _unaries(*kinds: str) -> Converter:
         name, shape = imp.out(node)
         source = args[0].name
         for i, kind in enumerate(kinds):
-            last = i == len(kinds) - 1
-            out = name if last else imp.unique(f"{name}_{kind}")
-            imp.layers.append(Unary(name=name if last else imp.unique(f"{name}_{kind}"),
-                                    inputs=(source,), outputs=(out,),
+            out = name if i == len(kinds) - 1 else imp.unique(f"{name}_{kind}")
+            imp.layers.append(Unary(name=out, inputs=(source,), outputs=(out,),
                                     activation=Activation(kind)))
             source = out
         return IRTensor(name, shape)
@@ -800,8 +801,9 @@ def _repeat(imp: GraphBuilder, node: Any, args: list[Any], kwargs: dict[str, Any
     source = x
     if len(repeats) > len(shape):
         shape = (1,) * (len(repeats) - len(shape)) + shape
-        source = imp.emit(Reshape(name=imp.unique(f"{name}_lead"), inputs=(x.name,),
-                                  outputs=(imp.unique(f"{name}_lead"),), shape=shape), shape)
+        lead = imp.unique(f"{name}_lead")
+        source = imp.emit(Reshape(name=lead, inputs=(x.name,), outputs=(lead,), shape=shape),
+                          shape)
     return _emit_layers(imp, lower_tile(source.name, shape, repeats, name, _names(imp, name),
                                         where(node)), source, name, out_shape)
 
